@@ -1,0 +1,210 @@
+"""Deploy a prepared model onto a testbed: ship slices, write configs, start node services.
+
+Each layer node receives only ``config.json``, ``manifest.json`` and the layer
+files it holds (its slice and its replicas); the user node receives the
+tokenizer, config and head.  Files already on the host with the right sha256
+are not sent again, so a re-deploy ships only what changed.  Every host is
+handled in parallel, and the per-host outcome is reported (like Fabric's
+GroupResult): one failed host fails the deploy with every host's error listed.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import shlex
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from payload.config import NodeConfig, Timing
+from payload.prepare import MANIFEST, load_manifest
+from payload.routing import Placement, Policy
+from experiment.testbed import HostInfo, Testbed, TestbedError
+
+NODE_PORT = 7100
+
+
+@dataclass
+class Deployment:
+    """What was deployed where; saved as JSON so later tasks (generate, collect) can find it."""
+
+    testbed: str
+    model: str
+    prepared: str
+    placement: dict
+    policy: str
+    hosts: list[dict]
+    bytes_shipped: dict[str, int] = field(default_factory=dict)
+    files_skipped: dict[str, int] = field(default_factory=dict)
+    key_hex: str = ""
+    wire_dtype: str = "bfloat16"
+    compute_dtype: str = "float32"
+    timing: dict = field(default_factory=dict)
+
+    def save(self, path: Path) -> None:
+        path.write_text(json.dumps(asdict(self), indent=2))
+
+    @classmethod
+    def load(cls, path: Path) -> "Deployment":
+        if not path.exists():
+            raise TestbedError(f"nothing is deployed ({path} missing): run `fab deploy` first")
+        return cls(**json.loads(path.read_text()))
+
+    def placement_obj(self) -> Placement:
+        p = self.placement
+        return Placement(int(p["num_layers"]), {int(k): tuple(v) for k, v in p["slices"].items()},
+                         {int(k): tuple(v) for k, v in p.get("replicas", {}).items()})
+
+
+def placement_dict(placement: Placement) -> dict:
+    return {"num_layers": placement.num_layers,
+            "slices": {str(k): list(v) for k, v in placement.slices.items()},
+            "replicas": {str(k): list(v) for k, v in placement.replicas.items()}}
+
+
+def files_for(manifest: dict, placement: Placement, index: int) -> list[str]:
+    """Files host ``index`` needs: layer nodes their layers only, the user node everything but layers."""
+    if index == 0:
+        return [f for f in manifest["files"] if not f.startswith("layers/")] + [MANIFEST]
+    wanted = ["config.json", MANIFEST]
+    for first, end in placement.ranges_of(index):
+        wanted += [manifest["layer_files"][i] for i in range(first, end)]
+    return wanted
+
+
+def node_port(host: HostInfo) -> int:
+    return int(host.extra.get("port", NODE_PORT))
+
+
+def _remote_sums(shell, files: list[str]) -> dict[str, str]:
+    quoted = " ".join(shlex.quote(f"model/{f}") for f in files)
+    result = shell.run(f"mkdir -p model/layers && sha256sum {quoted} 2>/dev/null || true", timeout=300, check=False)
+    sums = {}
+    for line in result.stdout.splitlines():
+        parts = line.split(maxsplit=1)
+        if len(parts) == 2:
+            sums[parts[1].strip().removeprefix("model/")] = parts[0]
+    return sums
+
+
+def ship_model(testbed: Testbed, host: HostInfo, prepared: Path, files: list[str]) -> tuple[int, int]:
+    """Send ``files`` that differ on the host, verify checksums there; return (bytes sent, files skipped)."""
+    manifest = load_manifest(prepared)
+    shell = testbed.shell(host)
+    have = _remote_sums(shell, files)
+    sent = skipped = 0
+    for rel in files:
+        expected = manifest["files"].get(rel, {}).get("sha256") if rel != MANIFEST else None
+        if expected is not None and have.get(rel) == expected:
+            skipped += 1
+            continue
+        shell.put(prepared / rel, f"model/{rel}")
+        sent += (prepared / rel).stat().st_size
+    after = _remote_sums(shell, [f for f in files if f != MANIFEST])
+    bad = [f for f in files if f != MANIFEST and after.get(f) != manifest["files"][f]["sha256"]]
+    if bad:
+        raise TestbedError(f"{host.name}: checksum mismatch after transfer for {bad}")
+    return sent, skipped
+
+
+def node_config(host: HostInfo, hosts: list[HostInfo], placement: Placement, *, key_hex: str, wire_dtype: str,
+                compute_dtype: str, timing: Timing) -> NodeConfig:
+    ranges = [] if host.index == 0 else placement.ranges_of(host.index)
+    return NodeConfig(
+        node=host.index,
+        listen=("0.0.0.0" if host.address != "127.0.0.1" else "127.0.0.1", node_port(host)),
+        peers={h.index: (h.address, node_port(h)) for h in hosts},
+        model_dir=f"{host.workdir}/model",
+        ranges=ranges,
+        key_hex=key_hex,
+        log_path=f"{host.workdir}/events.jsonl",
+        compute_dtype=compute_dtype,
+        wire_dtype=wire_dtype,
+        timing=timing,
+    )
+
+
+def python_for(host: HostInfo) -> str:
+    """Interpreter that runs the payload on ``host`` (same machine: this venv's)."""
+    return host.extra.get("python", sys.executable)
+
+
+def payload_env(host: HostInfo) -> str:
+    return host.extra.get("payload_path", str(Path(__file__).resolve().parent.parent))
+
+
+def service_argv(host: HostInfo, module: str, *args: str) -> list[str]:
+    return ["env", f"PYTHONPATH={payload_env(host)}", "HF_HUB_OFFLINE=1", python_for(host), "-m", module, *args]
+
+
+def wait_ready(testbed: Testbed, host: HostInfo, timeout_s: float) -> None:
+    shell = testbed.shell(host)
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        result = shell.run("grep -c '\"ev\":\"ready\"' events.jsonl 2>/dev/null || true", check=False)
+        if result.stdout.strip() not in ("", "0"):
+            return
+        time.sleep(0.2)
+    tail = shell.run("tail -n 20 service.out 2>/dev/null || true", check=False).stdout
+    raise TestbedError(f"{host.name}: node service not ready after {timeout_s:.0f}s; last output:\n{tail}")
+
+
+def for_each_host(hosts: list[HostInfo], work, *, what: str) -> dict[str, object]:
+    """Run ``work(host)`` on every host in parallel; raise one error naming every failed host."""
+    results: dict[str, object] = {}
+    with ThreadPoolExecutor(max_workers=max(1, min(16, len(hosts)))) as pool:
+        futures = {h.name: pool.submit(work, h) for h in hosts}
+        for name, fut in futures.items():
+            try:
+                results[name] = fut.result()
+            except Exception as exc:  # collected per host and re-raised below, GroupResult style
+                results[name] = exc
+    failed = {n: r for n, r in results.items() if isinstance(r, Exception)}
+    if failed:
+        lines = "\n".join(f"  {n}: {e}" for n, e in failed.items())
+        raise TestbedError(f"{what} failed on {len(failed)} of {len(hosts)} hosts:\n{lines}")
+    return results
+
+
+def deploy(testbed: Testbed, prepared: Path, placement: Placement, *, model: str, policy: Policy = Policy.SKIP,
+           wire_dtype: str = "bfloat16", compute_dtype: str = "float32", timing: Timing = Timing(),
+           ready_timeout_s: float = 180.0, progress=print) -> Deployment:
+    """Ship, configure and start every node; return the Deployment (also saved by the caller)."""
+    hosts = testbed.hosts()
+    if len(hosts) - 1 != len(placement.nodes):
+        raise TestbedError(f"placement has {len(placement.nodes)} layer nodes but the testbed has {len(hosts) - 1}")
+    manifest = load_manifest(prepared)
+    key_hex = secrets.token_hex(32)
+
+    def one(host: HostInfo) -> tuple[int, int]:
+        files = files_for(manifest, placement, host.index)
+        sent, skipped = ship_model(testbed, host, prepared, files)
+        cfg = node_config(host, hosts, placement, key_hex=key_hex, wire_dtype=wire_dtype,
+                          compute_dtype=compute_dtype, timing=timing)
+        shell = testbed.shell(host)
+        local_cfg = Path(testbed.root if hasattr(testbed, "root") else "/tmp") / f"{host.name}.node.json"
+        if host.index == 0:
+            local_cfg.write_text(json.dumps({"node": json.loads(cfg.to_json()),
+                                             "placement": placement_dict(placement), "policy": policy.value}))
+            shell.put(local_cfg, "user.json")
+        else:
+            local_cfg.write_text(cfg.to_json())
+            shell.put(local_cfg, "node.json")
+            shell.run("rm -f events.jsonl", check=False)
+            testbed.start_service(host, service_argv(host, "payload.node", "--config", "node.json"))
+        progress(f"[deploy] {host.name}: {sent / 1e6:.1f} MB shipped, {skipped} files unchanged")
+        return sent, skipped
+
+    results = for_each_host(hosts, one, what="deploy")
+    for_each_host([h for h in hosts if h.index > 0], lambda h: wait_ready(testbed, h, ready_timeout_s),
+                  what="waiting for node health")
+    progress(f"[deploy] {len(hosts) - 1} layer nodes ready")
+    return Deployment(
+        testbed=testbed.kind, model=model, prepared=str(prepared), placement=placement_dict(placement),
+        policy=policy.value, hosts=[h.to_dict() for h in hosts],
+        bytes_shipped={n: r[0] for n, r in results.items()}, files_skipped={n: r[1] for n, r in results.items()},
+        key_hex=key_hex, wire_dtype=wire_dtype, compute_dtype=compute_dtype, timing=asdict(timing),
+    )

@@ -1,0 +1,197 @@
+"""Rootless local testbed: every node is a process on 127.0.0.1 with its own work directory.
+
+It needs no root and no SSH, so it is the fallback everywhere and the fast
+path for tests.  Link faults are not available here (use the emu testbed).
+State (ports, pids) lives in a manifest under ``$JARVIS_STATE/local/<prefix>``
+so ``down`` kills exactly the processes this testbed started and nothing else.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from experiment.testbed import CommandResult, FaultResult, HostInfo, LinkProfile, Testbed, TestbedError
+
+
+def state_root() -> Path:
+    return Path(os.environ.get("JARVIS_STATE", "/tmp/jarvis-state"))
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class LocalShell:
+    """Run commands in a host's work directory on this machine; put/get are plain copies."""
+
+    def __init__(self, host: HostInfo):
+        self.host = host
+
+    def run(self, command: str, *, timeout: float = 60.0, check: bool = True) -> CommandResult:
+        proc = subprocess.run(command, shell=True, cwd=self.host.workdir, capture_output=True, text=True,
+                              timeout=timeout)
+        result = CommandResult(self.host.name, command, proc.returncode, proc.stdout, proc.stderr)
+        if check and not result.ok:
+            raise TestbedError(f"{self.host.name}: `{command}` exited {proc.returncode}: {proc.stderr.strip()}")
+        return result
+
+    def put(self, local: Path, remote: str) -> None:
+        target = Path(self.host.workdir) / remote
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.unlink(missing_ok=True)
+        try:
+            os.link(local, target)  # same machine: a hard link ships a GB model in no time
+        except OSError:
+            shutil.copyfile(local, target)
+
+    def get(self, remote: str, local: Path) -> None:
+        local.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(Path(self.host.workdir) / remote, local)
+
+
+class LocalTestbed(Testbed):
+    kind = "local"
+
+    def __init__(self, prefix: str = "jv-local"):
+        self.prefix = prefix
+        self.root = state_root() / "local" / prefix
+        self.manifest = self.root / "manifest.json"
+
+    def _load(self) -> dict:
+        if not self.manifest.exists():
+            raise TestbedError(f"local testbed {self.prefix!r} is not up: run `fab up --testbed local --nodes N`")
+        return json.loads(self.manifest.read_text())
+
+    def _save(self, state: dict) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+        tmp = self.manifest.with_suffix(".tmp")
+        tmp.write_text(json.dumps(state, indent=2))
+        os.replace(tmp, self.manifest)
+
+    def up(self, nodes: int, links: dict[int, LinkProfile] | None = None) -> list[HostInfo]:
+        if nodes < 1:
+            raise TestbedError("a chain needs at least one layer node")
+        if self.manifest.exists():
+            self.down()
+        hosts = []
+        for index in range(nodes + 1):
+            name = "user" if index == 0 else f"node{index}"
+            workdir = self.root / name
+            workdir.mkdir(parents=True, exist_ok=True)
+            hosts.append(HostInfo(name=name, index=index, address="127.0.0.1", workdir=str(workdir),
+                                  profile="loopback", extra={"port": free_port()}))
+        self._save({"prefix": self.prefix, "hosts": [h.to_dict() for h in hosts], "pids": {}})
+        return hosts
+
+    def hosts(self) -> list[HostInfo]:
+        return [HostInfo(**h) for h in self._load()["hosts"]]
+
+    def shell(self, host: HostInfo) -> LocalShell:
+        return LocalShell(host)
+
+    def describe(self) -> dict:
+        return {"kind": self.kind, "shaping": "none (loopback)", "hosts": [h.to_dict() for h in self.hosts()]}
+
+    # -- services ------------------------------------------------------------------
+    def start_service(self, host: HostInfo, argv: list[str], log_name: str = "service.out") -> int:
+        """Start a node service in its own process group; the pid is recorded for faults and down."""
+        out = open(Path(host.workdir) / log_name, "ab")
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        proc = subprocess.Popen(argv, cwd=host.workdir, stdout=out, stderr=subprocess.STDOUT,
+                                start_new_session=True, env=env)
+        out.close()
+        state = self._load()
+        state["pids"][host.name] = proc.pid
+        self._save(state)
+        return proc.pid
+
+    def popen(self, host: HostInfo, argv: list[str]) -> subprocess.Popen:
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        proc = subprocess.Popen(argv, cwd=host.workdir, stdout=subprocess.PIPE, stderr=None, text=True,
+                                start_new_session=True, env=env)
+        state = self._load()
+        state["pids"][host.name] = proc.pid
+        self._save(state)
+        return proc
+
+    def pid(self, host: HostInfo) -> int:
+        pid = self._load()["pids"].get(host.name)
+        if pid is None:
+            raise TestbedError(f"no service is running on {host.name}")
+        return int(pid)
+
+    def _signal(self, host: HostInfo, sig: signal.Signals, action: str) -> FaultResult:
+        pid = self.pid(host)
+        try:
+            os.killpg(pid, sig)
+        except ProcessLookupError:
+            raise TestbedError(f"{host.name}: process {pid} is already gone") from None
+        result = FaultResult.now(action, host.name, f"signal {sig.name} to process group {pid}")
+        if sig == signal.SIGKILL:
+            _wait_gone(pid)
+        return result
+
+    def kill(self, host: HostInfo) -> FaultResult:
+        return self._signal(host, signal.SIGKILL, "kill")
+
+    def pause(self, host: HostInfo) -> FaultResult:
+        return self._signal(host, signal.SIGSTOP, "pause")
+
+    def resume(self, host: HostInfo) -> FaultResult:
+        return self._signal(host, signal.SIGCONT, "resume")
+
+    def stop_services(self) -> None:
+        """Stop every service this testbed started (SIGTERM, then SIGKILL); already gone is fine."""
+        if not self.manifest.exists():
+            return
+        state = self._load()
+        for name, pid in state["pids"].items():
+            for sig in (signal.SIGCONT, signal.SIGTERM):
+                try:
+                    os.killpg(pid, sig)
+                except ProcessLookupError:
+                    break
+            if not _wait_gone(pid, 5.0):
+                try:
+                    os.killpg(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+                _wait_gone(pid)
+        state["pids"] = {}
+        self._save(state)
+
+    def down(self) -> None:
+        self.stop_services()
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
+def _wait_gone(pid: int, timeout: float = 5.0) -> bool:
+    """Reap/wait until ``pid`` no longer exists."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            done, _ = os.waitpid(pid, os.WNOHANG)
+            if done == pid:
+                return True
+        except ChildProcessError:
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                return True
+        time.sleep(0.01)
+    return False
+
+
+def python_argv(module: str, *args: str) -> list[str]:
+    """Command line that runs a payload module with this interpreter."""
+    return [sys.executable, "-m", module, *args]

@@ -1,0 +1,144 @@
+"""Run a job on a deployed chain, inject faults on schedule, and write the run directory.
+
+Token-triggered faults fire when the user node reports that token index of the
+current prompt (it prints token events as JSON lines); time-triggered faults
+fire that many seconds after the session starts.  Every fault is recorded with
+when it was requested and when the testbed reported it in effect: that is the
+ground truth analysis compares the measurements against.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from experiment.collect import write_run_dir
+from experiment.deploy import Deployment, service_argv
+from experiment.testbed import FaultResult, HostInfo, LinkProfile, Testbed, TestbedError
+
+
+@dataclass(frozen=True)
+class Fault:
+    """One scheduled fault: trigger (``at_token`` or ``at_seconds``), action and targets."""
+
+    action: str
+    nodes: tuple[int, ...]
+    at_token: int | None = None
+    at_seconds: float | None = None
+    prompt_index: int = 0
+    repeat: int = 0
+    profile: LinkProfile | None = None
+    duration: float | None = None
+
+    @property
+    def trigger(self) -> str:
+        return f"token:{self.at_token}" if self.at_token is not None else f"seconds:{self.at_seconds}"
+
+
+ACTIONS = ("kill", "pause", "resume", "link_down", "link_up", "degrade", "partition")
+UNDO = {"pause": "resume", "link_down": "link_up"}
+
+
+@dataclass
+class FaultRunner:
+    """Fires faults on the testbed and records them (thread-safe: timers may fire concurrently)."""
+
+    testbed: Testbed
+    hosts: dict[int, HostInfo]
+    records: list[dict] = field(default_factory=list)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+    _timers: list[threading.Timer] = field(default_factory=list)
+    current: dict = field(default_factory=dict)
+
+    def fire(self, fault: Fault, action: str | None = None) -> None:
+        action = action or fault.action
+        requested = time.time_ns()
+        targets = [self.hosts[n] for n in fault.nodes]
+        try:
+            if action == "partition":
+                result = self.testbed.partition(targets)
+                results = [result]
+            elif action == "degrade":
+                results = [self.testbed.degrade(h, fault.profile) for h in targets]
+            else:
+                results = [getattr(self.testbed, action)(h) for h in targets]
+            detail = "; ".join(r.detail for r in results)
+            effective = results[-1]
+        except TestbedError as exc:
+            effective = FaultResult.now(action, " ".join(h.name for h in targets), f"FAILED: {exc}")
+            detail = effective.detail
+        with self._lock:
+            self.records.append({
+                "action": action, "target": " ".join(h.name for h in targets), "trigger": fault.trigger,
+                "session": self.current.get("session", ""), "step": self.current.get("step", -1),
+                "requested_wall_ns": requested, "effective_wall_ns": effective.effective_wall_ns,
+                "effective_mono_ns": effective.effective_mono_ns, "detail": detail,
+            })
+        print(f"[fault] {action} {' '.join(h.name for h in targets)} ({fault.trigger}): {detail}", flush=True)
+        if fault.duration and action in UNDO:
+            self.schedule(fault.duration, fault, UNDO[action])
+
+    def schedule(self, delay: float, fault: Fault, action: str | None = None) -> None:
+        timer = threading.Timer(delay, self.fire, args=(fault, action))
+        timer.daemon = True
+        self._timers.append(timer)
+        timer.start()
+
+    def cancel(self) -> None:
+        for timer in self._timers:
+            timer.cancel()
+
+
+def run_job(testbed: Testbed, deployment: Deployment, job: dict, faults: list[Fault], out: Path, *,
+            scenario: dict | None = None, stream=print) -> Path:
+    """Run ``job`` (prompts, max_new_tokens, sampling, repeats) with ``faults``; write the run dir to ``out``."""
+    hosts = {h["index"]: HostInfo(**h) for h in deployment.hosts}
+    user = hosts[0]
+    shell = testbed.shell(user)
+    job_file = Path(getattr(testbed, "root", "/tmp")) / "job.json"
+    job_file.write_text(json.dumps(job))
+    shell.put(job_file, "job.json")
+    shell.run("rm -f events.jsonl", check=False)
+    runner = FaultRunner(testbed, hosts)
+    pending = list(faults)
+    started_wall = time.time_ns()
+    proc = testbed.popen(user, service_argv(user, "payload.user", "--config", "user.json", "--job", "job.json",
+                                            "--jsonl"))
+    interrupted = False
+    try:
+        for line in proc.stdout:
+            try:
+                event = json.loads(line)
+            except json.JSONDecodeError:
+                stream(line.rstrip())
+                continue
+            key = (event.get("prompt_index"), event.get("repeat"))
+            if event["ev"] == "session_start":
+                runner.current = {"session": "", "step": -1}
+                for fault in [f for f in pending if f.at_seconds is not None and (f.prompt_index, f.repeat) == key]:
+                    pending.remove(fault)
+                    runner.schedule(fault.at_seconds, fault)
+            elif event["ev"] == "token":
+                runner.current = {"session": event["session"], "step": event["step"]}
+                stream(f"[{event['prompt_index']}.{event['repeat']} #{event['step']}] {event['text']!r} "
+                       f"layers={len(event['layers'].split())} out=[{event['nodes_out']}]")
+                for fault in [f for f in pending if f.at_token == event["step"] and (f.prompt_index, f.repeat) == key]:
+                    pending.remove(fault)
+                    runner.fire(fault)
+            elif event["ev"] == "session_end":
+                stream(f"[{event['prompt_index']}.{event['repeat']}] done: {event['text']!r}"
+                       + (f" ERROR: {event['error']}" if event.get("error") else ""))
+        proc.wait()
+    except KeyboardInterrupt:
+        interrupted = True
+        proc.terminate()
+        proc.wait(timeout=10)
+    finally:
+        runner.cancel()
+    complete = proc.returncode == 0 and not interrupted
+    return write_run_dir(testbed, deployment, out, faults=runner.records, scenario=scenario or {"job": job},
+                         started_wall_ns=started_wall, complete=complete,
+                         user_exit=proc.returncode)

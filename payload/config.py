@@ -1,0 +1,75 @@
+"""Node configuration: one JSON file per node, written by deploy.
+
+Timing defaults suit loopback and server links as well as WiFi/cellular: the
+ack deadline adapts (a multiple of the observed p99 hop round trip) and only
+the floor is fixed.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class Timing:
+    """Failure-detection knobs (per deployment)."""
+
+    ack_floor_ms: float = 250.0  # never declare a peer silent sooner than this
+    ack_multiplier: float = 4.0  # deadline = max(floor, multiplier x p99 observed ack RTT)
+    connect_timeout_ms: float = 1000.0
+    heartbeat_ms: float = 100.0  # node -> user node liveness
+    heartbeat_floor_ms: float = 400.0  # silence longer than max(floor, 4 x p99 gap) = failed
+    step_timeout_s: float = 60.0  # backstop per attempt at the user node (compute of long prefills)
+    rejoin_after_s: float = 1.0  # a failed node heard from again after this long rejoins
+    max_attempts: int = 0  # per step; 0 = number of layer nodes + 2
+
+
+@dataclass(frozen=True)
+class NodeConfig:
+    """Everything a node process needs; ``peers`` maps node index to (host, port)."""
+
+    node: int
+    listen: tuple[str, int]
+    peers: dict[int, tuple[str, int]]
+    model_dir: str
+    ranges: list[tuple[int, int]]
+    key_hex: str
+    log_path: str
+    compute_dtype: str = "float32"
+    wire_dtype: str = "bfloat16"
+    max_positions: int = 8192
+    timing: Timing = field(default_factory=Timing)
+
+    @property
+    def key(self) -> bytes:
+        return bytes.fromhex(self.key_hex)
+
+    def to_json(self) -> str:
+        data = asdict(self)
+        data["peers"] = {str(k): list(v) for k, v in self.peers.items()}
+        return json.dumps(data, indent=2)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "NodeConfig":
+        try:
+            return cls(
+                node=int(data["node"]),
+                listen=(str(data["listen"][0]), int(data["listen"][1])),
+                peers={int(k): (str(v[0]), int(v[1])) for k, v in data["peers"].items()},
+                model_dir=str(data["model_dir"]),
+                ranges=[(int(a), int(b)) for a, b in data.get("ranges", [])],
+                key_hex=str(data["key_hex"]),
+                log_path=str(data["log_path"]),
+                compute_dtype=data.get("compute_dtype", "float32"),
+                wire_dtype=data.get("wire_dtype", "bfloat16"),
+                max_positions=int(data.get("max_positions", 8192)),
+                timing=Timing(**data.get("timing", {})),
+            )
+        except (KeyError, TypeError, ValueError, IndexError) as exc:
+            raise ValueError(f"invalid node config: {exc!r}") from exc
+
+    @classmethod
+    def load(cls, path: Path | str) -> "NodeConfig":
+        return cls.from_dict(json.loads(Path(path).read_text()))

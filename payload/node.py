@@ -1,0 +1,305 @@
+"""Layer node: receive hidden states, ack, apply this node's layers, forward along the route.
+
+Per session the node keeps one KV cache per layer range it holds and the
+history of hidden states it sent downstream (at wire dtype), so a replica or a
+rejoining successor can rebuild its cache by replay.  Consistency rules:
+
+* a frame with an epoch below the session's highest seen epoch is stale: dropped;
+* a frame whose first position is below the cache length is a re-sent step:
+  the cache and history roll back to that position, then recompute;
+* a frame with ``pos_start == 0`` or a replay prefix rebuilds the range from scratch;
+* a frame whose first position is beyond the cache length (a gap) is refused.
+
+Failures of the successor are reported to the end-user node (node 0), which
+re-plans the route and re-sends; nodes never reroute on their own.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import resource
+import signal
+import sys
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import torch
+
+from payload.config import NodeConfig
+from payload.events import EventLog
+from payload.frames import DEFAULT_MAX_FRAME, Frame, FrameType, HopFlag, WireDtype, encode
+from payload.slices import LayerSlice, ModelSpec, SessionCache, dtype_of
+from payload.tensors import from_bytes, to_bytes, to_wire
+from payload.transport import PeerFailed, PeerLink, serve_connection
+
+USER_NODE = 0
+
+
+def peak_rss_bytes() -> int:
+    """Peak resident set size of this process (Linux reports KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+@dataclass
+class RangeState:
+    """One session's state for one layer range: KV cache and sent history."""
+
+    cache: SessionCache
+    history: list[torch.Tensor] = field(default_factory=list)  # wire-dtype [1, t, H] chunks
+
+    @property
+    def history_len(self) -> int:
+        return sum(t.shape[1] for t in self.history)
+
+    def truncate_history(self, length: int) -> None:
+        kept, total = [], 0
+        for chunk in self.history:
+            if total + chunk.shape[1] <= length:
+                kept.append(chunk)
+                total += chunk.shape[1]
+            else:
+                if length > total:
+                    kept.append(chunk[:, : length - total])
+                break
+        self.history = kept
+
+    def history_tensor(self) -> torch.Tensor:
+        return torch.cat(self.history, dim=1)
+
+
+@dataclass
+class SessionState:
+    max_epoch: int = 0
+    ranges: dict[int, RangeState] = field(default_factory=dict)  # keyed by first layer
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+
+class LayerNode:
+    """The node service: an asyncio server plus one compute thread."""
+
+    def __init__(self, config: NodeConfig):
+        self.config = config
+        self.log = EventLog(config.log_path, config.node)
+        self.wire_dtype = WireDtype.from_name(config.wire_dtype)
+        self.spec = ModelSpec(config.model_dir)
+        compute = dtype_of(config.compute_dtype)
+        self.slices = {a: LayerSlice.load(self.spec, a, b, compute) for a, b in config.ranges}
+        self.sessions: dict[uuid.UUID, SessionState] = {}
+        self.links: dict[int, PeerLink] = {}
+        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="compute")
+        self.max_frame = max(DEFAULT_MAX_FRAME, 2 * config.max_positions * self.spec.hidden_size * 4)
+        self._tasks: set[asyncio.Task] = set()
+        self._stopping = asyncio.Event()
+
+    # -- peers -----------------------------------------------------------------
+    def link(self, peer: int) -> PeerLink:
+        if peer not in self.links:
+            if peer not in self.config.peers:
+                raise PeerFailed(peer, "rejected", f"node {peer} is not in this node's peer table")
+            self.links[peer] = PeerLink(
+                me=self.config.node, peer=peer, address=self.config.peers[peer], key=self.config.key,
+                timing=self.config.timing, log=self.log, on_lost=self._peer_lost,
+            )
+        return self.links[peer]
+
+    def _peer_lost(self, peer: int, reason: str) -> None:
+        if peer == USER_NODE or self._stopping.is_set():
+            return
+        self.log.log("peer_lost", peer=peer, reason=reason)
+        self._spawn(self.report_failure(peer, "crashed", reason, None))
+
+    async def report_failure(self, peer: int, kind: str, reason: str, frame: Frame | None) -> None:
+        detect_ns = time.time_ns()
+        self.log.log("peer_failed", peer=peer, kind=kind, reason=reason,
+                     session=str(frame.session) if frame else None,
+                     step=frame.step if frame else None, epoch=frame.epoch if frame else None)
+        body = json.dumps({"failed": peer, "kind": kind, "reason": reason, "detect_wall_ns": detect_ns,
+                           "reporter": self.config.node}).encode()
+        report = Frame(FrameType.FAIL, frame.session if frame else uuid.UUID(int=0),
+                       step=frame.step if frame else 0, epoch=frame.epoch if frame else 0,
+                       src=self.config.node, dst=USER_NODE, payload=body)
+        await self.link(USER_NODE).send_control(report)
+
+    def _spawn(self, coro) -> None:
+        task = asyncio.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    # -- inbound -----------------------------------------------------------------
+    def _validate(self, frame: Frame) -> str | None:
+        """Return why a DATA frame cannot be served here, or None."""
+        if frame.dst != self.config.node:
+            return f"frame addressed to node {frame.dst}, this is node {self.config.node}"
+        if not frame.route or frame.route[frame.hop].node != self.config.node:
+            return "route does not name this node at the frame's hop"
+        hop = frame.route[frame.hop]
+        sl = self.slices.get(hop.first)
+        if sl is None or sl.end != hop.end:
+            return f"this node does not hold layers [{hop.first}, {hop.end})"
+        if frame.hidden != self.spec.hidden_size:
+            return f"hidden size {frame.hidden} does not match the model's {self.spec.hidden_size}"
+        if frame.dtype == WireDtype.NONE:
+            return "DATA frame without a tensor dtype"
+        if frame.n_pos == 0 or frame.pos_start + frame.n_pos > self.config.max_positions:
+            return f"positions [{frame.pos_start}, {frame.pos_start + frame.n_pos}) outside 1..{self.config.max_positions}"
+        return None
+
+    async def on_frame(self, frame: Frame, writer: asyncio.StreamWriter, t2: int) -> None:
+        if frame.type == FrameType.END:
+            self.sessions.pop(frame.session, None)
+            self.log.log("session_end", session=str(frame.session))
+            return
+        if frame.type != FrameType.DATA:
+            self.log.log("reject", reason=f"unexpected {frame.type.name} frame", peer=frame.src)
+            return
+        problem = self._validate(frame)
+        if problem is None and frame.pos_start > 0 and frame.replay_len == 0:
+            state = self.sessions.get(frame.session)
+            if state is None or frame.route[frame.hop].first not in state.ranges:
+                problem = f"unknown session {frame.session} (no cache for a step at position {frame.pos_start})"
+        if problem is not None:
+            self.log.log("reject", reason=problem, peer=frame.src, session=str(frame.session), step=frame.step)
+            writer.write(encode(frame.reply(FrameType.ERROR, problem.encode()), self.config.key))
+            return
+        t3 = time.time_ns()
+        writer.write(encode(frame.reply(FrameType.ACK, t_a=t2, t_b=t3), self.config.key))
+        self.log.log("recv", session=str(frame.session), step=frame.step, epoch=frame.epoch, src=frame.src,
+                     positions=frame.n_pos, pos_start=frame.pos_start, replay_len=frame.replay_len,
+                     bytes=len(frame.payload), t2_wall_ns=t2, t3_wall_ns=t3)
+        self._spawn(self.process(frame, time.monotonic_ns()))
+
+    # -- compute and forward -------------------------------------------------------
+    async def process(self, frame: Frame, recv_mono: int) -> None:
+        state = self.sessions.setdefault(frame.session, SessionState())
+        async with state.lock:
+            if frame.epoch < state.max_epoch:
+                self.log.log("stale", session=str(frame.session), step=frame.step, epoch=frame.epoch,
+                             current_epoch=state.max_epoch)
+                return
+            state.max_epoch = frame.epoch
+            hop = frame.route[frame.hop]
+            sl = self.slices[hop.first]
+            rs = state.ranges.get(hop.first)
+            if frame.pos_start == 0 or rs is None:
+                if frame.pos_start != 0:
+                    await self._refuse(frame, f"gap: no cache, step starts at position {frame.pos_start}")
+                    return
+                rs = state.ranges[hop.first] = RangeState(sl.new_cache())
+                if frame.replay_len:
+                    self.log.log("replay", session=str(frame.session), step=frame.step, positions=frame.replay_len,
+                                 layers=list(hop.layers))
+            elif frame.pos_start < rs.cache.length:
+                rolled = rs.cache.length - frame.pos_start
+                rs.cache.rollback(rolled)
+                rs.truncate_history(frame.pos_start)
+                self.log.log("rollback", session=str(frame.session), step=frame.step, epoch=frame.epoch,
+                             positions=rolled)
+            elif frame.pos_start > rs.cache.length:
+                await self._refuse(frame, f"gap: cache has {rs.cache.length} positions, step starts at {frame.pos_start}")
+                return
+            else:
+                rs.cache.commit()
+            hidden = from_bytes(frame.payload, frame.dtype, frame.n_pos, frame.hidden)
+            positions = torch.arange(frame.pos_start, frame.pos_start + frame.n_pos).unsqueeze(0)
+            start = time.monotonic_ns()
+            out = await asyncio.get_running_loop().run_in_executor(
+                self.executor, sl.forward, hidden, positions, rs.cache)
+            end = time.monotonic_ns()
+            wire = to_wire(out, self.wire_dtype)
+            rs.history.append(wire)
+            self.log.log("compute", session=str(frame.session), step=frame.step, epoch=frame.epoch,
+                         layers=list(hop.layers), positions=frame.n_pos, start_mono_ns=start, end_mono_ns=end,
+                         queue_ns=start - recv_mono, compute_ns=end - start, src=frame.src)
+            await self.forward(frame, rs, wire)
+
+    async def _refuse(self, frame: Frame, reason: str) -> None:
+        self.log.log("reject", reason=reason, peer=frame.src, session=str(frame.session), step=frame.step)
+        await self.report_failure(self.config.node, "rejected", reason, frame)
+
+    async def forward(self, frame: Frame, rs: RangeState, wire: torch.Tensor) -> None:
+        """Send this step's output to the next hop (or the user node after the last hop)."""
+        last = frame.hop + 1 >= len(frame.route)
+        nxt = USER_NODE if last else frame.route[frame.hop + 1].node
+        new = wire[:, frame.replay_len:]
+        pos_start = frame.pos_start + frame.replay_len
+        replay_len = 0
+        if last:
+            payload, pos_start = new[:, -1:], pos_start + new.shape[1] - 1  # the user needs the last position only
+        elif frame.route[frame.hop + 1].flags & HopFlag.REPLAY:
+            payload = rs.history_tensor()
+            replay_len, pos_start = payload.shape[1] - new.shape[1], 0
+        else:
+            payload = new
+        out = Frame(FrameType.DATA, frame.session, step=frame.step, epoch=frame.epoch, pos_start=pos_start,
+                    n_pos=payload.shape[1], replay_len=replay_len, hidden=frame.hidden, dtype=self.wire_dtype,
+                    hop=frame.hop + 1 if not last else 0, route=frame.route, src=self.config.node, dst=nxt,
+                    payload=to_bytes(payload))
+        t_enc = time.monotonic_ns()
+        encoded = encode(out, self.config.key)
+        serialize_ns = time.monotonic_ns() - t_enc
+        try:
+            timing = await self.link(nxt).send_data(out, encoded)
+        except PeerFailed as exc:
+            await self.report_failure(exc.peer, exc.kind, exc.reason, frame)
+            return
+        self.log.log("ack", session=str(frame.session), step=frame.step, epoch=frame.epoch, src=self.config.node,
+                     dst=nxt, positions=out.n_pos, bytes=timing.bytes, serialize_ns=serialize_ns,
+                     t1_wall_ns=timing.t1_wall_ns, t1_mono_ns=timing.t1_mono_ns, t2_wall_ns=timing.t2_wall_ns,
+                     t3_wall_ns=timing.t3_wall_ns, t4_wall_ns=timing.t4_wall_ns, t4_mono_ns=timing.t4_mono_ns,
+                     rtt_ns=timing.rtt_ns)
+
+    # -- liveness ------------------------------------------------------------------
+    async def heartbeat(self) -> None:
+        seq = 0
+        interval = self.config.timing.heartbeat_ms / 1000
+        while not self._stopping.is_set():
+            seq += 1
+            body = json.dumps({"seq": seq, "peak_rss_bytes": peak_rss_bytes(), "started_wall_ns": self.started,
+                               "ranges": self.config.ranges}).encode()
+            await self.link(USER_NODE).send_control(
+                Frame(FrameType.HEARTBEAT, uuid.UUID(int=0), step=seq, src=self.config.node, dst=USER_NODE,
+                      payload=body))
+            try:
+                await asyncio.wait_for(self._stopping.wait(), interval)
+            except asyncio.TimeoutError:
+                pass
+
+    async def run(self) -> None:
+        self.started = time.time_ns()
+        server = await asyncio.start_server(
+            lambda r, w: serve_connection(r, w, key=self.config.key, max_frame=self.max_frame,
+                                          handler=self.on_frame, log=self.log),
+            self.config.listen[0], self.config.listen[1], reuse_address=True)
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self._stopping.set)
+        self.log.log("ready", listen=list(self.config.listen), ranges=self.config.ranges,
+                     peak_rss_bytes=peak_rss_bytes(), model_dir=self.config.model_dir)
+        print(f"node {self.config.node} ready on {self.config.listen[0]}:{self.config.listen[1]} "
+              f"layers {self.config.ranges}", flush=True)
+        hb = asyncio.create_task(self.heartbeat())
+        async with server:
+            await self._stopping.wait()
+        hb.cancel()
+        self.log.log("stop", peak_rss_bytes=peak_rss_bytes())
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="JARVIS layer node service")
+    parser.add_argument("--config", required=True, help="node config JSON written by deploy")
+    args = parser.parse_args(argv)
+    config = NodeConfig.load(args.config)
+    torch.set_num_threads(int(os.environ.get("JARVIS_TORCH_THREADS", "1")))
+    node = LayerNode(config)
+    node.log.log("start", peak_rss_bytes=peak_rss_bytes())
+    asyncio.run(node.run())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

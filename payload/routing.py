@@ -1,0 +1,177 @@
+"""Pure routing: placement of layer slices, and the route a step takes.  No I/O.
+
+The end-user node (index 0) is the single authority for routes: it plans each
+step's source route from the placement and what it knows of node health, and
+stamps the step with a new epoch whenever it re-sends.  Nodes only follow the
+route in the frame.  One authority is what makes the consistency oracle hold:
+two nodes can never reroute the same step concurrently into diverging caches.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+
+from payload.frames import Hop, HopFlag
+
+
+class RouteError(RuntimeError):
+    """No route can serve the model under the current policy (e.g. no live replica)."""
+
+
+class Policy(str, enum.Enum):
+    SKIP = "skip"
+    REPLICA = "replica"
+    REPLICA_THEN_SKIP = "replica-then-skip"
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Which node holds which layers.
+
+    ``slices[k] = (first, end)`` is node k's primary slice (k = 1..N, contiguous
+    and covering every layer in order); ``replicas[k]`` lists the nodes whose
+    slices node k also holds.
+    """
+
+    num_layers: int
+    slices: dict[int, tuple[int, int]]
+    replicas: dict[int, tuple[int, ...]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        expected = 0
+        for node in sorted(self.slices):
+            first, end = self.slices[node]
+            if first != expected or end <= first:
+                raise ValueError(
+                    f"node {node} holds layers [{first}, {end}) but the next uncovered layer is {expected}: "
+                    "slices must be contiguous, non-empty and in node order"
+                )
+            expected = end
+        if expected != self.num_layers:
+            raise ValueError(f"slices cover layers [0, {expected}) of a {self.num_layers}-layer model")
+        for holder, owners in self.replicas.items():
+            for owner in owners:
+                if owner not in self.slices or owner == holder:
+                    raise ValueError(f"node {holder} cannot hold a replica of node {owner}")
+
+    @property
+    def nodes(self) -> list[int]:
+        return sorted(self.slices)
+
+    def ranges_of(self, node: int) -> list[tuple[int, int]]:
+        """Every layer range node ``node`` holds: its own slice, then its replicas."""
+        own = [self.slices[node]] if node in self.slices else []
+        return own + [self.slices[o] for o in self.replicas.get(node, ())]
+
+    def holders_of(self, owner: int) -> list[int]:
+        """Nodes holding a replica of ``owner``'s slice, in node order."""
+        return sorted(h for h, owners in self.replicas.items() if owner in owners)
+
+    def critical(self, node: int) -> bool:
+        """First and last layers matter most (the original study): flag their nodes."""
+        first, end = self.slices[node]
+        return first == 0 or end == self.num_layers
+
+
+def even_placement(num_layers: int, nodes: int, replicas: int = 0) -> Placement:
+    """Split ``num_layers`` into ``nodes`` contiguous slices whose sizes differ by at most one.
+
+    With ``replicas=K`` each slice is also held by the K following nodes
+    (cyclically), so every slice lives on K+1 nodes.
+    """
+    if nodes < 1 or nodes > num_layers:
+        raise ValueError(f"cannot split {num_layers} layers over {nodes} nodes")
+    if not 0 <= replicas < nodes:
+        raise ValueError(f"replicas={replicas} needs at least {replicas + 1} nodes")
+    base, extra = divmod(num_layers, nodes)
+    slices, start = {}, 0
+    for k in range(1, nodes + 1):
+        size = base + (1 if k <= extra else 0)
+        slices[k] = (start, start + size)
+        start += size
+    return Placement(num_layers, slices, _cyclic_replicas(nodes, replicas))
+
+
+def _cyclic_replicas(nodes: int, replicas: int) -> dict[int, tuple[int, ...]]:
+    held: dict[int, list[int]] = {}
+    for owner in range(1, nodes + 1):
+        for j in range(1, replicas + 1):
+            holder = (owner - 1 + j) % nodes + 1
+            held.setdefault(holder, []).append(owner)
+    return {h: tuple(o) for h, o in held.items()}
+
+
+def explicit_placement(num_layers: int, ranges: list[tuple[int, int]], replicas: int = 0) -> Placement:
+    """Placement from an explicit list of ``(first, end)`` per node 1..N."""
+    slices = {k + 1: (int(a), int(b)) for k, (a, b) in enumerate(ranges)}
+    return Placement(num_layers, slices, _cyclic_replicas(len(slices), replicas))
+
+
+def memory_weighted_placement(num_layers: int, memory: dict[int, int], replicas: int = 0) -> Placement:
+    """Give each node a share of layers proportional to its reported free memory (at least one)."""
+    nodes = sorted(memory)
+    total = sum(memory.values())
+    if total <= 0:
+        raise ValueError("nodes reported no memory")
+    sizes = [max(1, round(num_layers * memory[n] / total)) for n in nodes]
+    while sum(sizes) > num_layers:
+        sizes[sizes.index(max(sizes))] -= 1
+    while sum(sizes) < num_layers:
+        sizes[sizes.index(min(sizes))] += 1
+    ranges, start = [], 0
+    for size in sizes:
+        ranges.append((start, start + size))
+        start += size
+    return explicit_placement(num_layers, ranges, replicas)
+
+
+@dataclass(frozen=True)
+class RoutePlan:
+    """A step's route plus what it means for the user: skipped layers and nodes."""
+
+    hops: tuple[Hop, ...]
+    skipped_nodes: tuple[int, ...]
+    skipped_layers: tuple[int, ...]
+    critical: bool
+
+    @property
+    def layers(self) -> tuple[int, ...]:
+        return tuple(i for h in self.hops for i in h.layers)
+
+
+def plan_route(
+    placement: Placement,
+    dead: frozenset[int] | set[int],
+    *,
+    policy: Policy = Policy.SKIP,
+    warm: frozenset[tuple[int, int]] | set[tuple[int, int]] = frozenset(),
+    positions: int = 0,
+) -> RoutePlan:
+    """Route a step through the live nodes.
+
+    ``warm`` holds ``(node, first_layer)`` pairs whose caches cover every
+    position so far; a hop that is not warm gets the REPLAY flag when
+    ``positions > 0``, so its predecessor sends history and it rebuilds.
+    """
+    hops: list[Hop] = []
+    skipped_nodes: list[int] = []
+    skipped_layers: list[int] = []
+    critical = False
+    for owner in placement.nodes:
+        first, end = placement.slices[owner]
+        server = owner if owner not in dead else None
+        if server is None and policy in (Policy.REPLICA, Policy.REPLICA_THEN_SKIP):
+            server = next((h for h in placement.holders_of(owner) if h not in dead), None)
+            if server is None and policy == Policy.REPLICA:
+                raise RouteError(f"node {owner} (layers {first}-{end - 1}) failed and no live replica holds them")
+        if server is None:
+            skipped_nodes.append(owner)
+            skipped_layers.extend(range(first, end))
+            critical = critical or placement.critical(owner)
+            continue
+        replay = positions > 0 and (server, first) not in warm
+        hops.append(Hop(server, first, end, HopFlag.REPLAY if replay else HopFlag.NONE))
+    if not hops:
+        raise RouteError("every layer node has failed")
+    return RoutePlan(tuple(hops), tuple(skipped_nodes), tuple(skipped_layers), critical)

@@ -1,0 +1,33 @@
+"""Tensor <-> frame payload conversion (the only place torch meets wire bytes).
+
+Raw little-endian element bytes only: never pickle or ``torch.load`` network data.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from payload.frames import WireDtype
+
+TORCH_OF = {WireDtype.FLOAT32: torch.float32, WireDtype.BFLOAT16: torch.bfloat16, WireDtype.FLOAT16: torch.float16}
+
+
+def to_wire(hidden: torch.Tensor, dtype: WireDtype) -> torch.Tensor:
+    """Round ``hidden`` to the wire dtype (what the receiver will see)."""
+    return hidden.to(TORCH_OF[dtype]).contiguous()
+
+
+def to_bytes(hidden: torch.Tensor) -> bytes:
+    """Raw bytes of a wire-dtype tensor [1, T, H]."""
+    flat = hidden.contiguous().view(-1)
+    if flat.dtype in (torch.bfloat16, torch.float16):
+        return flat.view(torch.int16).numpy().tobytes()
+    return flat.numpy().tobytes()
+
+
+def from_bytes(payload: bytes, dtype: WireDtype, n_pos: int, hidden: int) -> torch.Tensor:
+    """Tensor [1, n_pos, hidden] of wire dtype from raw bytes (length already validated)."""
+    if n_pos == 0:
+        return torch.empty((1, 0, hidden), dtype=TORCH_OF[dtype])
+    tensor = torch.frombuffer(bytearray(payload), dtype=TORCH_OF[dtype])
+    return tensor.view(1, n_pos, hidden)

@@ -1,0 +1,205 @@
+"""asyncio byte moving around the sans-IO codec: outbound peer links and inbound connections.
+
+Failure detection lives here, split the way the failures show up:
+
+* a crashed peer refuses or resets the connection: detected at once, either
+  while sending or by the reader seeing EOF;
+* a silent peer (stopped, link cut, packets dropped) misses the ack deadline,
+  which adapts to observed round trips (``max(floor, multiplier x p99)``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import time
+from dataclasses import dataclass
+from typing import Awaitable, Callable
+
+from payload.events import EventLog
+from payload.frames import Decoder, Frame, FrameType, PeerFrameError, encode
+from payload.config import Timing
+
+READ_CHUNK = 1 << 16
+
+
+class PeerFailed(Exception):
+    """A peer did not take a frame: crashed (refused/reset/EOF), silent (deadline) or rejected it."""
+
+    def __init__(self, peer: int, kind: str, reason: str):
+        super().__init__(f"node {peer} {kind}: {reason}")
+        self.peer = peer
+        self.kind = kind  # "crashed" | "silent" | "rejected"
+        self.reason = reason
+
+
+class AdaptiveDeadline:
+    """Ack deadline from recent round trips: a multiple of their p99, never below the floor."""
+
+    def __init__(self, floor_s: float, multiplier: float, window: int = 64):
+        self.floor_s = floor_s
+        self.multiplier = multiplier
+        self._samples: collections.deque[float] = collections.deque(maxlen=window)
+
+    def observe(self, seconds: float) -> None:
+        self._samples.append(seconds)
+
+    def value(self) -> float:
+        if not self._samples:
+            return self.floor_s
+        ordered = sorted(self._samples)
+        p99 = ordered[min(len(ordered) - 1, int(0.99 * len(ordered)))]
+        return max(self.floor_s, self.multiplier * p99)
+
+
+@dataclass(frozen=True)
+class HopTiming:
+    """TWAMP-style stamps of one delivered frame (T1/T4 here, T2/T3 from the peer's ack)."""
+
+    t1_wall_ns: int
+    t1_mono_ns: int
+    t2_wall_ns: int
+    t3_wall_ns: int
+    t4_wall_ns: int
+    t4_mono_ns: int
+    bytes: int
+
+    @property
+    def rtt_ns(self) -> int:
+        return (self.t4_mono_ns - self.t1_mono_ns) - (self.t3_wall_ns - self.t2_wall_ns)
+
+
+class PeerLink:
+    """One outbound connection to a peer, reconnected lazily after a failure."""
+
+    def __init__(self, *, me: int, peer: int, address: tuple[str, int], key: bytes, timing: Timing,
+                 log: EventLog, on_lost: Callable[[int, str], None] | None = None):
+        self.me, self.peer, self.address, self.key = me, peer, address, key
+        self.timing = timing
+        self.log = log
+        self.deadline = AdaptiveDeadline(timing.ack_floor_ms / 1000, timing.ack_multiplier)
+        self._on_lost = on_lost
+        self._writer: asyncio.StreamWriter | None = None
+        self._reader_task: asyncio.Task | None = None
+        self._pending: dict[tuple, asyncio.Future] = {}
+        self._connect_lock = asyncio.Lock()
+
+    async def _ensure(self) -> asyncio.StreamWriter:
+        async with self._connect_lock:
+            if self._writer is not None and not self._writer.is_closing():
+                return self._writer
+            try:
+                reader, writer = await asyncio.wait_for(
+                    asyncio.open_connection(*self.address), self.timing.connect_timeout_ms / 1000
+                )
+            except asyncio.TimeoutError:
+                raise PeerFailed(self.peer, "silent", f"connect to {self.address} timed out") from None
+            except OSError as exc:
+                raise PeerFailed(self.peer, "crashed", f"connect to {self.address}: {exc.strerror or exc}") from None
+            self._writer = writer
+            self._reader_task = asyncio.create_task(self._read_acks(reader, writer))
+            return writer
+
+    async def _read_acks(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        decoder = Decoder(self.key)
+        reason = "connection closed by peer"
+        try:
+            while True:
+                data = await reader.read(READ_CHUNK)
+                if not data:
+                    break
+                decoder.feed(data)
+                while isinstance(frame := decoder.next_frame(), Frame):
+                    fut = self._pending.get((frame.session, frame.step, frame.epoch))
+                    if fut is not None and not fut.done():
+                        fut.set_result(frame)
+        except PeerFrameError as exc:
+            reason = f"invalid reply: {exc}"
+        except (ConnectionError, OSError) as exc:
+            reason = f"connection lost: {exc}"
+        finally:
+            self._drop(writer)
+            for fut in self._pending.values():
+                if not fut.done():
+                    fut.set_exception(PeerFailed(self.peer, "crashed", reason))
+            if self._on_lost is not None:
+                self._on_lost(self.peer, reason)
+
+    def _drop(self, writer: asyncio.StreamWriter | None) -> None:
+        if writer is not None:
+            writer.close()
+        if self._writer is writer:
+            self._writer = None
+
+    async def send_data(self, frame: Frame, encoded: bytes) -> HopTiming:
+        """Send a DATA frame and wait for its ack within the adaptive deadline."""
+        key = (frame.session, frame.step, frame.epoch)
+        fut: asyncio.Future = asyncio.get_running_loop().create_future()
+        self._pending[key] = fut
+        try:
+            writer = await self._ensure()
+            t1_wall, t1_mono = time.time_ns(), time.monotonic_ns()
+            try:
+                writer.write(encoded)
+                await writer.drain()
+            except (ConnectionError, OSError) as exc:
+                self._drop(writer)
+                raise PeerFailed(self.peer, "crashed", f"send failed: {exc}") from None
+            deadline = self.deadline.value()
+            try:
+                reply: Frame = await asyncio.wait_for(asyncio.shield(fut), deadline)
+            except asyncio.TimeoutError:
+                self._drop(writer)
+                raise PeerFailed(self.peer, "silent", f"no ack within {deadline * 1000:.0f} ms") from None
+            t4_wall, t4_mono = time.time_ns(), time.monotonic_ns()
+            if reply.type == FrameType.ERROR:
+                raise PeerFailed(self.peer, "rejected", reply.payload.decode("utf-8", "replace"))
+            timing = HopTiming(t1_wall, t1_mono, reply.t_a, reply.t_b, t4_wall, t4_mono, len(encoded))
+            self.deadline.observe(max(timing.rtt_ns, 0) / 1e9)
+            return timing
+        finally:
+            self._pending.pop(key, None)
+
+    async def send_control(self, frame: Frame) -> bool:
+        """Best-effort control frame (heartbeat, failure report, session end); False if undeliverable."""
+        try:
+            writer = await self._ensure()
+            writer.write(encode(frame, self.key))
+            await asyncio.wait_for(writer.drain(), self.deadline.value())
+            return True
+        except (PeerFailed, ConnectionError, OSError, asyncio.TimeoutError):
+            return False
+
+    async def close(self) -> None:
+        if self._reader_task is not None:
+            self._reader_task.cancel()
+        self._drop(self._writer)
+
+
+FrameHandler = Callable[[Frame, asyncio.StreamWriter, int], Awaitable[None]]
+
+
+async def serve_connection(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, *, key: bytes,
+                           max_frame: int, handler: FrameHandler, log: EventLog) -> None:
+    """Decode frames from one inbound connection and hand each to ``handler`` with its receive time.
+
+    A framing or authentication error closes only this connection (its byte
+    stream can no longer be trusted) and is logged; the node serves on.
+    """
+    decoder = Decoder(key, max_frame=max_frame)
+    peer = writer.get_extra_info("peername")
+    try:
+        while True:
+            data = await reader.read(READ_CHUNK)
+            if not data:
+                return
+            t2 = time.time_ns()
+            decoder.feed(data)
+            while isinstance(frame := decoder.next_frame(), Frame):
+                await handler(frame, writer, t2)
+    except PeerFrameError as exc:
+        log.log("reject", reason=str(exc), peer=str(peer), fatal=True)
+    except (ConnectionError, OSError, asyncio.CancelledError):
+        return  # peer went away, or this node is shutting down
+    finally:
+        writer.close()
