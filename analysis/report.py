@@ -1,0 +1,178 @@
+"""One run directory to report.md, figures/*.png|pdf and analysis.json, plus a terminal table.
+
+``analyze`` backs ``fab analyze --run DIR [--baseline DIR]``; ``summary_table`` is the
+text printed at the end of ``make demo``.  Everything written lands in the run directory
+(next to the data it describes) and is overwritten on the next analysis.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import pandas as pd
+from tabulate import tabulate
+
+from analysis import figures
+from analysis.load import RunData, RunDirError, load
+from analysis.metrics import Metrics, compute
+from analysis.tables import cell, in_ms, markdown, ms
+
+REPORT = "report.md"
+SUMMARY = "analysis.json"
+FIGURES = "figures"
+
+FIGURE_CAPTIONS: dict[str, tuple[Callable[[Metrics, RunData], object], str]] = {
+    "latency_timeline": (
+        lambda m, d: figures.latency_timeline(d),
+        "Per-token latency over the run. Dashed lines: faults taking effect; shaded: tokens produced "
+        "with layers skipped; red circles: steps that had to be re-sent.",
+    ),
+    "hop_breakdown": (
+        figures.hop_breakdown,
+        "Mean time per frame on each hop: serialisation at the sender, one-way network delay "
+        "(error bar: clock-offset uncertainty), queueing and compute at the receiver.",
+    ),
+    "latency_cdfs": (
+        figures.latency_cdfs,
+        "Distribution of round trips (offset-free) and one-way delays per link-profile pair.",
+    ),
+    "network_over_time": (
+        figures.network_over_time,
+        "Round trip of every frame and bytes delivered per hop over the run.",
+    ),
+    "topology": (
+        figures.topology,
+        "Nodes, their layers and link profiles; arrows are hops used (median round trip), dashed ones reroutes.",
+    ),
+    "layer_map": (
+        lambda m, d: figures.layer_map(d),
+        "Decoder layers applied to each token; red cells are skipped layers.",
+    ),
+}
+
+
+def analyze(run: Path, baseline: Path | None = None, *, allow_incomplete: bool = False) -> Path:
+    """Analyse ``run`` (against ``baseline``, a run of the same prompts, if given); return report.md's path."""
+    run = Path(run)
+    data = _load_with_tokens(run, allow_incomplete=allow_incomplete)
+    base = None if baseline is None else _load_with_tokens(Path(baseline), allow_incomplete=False)
+    metrics = compute(data, base)
+    written = {}
+    for name, (draw, _) in FIGURE_CAPTIONS.items():
+        written[name] = figures.save(draw(metrics, data), run / FIGURES, name)
+    report = run / REPORT
+    report.write_text(render_markdown(metrics, data, baseline), encoding="utf-8")
+    summary = summary_json(metrics, data, baseline, written)
+    (run / SUMMARY).write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+    print(table_text(metrics, data))
+    return report
+
+
+def summary_table(run: Path, *, allow_incomplete: bool = False) -> str:
+    """The terminal table of a run: per-session latency and throughput, then its faults."""
+    data = _load_with_tokens(Path(run), allow_incomplete=allow_incomplete)
+    return table_text(compute(data), data)
+
+
+def _load_with_tokens(run: Path, *, allow_incomplete: bool) -> RunData:
+    """Load a run for a report, which has nothing to say about a run without tokens."""
+    data = load(run, allow_incomplete=allow_incomplete)
+    if data.tokens.empty:
+        raise RunDirError(f"{run / 'tokens.csv'} has no tokens: nothing to analyse")
+    return data
+
+
+def table_text(metrics: Metrics, data: RunData) -> str:
+    """Session table (plus an "all" row) and one line per fault, as plain text."""
+    info = data.info
+    sessions = metrics.sessions
+    rows = [[s.session, s.tokens, ms(s.ttft_ns), ms(s.latency_median_ns), ms(s.latency_p95_ns),
+             ms(s.latency_p99_ns), f"{s.tokens_per_s:.2f}", s.degraded_tokens] for s in sessions.itertuples()]
+    run = metrics.runs.iloc[0]
+    rows.append(["all", run["tokens"], ms(run["ttft_median_ns"]), ms(run["latency_median_ns"]),
+                 ms(run["latency_p95_ns"]), ms(run["latency_p99_ns"]), f"{run['tokens_per_s']:.2f}",
+                 run["degraded_tokens"]])
+    headers = ["session", "tokens", "TTFT ms", "p50 ms", "p95 ms", "p99 ms", "tokens/s", "degraded"]
+    state = "complete" if info.complete else "INCOMPLETE"
+    lines = [f"JARVIS run {info.run_id}: {info.label} ({state})",
+             tabulate(rows, headers=headers, tablefmt="rounded_outline", disable_numparse=True)]
+    lines += [f"fault: {_fault_sentence(f)}" for f in metrics.faults.itertuples()]
+    return "\n".join(lines)
+
+
+def _fault_sentence(fault) -> str:
+    text = f"{fault.action} {fault.target} at {fault.trigger}"
+    if pd.notna(fault.detection_ns):
+        text += f"; detected after {ms(fault.detection_ns)} ms by node {fault.detected_by}"
+    if pd.notna(fault.reroute_ns):
+        text += f"; next token after {ms(fault.reroute_ns)} ms"
+    if pd.notna(fault.degraded_tokens):
+        text += f"; {fault.degraded_tokens} tokens degraded"
+    if fault.layers_lost:
+        text += f"; layers {figures.layer_ranges([int(x) for x in fault.layers_lost.split()])} lost"
+    return text
+
+
+def render_markdown(metrics: Metrics, data: RunData, baseline: Path | None) -> str:
+    """The report's Markdown: tables first, then the figures with captions, then the method."""
+    info = data.info
+    versions = ", ".join(f"{k} {v}" for k, v in info.versions.items() if v)
+    out = [f"# Run {info.run_id}", "", f"**{info.label}** · model {info.summary.get('model', '?')} · {versions}", ""]
+    if not info.complete:
+        out += ["> **Incomplete run**: summary.json says the run did not finish; figures cover what was logged.", ""]
+    if info.missing_event_logs:
+        out += [f"> No event log for {', '.join(info.missing_event_logs)}: their detections cannot be counted.", ""]
+    skip = ["run_id"]
+    out += ["## Summary", "", markdown(in_ms(metrics.runs.drop(columns=skip))), "",
+            "TTFT: first send of the prefill to the first token. Latency percentiles: decode steps only. "
+            "tokens/s: all tokens over the span from the first send to the last token.", "",
+            "## Sessions", "", markdown(in_ms(metrics.sessions.drop(columns=skip))), "",
+            "## Where a token's time goes", "", markdown(in_ms(metrics.composition.drop(columns=skip))), "",
+            "Mean per decode token, summed over the hops of its final attempt; `other` is what the hops do not "
+            "account for (head and sampling at the user node, decoding, failed attempts).", "",
+            "## Hops", "", markdown(in_ms(metrics.hops.drop(columns=skip))), "",
+            "`rtt`: offset-free round trip (T4−T1)−(T3−T2). `owd_*`: one-way delays corrected by the host pair's "
+            "clock offset, each ± `owd_uncertainty`. Component columns (`serialize` … `compute`) are means per frame.",
+            "", "## Clock offsets", "", markdown(in_ms(metrics.offsets.drop(columns=skip))), "",
+            "clock(dst) − clock(src), from the intersection of the per-frame bounds [T3−T4, T2−T1]; the true offset "
+            "lies within ± uncertainty whatever the path asymmetry, if the clocks did not step during the run "
+            "(`consistent`).", "",
+            "## Faults", "", markdown(in_ms(metrics.faults.drop(columns=skip + ["effective_wall_ns"]))), "",
+            "Detection: fault in effect → first `peer_failed` naming the node. Reroute: → next token of the session. "
+            "These compare the control host's clock with the nodes' (exact on one host, ± NTP offset otherwise).", ""]
+    if metrics.quality is not None:
+        quality = metrics.quality.drop(columns=skip).assign(
+            text=lambda f: f["text"].map(cell), baseline_text=lambda f: f["baseline_text"].fillna("").map(cell))
+        out += [f"## Quality against the baseline `{baseline}`", "", markdown(quality), "",
+                "first_divergence: index of the first token that differs (empty: identical). agreement: share of "
+                "positions with the same token (missing tokens disagree). ⏎ marks a newline.", ""]
+    out += ["## Figures", ""]
+    for name, (_, caption) in FIGURE_CAPTIONS.items():
+        out += [f"![{caption}]({FIGURES}/{name}.png)", "", f"{caption} ([PDF]({FIGURES}/{name}.pdf))", ""]
+    return "\n".join(out)
+
+
+def summary_json(metrics: Metrics, data: RunData, baseline: Path | None, written: dict[str, list[Path]]) -> dict:
+    """Machine-readable metrics (ns, indices), the figures and the report they belong to."""
+    info = data.info
+
+    def records(frame: pd.DataFrame | None) -> list | None:
+        return None if frame is None else json.loads(frame.drop(columns="run_id").to_json(orient="records"))
+
+    return {
+        "run_id": info.run_id,
+        "label": info.label,
+        "complete": info.complete,
+        "baseline": None if baseline is None else str(baseline),
+        "run": records(metrics.runs)[0],  # _load_with_tokens guarantees one row
+        "sessions": records(metrics.sessions),
+        "composition": (records(metrics.composition) or [None])[0],  # None: no decode step
+        "hops": records(metrics.hops),
+        "clock_offsets": records(metrics.offsets),
+        "faults": records(metrics.faults),
+        "quality": records(metrics.quality),
+        "report": REPORT,
+        "figures": [str(p.relative_to(info.path)) for paths in written.values() for p in paths],
+    }

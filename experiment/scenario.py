@@ -1,0 +1,151 @@
+"""Scenario files: YAML validated with pydantic, errors naming the field and its line."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from payload.routing import Placement, Policy, even_placement, explicit_placement
+
+
+class ScenarioError(ValueError):
+    """A scenario file is missing, not YAML, or does not validate; the message names field and line."""
+
+
+class FaultSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    action: Literal["kill", "pause", "resume", "link_down", "link_up", "degrade", "partition"]
+    node: int | None = None
+    nodes: list[int] | None = None
+    at_token: int | None = Field(default=None, ge=0)
+    at_seconds: float | None = Field(default=None, ge=0)
+    prompt: int = Field(default=0, ge=0, description="index of the prompt during which the fault fires")
+    repeat: int = Field(default=0, ge=0)
+    duration: float | None = Field(default=None, gt=0)
+    profile: str | None = None
+
+    @model_validator(mode="after")
+    def _check(self) -> "FaultSpec":
+        if (self.at_token is None) == (self.at_seconds is None):
+            raise ValueError("give exactly one of at_token or at_seconds")
+        if (self.node is None) == (self.nodes is None):
+            raise ValueError("give exactly one of node or nodes")
+        if self.action == "degrade" and not self.profile:
+            raise ValueError("degrade needs a profile")
+        return self
+
+    @property
+    def targets(self) -> tuple[int, ...]:
+        return tuple(self.nodes) if self.nodes is not None else (int(self.node),)
+
+
+class Sampling(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    temperature: float = Field(default=0.0, ge=0)
+    top_k: int = Field(default=0, ge=0)
+    top_p: float = Field(default=1.0, gt=0, le=1)
+
+
+class Scenario(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str
+    description: str = ""
+    model: str = "gemma3-270m"
+    nodes: int = Field(ge=1, le=250)
+    placement: Literal["even", "memory"] | list[tuple[int, int]] = "even"
+    replicas: int = Field(default=0, ge=0)
+    on_failure: Policy = Policy.SKIP
+    links: dict[str, str | dict] = Field(default_factory=dict, description="node index, range 'a-b' or 'all' -> profile")
+    prompts: list[str] = Field(default_factory=list)
+    prompts_file: str | None = None
+    max_new_tokens: int = Field(default=32, ge=1)
+    sampling: Sampling = Field(default_factory=Sampling)
+    seed: int = 0
+    repeats: int = Field(default=1, ge=1)
+    concurrency: int = Field(default=1, ge=1)
+    wire_dtype: Literal["float32", "bfloat16", "float16"] = "bfloat16"
+    compute_dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    faults: list[FaultSpec] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _check(self) -> "Scenario":
+        if not self.prompts and not self.prompts_file:
+            raise ValueError("give prompts or prompts_file")
+        for fault in self.faults:
+            for target in fault.targets:
+                if not 1 <= target <= self.nodes:
+                    raise ValueError(f"fault targets node {target}, but layer nodes are 1..{self.nodes}")
+        if self.replicas >= self.nodes:
+            raise ValueError(f"replicas={self.replicas} needs more than {self.replicas} nodes")
+        return self
+
+    def placement_for(self, num_layers: int) -> Placement:
+        if self.placement == "even" or self.placement == "memory":
+            return even_placement(num_layers, self.nodes, self.replicas)
+        if len(self.placement) != self.nodes:
+            raise ScenarioError(f"placement lists {len(self.placement)} ranges for {self.nodes} nodes")
+        return explicit_placement(num_layers, list(self.placement), self.replicas)
+
+    def prompt_list(self, base: Path) -> list[str]:
+        prompts = list(self.prompts)
+        if self.prompts_file:
+            path = (base / self.prompts_file) if not Path(self.prompts_file).is_absolute() else Path(self.prompts_file)
+            if not path.exists():
+                raise ScenarioError(f"prompts_file {path} does not exist")
+            prompts += [line.strip() for line in path.read_text().splitlines() if line.strip()]
+        return prompts
+
+    def profile_of(self, node: int) -> str | dict | None:
+        """Link profile for ``node`` from ``links`` (exact index, then 'a-b' ranges, then 'all')."""
+        if str(node) in self.links:
+            return self.links[str(node)]
+        for key, value in self.links.items():
+            if "-" in key:
+                a, b = key.split("-", 1)
+                if a.isdigit() and b.isdigit() and int(a) <= node <= int(b):
+                    return value
+        return self.links.get("all")
+
+
+def _line_of(root: yaml.Node, loc: tuple) -> int | None:
+    node = root
+    line = getattr(root, "start_mark", None)
+    for part in loc:
+        if isinstance(node, yaml.MappingNode):
+            match = next((v for k, v in node.value if k.value == str(part)), None)
+        elif isinstance(node, yaml.SequenceNode) and isinstance(part, int) and part < len(node.value):
+            match = node.value[part]
+        else:
+            match = None
+        if match is None:
+            break
+        node, line = match, match.start_mark
+    return line.line + 1 if line is not None else None
+
+
+def load_scenario(path: Path | str) -> Scenario:
+    """Parse and validate a scenario file; every problem is reported with its field path and line."""
+    path = Path(path)
+    if not path.exists():
+        raise ScenarioError(f"scenario file {path} does not exist")
+    text = path.read_text()
+    try:
+        data = yaml.safe_load(text)
+        root = yaml.compose(text)
+    except yaml.YAMLError as exc:
+        raise ScenarioError(f"{path}: not valid YAML: {exc}") from None
+    if not isinstance(data, dict):
+        raise ScenarioError(f"{path}: a scenario is a mapping of fields (name, nodes, prompts, ...)")
+    try:
+        return Scenario.model_validate(data)
+    except ValidationError as exc:
+        lines = []
+        for err in exc.errors():
+            loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and p.startswith(("function-", "tuple["))))
+            field = ".".join(str(p) for p in loc) or "(scenario)"
+            line = _line_of(root, loc)
+            lines.append(f"  {field} (line {line}): {err['msg']}" if line else f"  {field}: {err['msg']}")
+        raise ScenarioError(f"{path}: invalid scenario:\n" + "\n".join(lines)) from None

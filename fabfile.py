@@ -1,0 +1,160 @@
+"""JARVIS tasks.  Thin by design: parse flags, call one library function, map errors to a clean exit.
+
+Run `fab --list` for the tasks and `fab --help TASK` for each task's flags.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+from fabric import task
+from invoke.exceptions import Exit
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+TESTBED_HELP = "local | emu | colosseum | rpi"
+
+
+def _user_errors() -> tuple[type[Exception], ...]:
+    from experiment.scenario import ScenarioError
+    from experiment.testbed import TestbedError
+    from payload.prepare import PrepareError
+    from payload.routing import RouteError
+
+    return (TestbedError, ScenarioError, PrepareError, RouteError, FileNotFoundError, ValueError)
+
+
+def _guard(fn, *args, **kwargs):
+    try:
+        return fn(*args, **kwargs)
+    except _user_errors() as exc:
+        raise Exit(f"error: {exc}", code=2) from None
+
+
+@task(help={"model": "gemma3-270m (default), smollm2-135m-instruct, a local HF model dir, or a hub id"})
+def prepare(c, model="gemma3-270m"):
+    """Convert a model into per-layer safetensors that nodes load (cached)."""
+    from payload.prepare import prepare as run
+
+    print(_guard(run, model))
+
+
+@task(help={"testbed": TESTBED_HELP, "nodes": "number of layer nodes (the user node is added)",
+            "links": "emu link spec, e.g. 'wifi' or '1=wifi,2-5=cellular'", "prefix": "name prefix of this testbed",
+            "inventory": "inventory file (colosseum, rpi)"})
+def up(c, testbed="local", nodes=3, links=None, prefix=None, inventory=None):
+    """Create the testbed's nodes (processes, namespaces + sshd, or reachable hosts)."""
+    from experiment.orchestrate import make_testbed
+
+    tb = _guard(make_testbed, testbed, prefix=prefix, inventory=inventory)
+    link_profiles = None
+    if links:
+        from emu.profiles import parse_links_spec
+
+        link_profiles = _guard(parse_links_spec, links, int(nodes))
+    hosts = _guard(tb.up, int(nodes), link_profiles)
+    for h in hosts:
+        print(f"{h.name:8} {h.address:15} {h.profile or ''}")
+
+
+@task(help={"testbed": TESTBED_HELP, "json": "print JSON", "prefix": "name prefix of this testbed"})
+def hosts(c, testbed="local", json_=False, prefix=None):
+    """List the testbed's hosts: name, namespace, IP, SSH port, link profile."""
+    from experiment.orchestrate import make_testbed
+
+    tb = _guard(make_testbed, testbed, prefix=prefix)
+    listed = [h.to_dict() for h in _guard(tb.hosts)]
+    print(json.dumps(listed, indent=2) if json_ else "\n".join(f"{h['name']:8} {h['address']:15} "
+                                                               f"{h.get('ssh_port') or ''} {h.get('profile') or ''}"
+                                                               for h in listed))
+
+
+@task(help={"testbed": TESTBED_HELP, "model": "model name (see prepare)",
+            "placement": "'even' or a file with one first-last layer range per node",
+            "replicas": "each slice held by K+1 nodes", "on_failure": "skip | replica | replica-then-skip",
+            "wire_dtype": "bfloat16 | float16 | float32", "prefix": "name prefix of this testbed"})
+def deploy(c, testbed="local", model="gemma3-270m", placement="even", replicas=0, on_failure="skip",
+           wire_dtype="bfloat16", prefix=None):
+    """Ship each node only its layers, write configs, start node services, wait for health."""
+    from experiment.orchestrate import do_deploy, make_testbed, placement_from
+    from payload.prepare import load_manifest, prepare as prep
+    from payload.routing import Policy
+
+    tb = _guard(make_testbed, testbed, prefix=prefix)
+    layers = load_manifest(_guard(prep, model))["num_layers"]
+    plan = _guard(placement_from, placement, layers, len(_guard(tb.hosts)) - 1, int(replicas))
+    _guard(do_deploy, tb, model, plan, policy=Policy(on_failure), wire_dtype=wire_dtype)
+
+
+@task(help={"testbed": TESTBED_HELP, "prompt": "prompt text", "max_new_tokens": "tokens to generate",
+            "out": "run directory (default runs/<time>-generate)", "prefix": "name prefix of this testbed"})
+def generate(c, prompt, testbed="local", max_new_tokens=32, out=None, prefix=None):
+    """Generate an answer on the deployed chain, streaming it, and write a run directory."""
+    from experiment.deploy import Deployment
+    from experiment.orchestrate import default_out, deployment_path, make_testbed
+    from experiment.run import run_job
+
+    tb = _guard(make_testbed, testbed, prefix=prefix)
+    dep = _guard(Deployment.load, deployment_path(tb))
+    run = _guard(run_job, tb, dep, {"prompts": [prompt], "max_new_tokens": int(max_new_tokens)}, [],
+                 out or default_out("generate"))
+    print(f"run directory: {run}")
+
+
+@task(help={"testbed": TESTBED_HELP, "scenario": "scenario YAML", "out": "run directory",
+            "prefix": "name prefix of this testbed"})
+def run(c, scenario, testbed="local", out=None, prefix=None):
+    """Run a scenario's prompts and faults on the deployed chain; write the run directory."""
+    from experiment.deploy import Deployment
+    from experiment.orchestrate import default_out, deployment_path, faults_from, job_from, make_testbed
+    from experiment.run import run_job
+    from experiment.scenario import load_scenario
+    from pathlib import Path
+
+    sc = _guard(load_scenario, scenario)
+    tb = _guard(make_testbed, testbed, prefix=prefix)
+    dep = _guard(Deployment.load, deployment_path(tb))
+    path = _guard(run_job, tb, dep, job_from(sc, Path(scenario).parent), faults_from(sc), out or default_out(sc.name),
+                  scenario=sc.model_dump(mode="json"))
+    print(f"run directory: {path}")
+
+
+@task(help={"testbed": TESTBED_HELP, "prefix": "name prefix of this testbed"})
+def down(c, testbed="local", prefix=None):
+    """Stop every node service and remove everything the testbed created (safe to repeat)."""
+    from experiment.orchestrate import make_testbed
+
+    _guard(_guard(make_testbed, testbed, prefix=prefix).down)
+    print(f"{testbed} testbed is down")
+
+
+@task(help={"testbed": TESTBED_HELP, "scenario": "scenario YAML", "out": "run directory",
+            "prefix": "name prefix of this testbed", "inventory": "inventory file (colosseum, rpi)"})
+def experiment(c, scenario, testbed="local", out=None, prefix=None, inventory=None):
+    """up -> deploy -> run -> collect -> analyze -> down, then print where the results are."""
+    from experiment.orchestrate import experiment as run_experiment
+
+    _guard(run_experiment, testbed, scenario, out=out, prefix=prefix, inventory=inventory)
+
+
+@task(help={"run": "run directory", "baseline": "baseline run directory (same prompts, no faults)"})
+def analyze(c, run, baseline=None):
+    """Write report.md + figures for a run and print its summary table."""
+    from pathlib import Path
+
+    from analysis.report import analyze as run_analyze, summary_table
+
+    report = _guard(run_analyze, Path(run), Path(baseline) if baseline else None)
+    print(summary_table(Path(run)))
+    print(f"report: {report}")
+
+
+@task(iterable=["runs"], help={"runs": "run directories (repeat --runs)", "out": "output directory"})
+def compare(c, runs, out=None):
+    """Compare several runs side by side (table + figures)."""
+    from pathlib import Path
+
+    from analysis.compare import compare as run_compare
+
+    print(_guard(run_compare, [Path(r) for r in runs], Path(out) if out else None))

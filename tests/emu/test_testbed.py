@@ -1,0 +1,167 @@
+"""A real 3-node emu testbed: hosts, SSH through the gateway (system client and Fabric), faults."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from experiment.testbed import HostInfo, LinkProfile, TestbedError
+from emu import system
+from emu.profiles import load_profiles
+
+from tests.emu.conftest import emu_testbed
+
+pytestmark = [pytest.mark.root, pytest.mark.timeout(60)]
+
+
+@pytest.fixture(scope="module")
+def bed(require_root):
+    ideal = load_profiles()["ideal"]
+    with emu_testbed("tb", 3, {i: ideal for i in range(4)}) as testbed:
+        yield testbed
+
+
+@pytest.fixture(scope="module")
+def hosts(bed) -> list[HostInfo]:
+    return bed.hosts()
+
+
+def ping_ok(src: HostInfo, address: str, *, count: int = 2) -> bool:
+    argv = ["ip", "netns", "exec", src.namespace, "ping", "-n", "-q", "-c", str(count), "-i", "0.05", "-W", "1",
+            address]
+    return subprocess.run(argv, capture_output=True).returncode == 0
+
+
+def mean_rtt_ms(src: HostInfo, address: str) -> float:
+    out = subprocess.run(["ip", "netns", "exec", src.namespace, "ping", "-n", "-q", "-c", "5", "-i", "0.05",
+                          address], capture_output=True, text=True).stdout
+    return float(out.rsplit("=", 1)[1].split("/")[1])
+
+
+class TestHosts:
+    def test_user_node_and_three_layer_nodes_with_their_own_namespace_address_and_sshd(self, hosts):
+        assert [(h.index, h.name) for h in hosts] == [(0, "user"), (1, "node1"), (2, "node2"), (3, "node3")]
+        assert len({h.address for h in hosts}) == 4 and len({h.ssh_port for h in hosts}) == 4
+        for h in hosts:
+            assert system.netns_exists(h.namespace) and Path(h.workdir).is_dir()
+            assert h.ssh_user == "root" and h.profile == "ideal"
+
+    def test_describe_reports_the_shaping_backend(self, bed):
+        description = bed.describe()
+        assert description["backend"] == "userspace" and "userspace" in description["shaping"]
+        assert len(description["hosts"]) == 4
+
+    def test_layer_nodes_reach_each_other_over_the_data_plane(self, hosts):
+        assert ping_ok(hosts[1], hosts[3].address) and ping_ok(hosts[0], hosts[2].address)
+
+
+class TestSystemSsh:
+    def test_every_node_answers_the_system_client_through_the_gateway(self, bed, hosts):
+        for h in hosts:
+            out = subprocess.run(bed.ssh_argv(h, "ip -br addr show data0; pwd"), capture_output=True, text=True,
+                                 timeout=30)
+            assert out.returncode == 0, out.stderr
+            assert h.address in out.stdout and h.workdir in out.stdout
+
+    def test_nodes_are_not_reachable_without_the_gateway(self, hosts):
+        direct = subprocess.run(["ping", "-c", "1", "-W", "1", hosts[1].ssh_host], capture_output=True)
+        assert direct.returncode != 0
+
+    def test_scp_copies_both_ways_through_the_gateway(self, bed, hosts, tmp_path):
+        host = hosts[2]
+        config, alias = host.extra["ssh_config"], host.extra["ssh_alias"]
+        sent = tmp_path / "sent.bin"
+        sent.write_bytes(os.urandom(50_000))
+        remote = f"{host.workdir}/scp.bin"
+        subprocess.run(["scp", "-q", "-F", config, str(sent), f"{alias}:{remote}"], check=True, timeout=30)
+        back = tmp_path / "back.bin"
+        subprocess.run(["scp", "-q", "-F", config, f"{alias}:{remote}", str(back)], check=True, timeout=30)
+        assert back.read_bytes() == sent.read_bytes()
+
+
+class TestFabric:
+    def test_run_a_command_in_the_node_workdir(self, bed, hosts):
+        result = bed.shell(hosts[1]).run("echo $((6 * 7)); pwd; ip -br addr show data0")
+        assert result.ok and result.stdout.splitlines()[:2] == ["42", hosts[1].workdir]
+        assert hosts[1].address in result.stdout
+
+    def test_a_failing_command_raises_with_its_stderr_unless_unchecked(self, bed, hosts):
+        shell = bed.shell(hosts[1])
+        with pytest.raises(TestbedError, match="exited 3: oops"):
+            shell.run("echo oops >&2; exit 3")
+        assert shell.run("exit 3", check=False).exit_code == 3
+
+    def test_put_and_get_copy_a_file_both_ways(self, bed, hosts, tmp_path):
+        shell = bed.shell(hosts[3])
+        sent = tmp_path / "blob.bin"
+        sent.write_bytes(os.urandom(200_000))
+        shell.put(sent, "deep/dir/blob.bin")
+        remote_sum = shell.run("sha256sum deep/dir/blob.bin").stdout.split()[0]
+        assert remote_sum == hashlib.sha256(sent.read_bytes()).hexdigest()
+        back = tmp_path / "back" / "blob.bin"
+        shell.get("deep/dir/blob.bin", back)
+        assert back.read_bytes() == sent.read_bytes()
+
+    def test_popen_streams_a_remote_process_output(self, bed, hosts):
+        proc = bed.popen(hosts[0], ["sh", "-c", "echo one; echo two"])
+        out, _ = proc.communicate(timeout=30)
+        assert proc.returncode == 0 and out.splitlines() == ["one", "two"]
+
+
+class TestFaults:
+    def test_kill_ends_every_service_process_but_ssh_keeps_working(self, bed, hosts):
+        host = hosts[1]
+        parent = bed.start_service(host, ["sh", "-c", "sleep 1000 & sleep 1000"])
+        assert system.wait_until(lambda: len(bed.service_pids(host)) == 3, timeout=5)
+        children = bed.service_pids(host)
+        before = time.time_ns()
+        result = bed.kill(host)
+        assert result.action == "kill" and before <= result.effective_wall_ns <= time.time_ns()
+        assert parent in children and all(system.gone(p) for p in children)
+        assert bed.shell(host).run("echo alive").stdout == "alive\n"
+        with pytest.raises(TestbedError, match="no service process"):
+            bed.kill(host)
+
+    def test_pause_stops_and_resume_continues_the_services(self, bed, hosts):
+        host = hosts[2]
+        pid = bed.start_service(host, ["sleep", "1000"])
+        paused = bed.pause(host)
+        assert system.state_of(pid) in "Tt" and paused.action == "pause"
+        resumed = bed.resume(host)
+        assert system.state_of(pid) not in "Tt" and resumed.effective_mono_ns > paused.effective_mono_ns
+        bed.kill(host)
+
+    def test_link_down_cuts_the_data_plane_and_link_up_restores_it(self, bed, hosts):
+        node1, node2 = hosts[1], hosts[2]
+        assert ping_ok(node1, node2.address)
+        down = bed.link_down(node2)
+        assert down.action == "link_down"
+        assert not ping_ok(node1, node2.address)
+        assert bed.shell(node2).run("echo still-managed").ok  # SSH rides the management network
+        bed.link_up(node2)
+        assert system.wait_until(lambda: ping_ok(node1, node2.address, count=1), timeout=10)
+
+    def test_degrade_switches_a_profile_live(self, bed, hosts):
+        node1, user = hosts[1], hosts[0]
+        assert mean_rtt_ms(node1, user.address) < 5
+        requested = time.monotonic_ns()
+        result = bed.degrade(node1, LinkProfile("slow", delay_ms=25))
+        assert requested <= result.effective_mono_ns <= time.monotonic_ns() and "ideal -> slow" in result.detail
+        assert mean_rtt_ms(node1, user.address) == pytest.approx(50, abs=3)
+        assert bed.hosts()[1].profile == "slow"
+        bed.degrade(node1, load_profiles()["ideal"])
+        assert mean_rtt_ms(node1, user.address) < 5
+
+    def test_partition_cuts_a_set_from_the_rest_and_an_empty_partition_heals(self, bed, hosts):
+        user, node1, node2, node3 = hosts
+        result = bed.partition([node1, node2])
+        assert result.target == "node1 node2"
+        assert ping_ok(node1, node2.address) and ping_ok(user, node3.address)
+        assert not ping_ok(node1, node3.address) and not ping_ok(user, node2.address)
+        healed = bed.partition([])
+        assert "healed" in healed.detail and ping_ok(node1, node3.address)
