@@ -158,3 +158,17 @@ def compare(c, runs, out=None):
     from analysis.compare import compare as run_compare
 
     print(_guard(run_compare, [Path(r) for r in runs], Path(out) if out else None))
+
+
+@task(help={"testbed": "emu (the only testbed whose links JARVIS shapes itself)",
+            "profiles": "comma-separated profile names (default: every shipped profile)",
+            "duration": "seconds of iperf3 per profile", "count": "pings per profile"})
+def links_check(c, testbed="emu", profiles=None, duration="5", count=200):
+    """Measure link profiles with real ping and iperf3 between namespaces: configured vs measured."""
+    if testbed != "emu":
+        raise Exit("error: links-check measures the emulated testbed's shaping; use --testbed emu", code=2)
+    from emu.tasks import links_check as check
+
+    rows = _guard(check, profiles=profiles, duration=float(duration), count=int(count))
+    if not all(r["ok"] for r in rows):
+        raise Exit("some profiles missed their targets (see the table)", code=1)
