@@ -8,6 +8,7 @@ Modules, one concern each:
 - ``figures``: matplotlib figures (headless, PNG and PDF).
 - ``report``: ``analyze`` (report.md, figures, analysis.json, terminal table).
 - ``compare``: several runs side by side.
+- ``tables``: ns-to-ms and Markdown formatting shared by report and compare.
 - ``synth``: synthetic run directories with known answers, for tests and benchmarks.
 
 Nothing is imported here: ``import analysis`` stays cheap (no matplotlib), and the
