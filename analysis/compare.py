@@ -93,7 +93,8 @@ def render_markdown(metrics: Metrics, data: RunData) -> str:
         "Per-token latency CDF, where a token's time goes, TTFT and throughput per run "
         "([PDF](figures/comparison.pdf)).", "",
         "## Runs", "",
-        *[f"- `{run_id}`: {info.path}" + ("" if info.complete else " (incomplete)") for run_id, info in data.runs.items()],
+        *[f"- `{run_id}`: {info.path}" + ("" if info.complete else " (incomplete)")
+          for run_id, info in data.runs.items()],
         "",
     ]
     return "\n".join(lines)

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from matplotlib import colormaps
+from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch
@@ -63,7 +64,7 @@ def _origin_ns(data: RunData) -> int:
     return int((tokens["t_emit_ns"] - tokens["latency_ns"]).min())
 
 
-def _fault_lines(ax, data: RunData, origin: int, *, label: bool = True) -> None:
+def _fault_lines(ax: Axes, data: RunData, origin: int, *, label: bool = True) -> None:
     for fault in data.faults.itertuples(index=False):
         x = (fault.effective_wall_ns - origin) / 1e9
         ax.axvline(x, color="black", linestyle="--", linewidth=1)
@@ -101,8 +102,8 @@ def latency_timeline(data: RunData) -> Figure:
                    label="re-sent step")
     for skipped, start, end in _skip_spans(tokens):
         ax.axvspan(start, end, color="orange", alpha=0.15, linewidth=0)
-        ax.annotate(f"layers {layer_ranges(indices(skipped))} skipped", (start, 0.02), xycoords=("data", "axes fraction"),
-                    fontsize=8, color="darkorange")
+        ax.annotate(f"layers {layer_ranges(indices(skipped))} skipped", (start, 0.02),
+                    xycoords=("data", "axes fraction"), fontsize=8, color="darkorange")
     _fault_lines(ax, data, origin)
     if len(tokens) and tokens["ms"].max() > 20 * max(tokens["ms"].median(), 1e-9):
         ax.set_yscale("log")
@@ -154,7 +155,7 @@ def _profile_pairs(hop_rows: pd.DataFrame, nodes: pd.DataFrame) -> pd.Series:
                       zip(hop_rows["run_id"], hop_rows["src"], hop_rows["dst"], strict=True)], index=hop_rows.index)
 
 
-def _ecdf(ax, values: np.ndarray, label: str) -> None:
+def _ecdf(ax: Axes, values: np.ndarray, label: str) -> None:
     ordered = np.sort(values)
     ax.step(ordered, np.arange(1, len(ordered) + 1) / len(ordered), where="post", label=f"{label} (n={len(ordered)})")
 
@@ -231,8 +232,8 @@ def topology(metrics: Metrics, data: RunData) -> Figure:
     for node in nodes.itertuples(index=False):
         x, y = where[node.index]
         dead = node.name in failed
-        ax.scatter([x], [y], s=np.pi * NODE_RADIUS_PT**2, color=palette[node.profile], edgecolors="red" if dead else "black",
-                   linewidths=3 if dead else 1, zorder=3)
+        ax.scatter([x], [y], s=np.pi * NODE_RADIUS_PT**2, color=palette[node.profile],
+                   edgecolors="red" if dead else "black", linewidths=3 if dead else 1, zorder=3)
         layers = layer_ranges(indices(node.layers))
         role = f"layers {layers}" if layers else ("end user" if node.index == 0 else "no layers")
         text = f"{node.name}\n{role}" + ("\n✕ failed" if dead else "")
@@ -285,7 +286,8 @@ def comparison(metrics: Metrics, data: RunData) -> Figure:
     names = [labels[r].replace(" · ", "\n") for r in labels]
     parts = metrics.composition.set_index("run_id").loc[list(labels)]
     bottom = np.zeros(len(parts))
-    for column, (legend, colour) in {**COMPONENT_STYLE, "other_ns": ("other (head, sampling, retries)", "#8c8c8c")}.items():
+    styles = {**COMPONENT_STYLE, "other_ns": ("other (head, sampling, retries)", "#8c8c8c")}
+    for column, (legend, colour) in styles.items():
         values = parts[column].clip(lower=0).to_numpy() / MS
         parts_ax.bar(names, values, bottom=bottom, color=colour, label=legend.replace("(src)", "").strip())
         bottom += values

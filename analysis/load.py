@@ -207,7 +207,9 @@ def _check_layout(path: Path) -> None:
         raise RunDirError(f"{path}: no such run directory{hint}")
     missing = [name for name in REQUIRED_FILES if not (path / name).is_file()]
     if missing:
-        raise RunDirError(f"{path} is not a complete run directory: missing {', '.join(missing)} (docs/run-directory.md)")
+        raise RunDirError(
+            f"{path} is not a complete run directory: missing {', '.join(missing)} (docs/run-directory.md)"
+        )
 
 
 def _read_json(path: Path) -> dict:
@@ -272,7 +274,9 @@ def _write_cache(cached: Path, frame: pd.DataFrame, stamp: bytes) -> None:
         pq.write_table(table, tmp, use_dictionary=strings)  # dictionaries pay off for strings only (4x faster)
         os.replace(tmp, cached)  # readers never see a half-written cache
     except OSError as exc:
-        warnings.warn(f"cannot write the analysis cache {cached} ({exc}); the CSVs will be parsed again next time", stacklevel=4)
+        warnings.warn(
+            f"cannot write the analysis cache {cached} ({exc}); the CSVs will be parsed again next time", stacklevel=4
+        )
 
 
 def _parse(name: str, sources: list[Path]) -> pd.DataFrame:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -177,7 +178,8 @@ def fault_metrics(data: RunData) -> pd.DataFrame:
                          "degraded_tokens": "Int64", "n_layers_lost": "Int64", "layers_lost": "str"})
 
 
-def _fault_row(fault, data: RunData) -> dict:
+def _fault_row(fault: Any, data: RunData) -> dict:
+    """Figures of one fault; ``fault`` is a row of ``data.faults.itertuples()``."""
     row = {key: getattr(fault, key) for key in ("run_id", "fault", "action", "target", "trigger", "session", "step",
                                                  "effective_wall_ns")}
     row.update(detection_ns=None, detected_by=None, reroute_ns=None, degraded_tokens=None, layers_lost="",
@@ -213,7 +215,7 @@ def _fault_row(fault, data: RunData) -> dict:
     return row
 
 
-def _window_end(fault, faults: pd.DataFrame, names: list[str]) -> float:
+def _window_end(fault: Any, faults: pd.DataFrame, names: list[str]) -> float:
     """Effective time of the next fault in the run touching one of ``names`` (or +inf)."""
     later = faults[(faults["run_id"] == fault.run_id) & (faults["effective_wall_ns"] > fault.effective_wall_ns)]
     touching = later[[bool(set(t.split()) & set(names)) for t in later["target"]]]

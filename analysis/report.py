@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 from tabulate import tabulate
@@ -17,7 +18,7 @@ from tabulate import tabulate
 from analysis import figures
 from analysis.load import RunData, RunDirError, load
 from analysis.metrics import Metrics, compute
-from analysis.tables import cell, in_ms, markdown, ms
+from analysis.tables import cell, in_ms, markdown, ms, with_hop_names
 
 REPORT = "report.md"
 SUMMARY = "analysis.json"
@@ -59,7 +60,7 @@ def analyze(run: Path, baseline: Path | None = None, *, allow_incomplete: bool =
     data = _load_with_tokens(run, allow_incomplete=allow_incomplete)
     base = None if baseline is None else _load_with_tokens(Path(baseline), allow_incomplete=False)
     metrics = compute(data, base)
-    written = {}
+    written: dict[str, list[Path]] = {}
     for name, (draw, _) in FIGURE_CAPTIONS.items():
         written[name] = figures.save(draw(metrics, data), run / FIGURES, name)
     report = run / REPORT
@@ -102,7 +103,8 @@ def table_text(metrics: Metrics, data: RunData) -> str:
     return "\n".join(lines)
 
 
-def _fault_sentence(fault) -> str:
+def _fault_sentence(fault: Any) -> str:
+    """One fault as a sentence; ``fault`` is a row of ``metrics.faults.itertuples()``."""
     text = f"{fault.action} {fault.target} at {fault.trigger}"
     if pd.notna(fault.detection_ns):
         text += f"; detected after {ms(fault.detection_ns)} ms by node {fault.detected_by}"
@@ -116,7 +118,7 @@ def _fault_sentence(fault) -> str:
 
 
 def render_markdown(metrics: Metrics, data: RunData, baseline: Path | None) -> str:
-    """The report's Markdown: tables first, then the figures with captions, then the method."""
+    """The report's Markdown: each table with how it was computed, then the figures with their captions."""
     info = data.info
     versions = ", ".join(f"{k} {v}" for k, v in info.versions.items() if v)
     out = [f"# Run {info.run_id}", "", f"**{info.label}** · model {info.summary.get('model', '?')} · {versions}", ""]
@@ -124,34 +126,44 @@ def render_markdown(metrics: Metrics, data: RunData, baseline: Path | None) -> s
         out += ["> **Incomplete run**: summary.json says the run did not finish; figures cover what was logged.", ""]
     if info.missing_event_logs:
         out += [f"> No event log for {', '.join(info.missing_event_logs)}: their detections cannot be counted.", ""]
-    skip = ["run_id"]
-    out += ["## Summary", "", markdown(in_ms(metrics.runs.drop(columns=skip))), "",
-            "TTFT: first send of the prefill to the first token. Latency percentiles: decode steps only. "
-            "tokens/s: all tokens over the span from the first send to the last token.", "",
-            "## Sessions", "", markdown(in_ms(metrics.sessions.drop(columns=skip))), "",
-            "## Where a token's time goes", "", markdown(in_ms(metrics.composition.drop(columns=skip))), "",
-            "Mean per decode token, summed over the hops of its final attempt; `other` is what the hops do not "
-            "account for (head and sampling at the user node, decoding, failed attempts).", "",
-            "## Hops", "", markdown(in_ms(metrics.hops.drop(columns=skip))), "",
-            "`rtt`: offset-free round trip (T4−T1)−(T3−T2). `owd_*`: one-way delays corrected by the host pair's "
-            "clock offset, each ± `owd_uncertainty`. Component columns (`serialize` … `compute`) are means per frame.",
-            "", "## Clock offsets", "", markdown(in_ms(metrics.offsets.drop(columns=skip))), "",
-            "clock(dst) − clock(src), from the intersection of the per-frame bounds [T3−T4, T2−T1]; the true offset "
-            "lies within ± uncertainty whatever the path asymmetry, if the clocks did not step during the run "
-            "(`consistent`).", "",
-            "## Faults", "", markdown(in_ms(metrics.faults.drop(columns=skip + ["effective_wall_ns"]))), "",
-            "Detection: fault in effect → first `peer_failed` naming the node. Reroute: → next token of the session. "
-            "These compare the control host's clock with the nodes' (exact on one host, ± NTP offset otherwise).", ""]
-    if metrics.quality is not None:
-        quality = metrics.quality.drop(columns=skip).assign(
-            text=lambda f: f["text"].map(cell), baseline_text=lambda f: f["baseline_text"].fillna("").map(cell))
-        out += [f"## Quality against the baseline `{baseline}`", "", markdown(quality), "",
-                "first_divergence: index of the first token that differs (empty: identical). agreement: share of "
-                "positions with the same token (missing tokens disagree). ⏎ marks a newline.", ""]
+    for heading, frame, note in _sections(metrics, data, baseline):
+        out += [f"## {heading}", "", markdown(frame), "", note, ""]
     out += ["## Figures", ""]
     for name, (_, caption) in FIGURE_CAPTIONS.items():
         out += [f"![{caption}]({FIGURES}/{name}.png)", "", f"{caption} ([PDF]({FIGURES}/{name}.pdf))", ""]
     return "\n".join(out)
+
+
+def _sections(metrics: Metrics, data: RunData, baseline: Path | None) -> list[tuple[str, pd.DataFrame, str]]:
+    """(heading, table in ms, how it was computed) for each table of the report."""
+    def shown(frame: pd.DataFrame) -> pd.DataFrame:
+        return in_ms(frame.drop(columns="run_id"))
+
+    sections = [
+        ("Summary", shown(metrics.runs),
+         "TTFT: first send of the prefill to the first token. Latency percentiles: decode steps only. "
+         "tokens/s: all tokens over the span from the first send to the last token."),
+        ("Sessions", shown(metrics.sessions), "As above, per session; decode_tokens_per_s leaves the prefill out."),
+        ("Where a token's time goes", shown(metrics.composition),
+         "Mean per decode token, summed over the hops of its final attempt; `other` is what the hops do not "
+         "account for (head and sampling at the user node, decoding, failed attempts)."),
+        ("Hops", shown(with_hop_names(metrics.hops, data.nodes)),
+         "`rtt`: offset-free round trip (T4−T1)−(T3−T2). `owd_*`: one-way delays corrected by the host pair's "
+         "clock offset, each ± `owd_uncertainty`. `serialize` … `compute`: means per frame."),
+        ("Clock offsets", shown(with_hop_names(metrics.offsets, data.nodes)),
+         "clock(dst) − clock(src), from the intersection of the per-frame bounds [T3−T4, T2−T1]: the true offset "
+         "lies within ± uncertainty whatever the path asymmetry, unless a clock stepped (`consistent` False)."),
+        ("Faults", shown(metrics.faults.drop(columns="effective_wall_ns")),
+         "Detection: fault in effect → first `peer_failed` naming the node. Reroute: → next token of the session. "
+         "Both compare the control host's clock with the nodes' (exact on one host, ± NTP offset otherwise)."),
+    ]
+    if metrics.quality is not None:
+        quality = metrics.quality.assign(text=metrics.quality["text"].map(cell),
+                                         baseline_text=metrics.quality["baseline_text"].fillna("").map(cell))
+        sections.append((f"Quality against the baseline `{baseline}`", shown(quality),
+                         "first_divergence: index of the first token that differs (–: identical). agreement: share "
+                         "of positions with the same token (missing tokens disagree). ⏎ marks a newline, ⇥ a tab."))
+    return sections
 
 
 def summary_json(metrics: Metrics, data: RunData, baseline: Path | None, written: dict[str, list[Path]]) -> dict:

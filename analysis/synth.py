@@ -115,7 +115,8 @@ class _Sim:
         return true_ns - T0_NS + (node + 1) * 10**12  # each host's monotonic clock has its own origin
 
     def log(self, node: int, ev: str, true_ns: int, **fields: object) -> None:
-        record = {"ev": ev, "node": node, "wall_ns": self.wall(node, true_ns), "mono_ns": self.mono(node, true_ns), **fields}
+        record = {"ev": ev, "node": node, "wall_ns": self.wall(node, true_ns), "mono_ns": self.mono(node, true_ns),
+                  **fields}
         self.events[node].append(_ENCODE(record))
 
     def profile(self, node: int) -> Profile:
@@ -222,19 +223,35 @@ def _hop(sim: _Sim, session: str, step: int, epoch: int, src: int, dst: int, pos
     queue = 20_000 + int(draw[3] * 180_000)
     compute = 0 if dst == 0 else round(len(sim.placement[dst]) * (2e6 + 5e4 * positions) * (0.9 + 0.2 * draw[4]))
     w1, w2, w3, w4 = sim.wall(src, t1), sim.wall(dst, t2), sim.wall(dst, t3), sim.wall(src, t4)
-    sim.hops.append([
-        session, step, epoch, src, dst, positions, size, w1, w2, w3, w4, sim.mono(src, t1), sim.mono(src, t4),
-        (w4 - w1) - (w3 - w2), serialize, queue, compute,
-    ])
+    row = [session, step, epoch, src, dst, positions, size, w1, w2, w3, w4, sim.mono(src, t1), sim.mono(src, t4),
+           (w4 - w1) - (w3 - w2), serialize, queue, compute]
+    sim.hops.append(row)
     if sim.spec.data_plane_events:
-        sim.log(src, "send", t1, dst=dst, bytes=size)
-        sim.log(dst, "recv", t2, session=session, step=step, epoch=epoch, src=src, bytes=size, positions=positions)
-        sim.log(src, "ack", t4, dst=dst, t1=w1, t2=w2, t3=w3, t4=w4)
-        if dst != 0:
-            start = t2 + queue
-            sim.log(dst, "compute", start + compute, session=session, step=step, layers=list(sim.placement[dst]),
-                    start_mono_ns=sim.mono(dst, start), end_mono_ns=sim.mono(dst, start + compute))
+        _data_plane(sim, row, t2, t2 + queue)
     return t2 + queue + compute
+
+
+def _data_plane(sim: _Sim, row: list, received: int, start: int) -> None:
+    """Log send, recv, ack (and compute) of the hop in hops.csv ``row``; true times of receive and compute start.
+
+    Formatted directly instead of through json: these four lines per hop dominate synthesis
+    time, and every value is an int or a generated session id (nothing JSON would escape).
+    """
+    session, step, epoch, src, dst, positions, size, w1, w2, w3, w4, m1, m4, _, _, _, compute = row
+    sim.events[src].append(f'{{"ev":"send","node":{src},"wall_ns":{w1},"mono_ns":{m1},'
+                           f'"dst":{dst},"bytes":{size}}}')
+    sim.events[dst].append(f'{{"ev":"recv","node":{dst},"wall_ns":{w2},"mono_ns":{sim.mono(dst, received)},'
+                           f'"session":"{session}","step":{step},"epoch":{epoch},"src":{src},"bytes":{size},'
+                           f'"positions":{positions}}}')
+    sim.events[src].append(f'{{"ev":"ack","node":{src},"wall_ns":{w4},"mono_ns":{m4},"dst":{dst},'
+                           f'"t1":{w1},"t2":{w2},"t3":{w3},"t4":{w4}}}')
+    if dst != 0:
+        end = start + compute
+        layers = ",".join(map(str, sim.placement[dst]))
+        sim.events[dst].append(f'{{"ev":"compute","node":{dst},"wall_ns":{sim.wall(dst, end)},'
+                               f'"mono_ns":{sim.mono(dst, end)},"session":"{session}","step":{step},'
+                               f'"layers":[{layers}],"start_mono_ns":{sim.mono(dst, start)},'
+                               f'"end_mono_ns":{sim.mono(dst, end)}}}')
 
 
 def _detect(sim: _Sim, session: str, step: int, epoch: int, src: int, dst: int, sent: int) -> int:

@@ -22,10 +22,23 @@ def in_ms(frame: pd.DataFrame) -> pd.DataFrame:
 
 
 def markdown(frame: pd.DataFrame) -> str:
-    """A GitHub Markdown table, or "_none_" for an empty frame."""
-    return frame.to_markdown(index=False, floatfmt=".2f") if len(frame) else "_none_"
+    """A GitHub Markdown table ("_none_" for no rows); missing values show as "–".
+
+    Cells go in as Python objects so that integer columns stay integers next to float ones.
+    """
+    if frame.empty:
+        return "_none_"
+    cells = frame.astype(object).where(frame.notna(), None)
+    return cells.to_markdown(index=False, floatfmt=".2f", missingval="–")
+
+
+def with_hop_names(frame: pd.DataFrame, nodes: pd.DataFrame) -> pd.DataFrame:
+    """Put a readable "hop" column (names, src → dst) in front of a frame keyed by src and dst indices."""
+    names = dict(zip(nodes["index"], nodes["name"], strict=True))
+    hop = [f"{names.get(s, s)} → {names.get(d, d)}" for s, d in zip(frame["src"], frame["dst"], strict=True)]
+    return frame.drop(columns=["src", "dst"]).assign(hop=hop)[["hop", *frame.columns.drop(["src", "dst"])]]
 
 
 def cell(text: str) -> str:
-    """Free text made safe for one Markdown table cell (⏎ marks a newline)."""
-    return text.replace("|", "\\|").replace("\n", "⏎")
+    """Free text made safe for one Markdown table cell (⏎ marks a newline, ⇥ a tab)."""
+    return text.replace("|", "\\|").replace("\n", "⏎").replace("\t", "⇥")

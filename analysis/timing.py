@@ -25,14 +25,15 @@ import numpy as np
 import pandas as pd
 
 PAIR = ["run_id", "src", "dst"]
+Stamps = int | np.ndarray | pd.Series  # one stamp or a column of them, int64 ns
 
 
-def round_trip_ns(t1: int | pd.Series, t2: int | pd.Series, t3: int | pd.Series, t4: int | pd.Series) -> int | pd.Series:
+def round_trip_ns(t1: Stamps, t2: Stamps, t3: Stamps, t4: Stamps) -> Stamps:
     """Offset-free round trip: time at the source minus time held at the destination."""
     return (t4 - t1) - (t3 - t2)
 
 
-def offset_sample_ns(t1: int | pd.Series, t2: int | pd.Series, t3: int | pd.Series, t4: int | pd.Series) -> float | pd.Series:
+def offset_sample_ns(t1: Stamps, t2: Stamps, t3: Stamps, t4: Stamps) -> float | np.ndarray | pd.Series:
     """NTP estimate of clock(dst) - clock(src) from one exchange; exact only on a symmetric path."""
     return ((t2 - t1) + (t3 - t4)) / 2
 
@@ -52,7 +53,7 @@ class OffsetEstimate:
     consistent: bool
 
 
-def estimate_offset(t1: np.ndarray, t2: np.ndarray, t3: np.ndarray, t4: np.ndarray) -> OffsetEstimate:
+def estimate_offset(t1: Stamps, t2: Stamps, t3: Stamps, t4: Stamps) -> OffsetEstimate:
     """Intersect the per-hop offset bounds [T3 - T4, T2 - T1] of one host pair."""
     lower = np.asarray(t3, dtype=np.int64) - np.asarray(t4, dtype=np.int64)
     upper = np.asarray(t2, dtype=np.int64) - np.asarray(t1, dtype=np.int64)
@@ -75,7 +76,8 @@ def clock_offsets(hops: pd.DataFrame) -> pd.DataFrame:
         )
         rows.append({"run_id": run_id, "src": src, "dst": dst, **asdict(estimate)})
     columns = PAIR + ["offset_ns", "uncertainty_ns", "samples", "consistent"]
-    return pd.DataFrame(rows, columns=columns).astype({"src": "int64", "dst": "int64", "samples": "int64", "consistent": "bool"})
+    dtypes = {"src": "int64", "dst": "int64", "samples": "int64", "consistent": "bool"}
+    return pd.DataFrame(rows, columns=columns).astype(dtypes)
 
 
 def one_way_delays(hops: pd.DataFrame, offsets: pd.DataFrame | None = None) -> pd.DataFrame:

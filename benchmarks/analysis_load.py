@@ -46,7 +46,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"run: {tokens} tokens, {hops} hop rows, {size_mb:.0f} MB on disk (synthesised in {synth_s:.1f} s)")
     print(f"machine: {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}")
     print(f"{'load':<26}{'wall s':>8}{'CPU s':>8}{'target s':>10}{'target/wall':>13}")
-    for name, seconds, cpu in (("cold (CSV + logs, cache)", cold_s, cold_cpu), ("warm (Parquet cache)", warm_s, warm_cpu)):
+    rows = (("cold (CSV + logs, cache)", cold_s, cold_cpu), ("warm (Parquet cache)", warm_s, warm_cpu))
+    for name, seconds, cpu in rows:
         print(f"{name:<26}{seconds:>8.2f}{cpu:>8.2f}{TARGET_S:>10.1f}{TARGET_S / seconds:>12.1f}x")
     print(f"warm is {cold_s / warm_s:.1f}x faster than cold")
     return 0 if max(cold_s, warm_s) <= TARGET_S else 1
