@@ -172,3 +172,31 @@ def links_check(c, testbed="emu", profiles=None, duration="5", count=200):
     rows = _guard(check, profiles=profiles, duration=float(duration), count=int(count))
     if not all(r["ok"] for r in rows):
         raise Exit("some profiles missed their targets (see the table)", code=1)
+
+
+@task(help={"run": "run directory of a greedy run"})
+def check_run(c, run):
+    """Consistency oracle: replay the run through the monolithic model with the recorded layers per step."""
+    import json as _json
+    from pathlib import Path
+
+    from experiment.replay import check_run as replay
+    from payload.prepare import prepare as prep
+
+    model = _json.loads((Path(run) / "deployment.json").read_text())["model"]
+    results = _guard(replay, Path(run), _guard(prep, model))
+    for r in results:
+        verdict = "OK" if r.ok else f"MISMATCH at token {r.first_mismatch}"
+        print(f"session {r.session}: {len(r.expected)} tokens replayed: {verdict}")
+    if not all(r.ok for r in results):
+        raise Exit("the run does not replay: its caches or recorded layers are inconsistent", code=1)
+
+
+@task(help={"testbed": "emu (default) or local", "out": "output directory"})
+def reproduce(c, testbed="emu", out=None):
+    """Run the original study's two topologies with and without a node kill; write comparison figures."""
+    from pathlib import Path
+
+    from experiment.reproduce import reproduce as run
+
+    print(f"comparison: {_guard(run, testbed, out=Path(out) if out else None)}")

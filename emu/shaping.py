@@ -71,7 +71,7 @@ class UserspaceShaper:
 
     def describe(self) -> str:
         return ("userspace (python -m emu.shaper: AF_PACKET switch with per-direction loss, "
-                "rate + droptail queue, delay + jitter; the kernel has no netem)")
+                "rate + droptail queue, delay + jitter; used where the kernel has no netem)")
 
     def argv(self) -> list[str]:
         return [sys.executable, "-m", "emu.shaper", "--config", str(self.config_path)]

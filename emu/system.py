@@ -19,6 +19,7 @@ from experiment.testbed import TestbedError
 
 NETNS_DIR = Path("/run/netns")
 REQUIRED_TOOLS = {"ip": "iproute2", "ethtool": "ethtool", "sshd": "openssh-server", "ssh": "openssh-client"}
+APT_PACKAGES = ("iproute2", "ethtool", "openssh-server", "openssh-client", "iputils-ping", "iperf3", "procps")
 SSHD = "/usr/sbin/sshd"
 
 
@@ -41,7 +42,8 @@ def run(argv: Sequence[str], *, input: str | None = None, check: bool = True, ti
     try:
         proc = subprocess.run(list(argv), input=input, capture_output=True, text=True, timeout=timeout)
     except FileNotFoundError:
-        raise TestbedError(f"command not found: {argv[0]} (see emu.system.REQUIRED_TOOLS)") from None
+        raise TestbedError(f"command not found: {argv[0]}; the emu testbed needs the Debian packages "
+                           f"{' '.join(APT_PACKAGES)}") from None
     except subprocess.TimeoutExpired:
         raise TestbedError(f"`{' '.join(argv)}` did not finish within {timeout:.0f}s") from None
     if check and proc.returncode != 0:

@@ -105,7 +105,8 @@ class EmuTestbed(Testbed):
             manifest = {"prefix": self.prefix, "slot": plan.slot, "plan": plan.to_dict(), "ready": False,
                         "backend": None, "namespaces": [], "links": [], "processes": [],
                         "profiles": {str(i): profile_to_dict(p) for i, p in profiles.items()},
-                        "groups": {}, "generation": 1, "created_wall_ns": time.time_ns()}
+                        "groups": {}, "generation": 1, "created_wall_ns": time.time_ns(),
+                        "options": {"preserve_order": self.preserve_order, "seed": self.seed}}
             state.save(self.prefix, manifest)
         try:
             self._build(plan, manifest, profiles)
@@ -144,6 +145,14 @@ class EmuTestbed(Testbed):
         bridges = list(netem_bridges(plan)) if shaper.name == "netem" else []
         self._record(manifest, "namespaces", plan.namespaces)
         self._record(manifest, "links", [*plan.root_links, *bridges])
+        self._wire(plan, shaper)
+        self._start_sshd(plan, manifest)
+        self._start_shaping(shaper, manifest, profiles)
+        manifest["ready"] = True
+        state.save(self.prefix, manifest)
+
+    def _wire(self, plan: Plan, shaper: UserspaceShaper | NetemShaper) -> None:
+        """Namespaces, veth pairs, bridges and addresses: a handful of batched ``ip`` calls."""
         gw = plan.gateway_namespace
         system.ip_batch([f"netns add {ns}" for ns in plan.namespaces])
         system.run_all([["ip", "netns", "exec", ns, "sysctl", "-q", "-w", "net.ipv6.conf.all.disable_ipv6=1",
@@ -171,10 +180,6 @@ class EmuTestbed(Testbed):
                          f"addr add {plan.gateway_ip}/30 dev {UPLINK_IF}", f"link set {UPLINK_IF} up",
                          *(f"link set m{n.index} master {MGMT_BRIDGE} up" for n in plan.nodes)], netns=gw)
         system.run_all([["ip", "-n", n.namespace, "-batch", self._node_batch_file(plan, n)] for n in plan.nodes])
-        self._start_sshd(plan, manifest)
-        self._start_shaping(shaper, manifest, profiles)
-        manifest["ready"] = True
-        state.save(self.prefix, manifest)
 
     def _node_batch_file(self, plan: Plan, node: NodePlan) -> str:
         """Per-node ``ip -batch`` file: addresses, and static neighbours so no ARP crosses the emulator."""
@@ -211,10 +216,11 @@ class EmuTestbed(Testbed):
         shaper.wait_applied(manifest["generation"], proc)
 
     def _shaper(self, manifest: dict) -> UserspaceShaper | NetemShaper:
-        plan = self._plan(manifest)
+        """The backend as it was set up (options from the manifest: another process may be asking)."""
+        plan, options = self._plan(manifest), manifest["options"]
         if manifest["backend"] == "netem":
-            return NetemShaper(plan, preserve_order=self.preserve_order)
-        return UserspaceShaper(plan, preserve_order=self.preserve_order, seed=self.seed)
+            return NetemShaper(plan, preserve_order=options["preserve_order"])
+        return UserspaceShaper(plan, preserve_order=options["preserve_order"], seed=options["seed"])
 
     # -- hosts and shells ----------------------------------------------------------------------
 
@@ -263,7 +269,8 @@ class EmuTestbed(Testbed):
         manifest = self._manifest()
         plan = self._plan(manifest)
         return {"kind": self.kind, "prefix": self.prefix, "shaping": self._shaper(manifest).describe(),
-                "backend": manifest["backend"], "preserve_order": self.preserve_order,
+                "backend": manifest["backend"], "preserve_order": manifest["options"]["preserve_order"],
+                "seed": manifest["options"]["seed"],
                 "subnets": {"data": plan.data_subnet, "management": plan.mgmt_subnet, "uplink": plan.uplink_subnet},
                 "gateway": {"namespace": plan.gateway_namespace, "address": plan.gateway_ip,
                             "port": plan.gateway_port},

@@ -15,6 +15,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -66,6 +67,7 @@ class LocalTestbed(Testbed):
         self.prefix = prefix
         self.root = state_root() / "local" / prefix
         self.manifest = self.root / "manifest.json"
+        self._lock = threading.Lock()  # deploy starts services from parallel threads
 
     def _load(self) -> dict:
         if not self.manifest.exists():
@@ -110,18 +112,20 @@ class LocalTestbed(Testbed):
         proc = subprocess.Popen(argv, cwd=host.workdir, stdout=out, stderr=subprocess.STDOUT,
                                 start_new_session=True, env=env)
         out.close()
-        state = self._load()
-        state["pids"][host.name] = proc.pid
-        self._save(state)
+        self._record_pid(host, proc.pid)
         return proc.pid
+
+    def _record_pid(self, host: HostInfo, pid: int) -> None:
+        with self._lock:
+            state = self._load()
+            state["pids"][host.name] = pid
+            self._save(state)
 
     def popen(self, host: HostInfo, argv: list[str]) -> subprocess.Popen:
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         proc = subprocess.Popen(argv, cwd=host.workdir, stdout=subprocess.PIPE, stderr=None, text=True,
                                 start_new_session=True, env=env)
-        state = self._load()
-        state["pids"][host.name] = proc.pid
-        self._save(state)
+        self._record_pid(host, proc.pid)
         return proc
 
     def pid(self, host: HostInfo) -> int:

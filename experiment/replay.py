@@ -111,20 +111,27 @@ def replay_session(model: Monolith, prompt_ids: list[int], steps: pd.DataFrame, 
     return produced
 
 
-def check_run(run_dir: Path, prepared: Path, prompts: list[str], *, model: Monolith | None = None) -> list[ReplayResult]:
-    """Replay every session of a greedy run; return per-session expected vs replayed tokens."""
+def check_run(run_dir: Path, prepared: Path, *, model: Monolith | None = None) -> list[ReplayResult]:
+    """Replay every session of a greedy run; return per-session expected vs replayed tokens.
+
+    Prompt token ids come from the user node's log (``session_start``), so chat
+    templates and tokenizer settings are replayed exactly as the run used them.
+    """
+    from payload.events import read_events
+
     run_dir = Path(run_dir)
     tokens = pd.read_csv(run_dir / "tokens.csv", keep_default_na=False)
     nodes = pd.read_csv(run_dir / "nodes.csv", keep_default_na=False)
-    deployment = json.loads((run_dir / "deployment.json").read_text()) if (run_dir / "deployment.json").exists() else {}
+    deployment = json.loads((run_dir / "deployment.json").read_text())
     wire = WireDtype.from_name(deployment.get("wire_dtype", "bfloat16"))
+    user = nodes.loc[nodes["index"] == 0, "name"].iloc[0]
+    starts = {e["session"]: e["prompt_ids"] for e in read_events(run_dir / "nodes" / user / "events.jsonl")
+              if e["ev"] == "session_start"}
     model = model or Monolith(prepared)
     results = []
     for sid, steps in tokens.groupby("session", sort=False):
         steps = steps.sort_values("step")
-        prompt = prompts[int(steps["prompt_index"].iloc[0])]
-        prompt_ids = model.tokenizer(prompt, return_tensors="pt").input_ids[0].tolist()
-        replayed = replay_session(model, prompt_ids, steps, _node_layers(nodes), wire)
+        replayed = replay_session(model, starts[sid], steps, _node_layers(nodes), wire)
         results.append(ReplayResult(str(sid), steps["token_id"].astype(int).tolist(), replayed))
     return results
 

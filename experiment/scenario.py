@@ -66,6 +66,7 @@ class Scenario(BaseModel):
     seed: int = 0
     repeats: int = Field(default=1, ge=1)
     concurrency: int = Field(default=1, ge=1)
+    chat: bool = Field(default=False, description="wrap prompts in the model's chat template (instruct models)")
     wire_dtype: Literal["float32", "bfloat16", "float16"] = "bfloat16"
     compute_dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     faults: list[FaultSpec] = Field(default_factory=list)

@@ -20,7 +20,7 @@ class Timing:
     ack_multiplier: float = 4.0  # deadline = max(floor, multiplier x p99 observed ack RTT)
     connect_timeout_ms: float = 1000.0
     heartbeat_ms: float = 100.0  # node -> user node liveness
-    heartbeat_floor_ms: float = 400.0  # silence longer than max(floor, 4 x p99 gap) = failed
+    heartbeat_floor_ms: float = 500.0  # silence longer than max(floor, 4 x p99 gap) = failed
     step_timeout_s: float = 60.0  # backstop per attempt at the user node (compute of long prefills)
     rejoin_after_s: float = 1.0  # a failed node heard from again after this long rejoins
     max_attempts: int = 0  # per step; 0 = number of layer nodes + 2

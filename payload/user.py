@@ -210,9 +210,17 @@ class UserNode:
     async def watch_heartbeats(self) -> None:
         """Declare a node failed when its heartbeats stop (catches nodes that stop after acking)."""
         interval = self.node.timing.heartbeat_ms / 1000
+        last_tick = time.monotonic_ns()
         while True:
             await asyncio.sleep(interval)
             now = time.monotonic_ns()
+            late_ns = now - last_tick - int(interval * 1e9)
+            last_tick = now
+            if late_ns > interval * 1e9:
+                # This loop itself was held up: silence it could not hear is not the nodes' fault.
+                for peer in self.last_heartbeat:
+                    self.last_heartbeat[peer] += late_ns
+                continue
             for peer, last in list(self.last_heartbeat.items()):
                 limit = self.heartbeat_gaps.get(peer)
                 limit_s = limit.value() if limit else self.node.timing.heartbeat_floor_ms / 1000
@@ -248,18 +256,28 @@ class UserNode:
                      rtt_ns=timing.rtt_ns)
         return await asyncio.wait_for(attempt.result, self.node.timing.step_timeout_s)
 
+    def prompt_ids(self, prompt: str, *, chat: bool = False) -> list[int]:
+        """Token ids of a prompt; ``chat`` wraps it in the tokenizer's chat template as a user turn."""
+        if chat:
+            if not getattr(self.tokenizer, "chat_template", None):
+                raise SessionError("this model's tokenizer has no chat template; set chat: false")
+            text = self.tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
+                                                      add_generation_prompt=True)
+            return self.tokenizer(text, add_special_tokens=False).input_ids
+        return self.tokenizer(prompt).input_ids
+
     async def generate(self, prompt: str, *, max_new_tokens: int, sampling: Sampling = Sampling(),
-                       prompt_index: int = 0, repeat: int = 0, stream=None) -> SessionResult:
+                       prompt_index: int = 0, repeat: int = 0, stream=None, chat: bool = False) -> SessionResult:
         """Run one session to EOS or ``max_new_tokens``; every token is logged as it is emitted."""
         sid = uuid.uuid4()
-        ids = self.tokenizer(prompt, return_tensors="pt").input_ids[0].tolist()
+        ids = self.prompt_ids(prompt, chat=chat)
         self.cold[sid] = set()
         generator = torch.Generator().manual_seed(sampling.seed + repeat)
         warm: set[tuple[int, int]] = set()
         positions, epoch, emitted = 0, 0, []
         result = SessionResult(str(sid), prompt, "")
         self.log.log("session_start", session=str(sid), prompt_index=prompt_index, repeat=repeat,
-                     prompt_tokens=len(ids))
+                     prompt_tokens=len(ids), prompt_ids=ids)
         eos = self.tokenizer.eos_token_id
         try:
             for step in range(max_new_tokens):
@@ -287,7 +305,8 @@ class UserNode:
                 else:
                     raise SessionError(f"step {step} failed after {self._max_attempts()} attempts")
                 hidden = from_bytes(final.payload, final.dtype, 1, final.hidden)
-                token = sample(self.head.logits(hidden)[0, -1], sampling, generator)
+                logits = await asyncio.get_running_loop().run_in_executor(None, self.head.logits, hidden)
+                token = sample(logits[0, -1], sampling, generator)
                 warm = {(h.node, h.first) for h in plan.hops}
                 positions = len(ids)
                 ids.append(token)
@@ -351,6 +370,7 @@ class Job:
     sampling: Sampling = Sampling()
     repeats: int = 1
     concurrency: int = 1
+    chat: bool = False
     wait_nodes_s: float = 60.0
 
 
@@ -374,7 +394,7 @@ async def run_job(config: UserConfig, job: Job, *, jsonl: bool = False) -> list[
                 if jsonl:
                     print(json.dumps({"ev": "session_start", "prompt_index": index, "repeat": repeat}), flush=True)
                 res = await user.generate(prompt, max_new_tokens=job.max_new_tokens, sampling=job.sampling,
-                                          prompt_index=index, repeat=repeat, stream=stream)
+                                          prompt_index=index, repeat=repeat, stream=stream, chat=job.chat)
                 if stream:
                     print(flush=True)
                 if jsonl:
@@ -401,7 +421,8 @@ def main(argv: list[str] | None = None) -> int:
         data = json.loads(Path(args.job).read_text())
         job = Job(prompts=list(data["prompts"]), max_new_tokens=int(data.get("max_new_tokens", 32)),
                   sampling=Sampling(**data.get("sampling", {})), repeats=int(data.get("repeats", 1)),
-                  concurrency=int(data.get("concurrency", 1)), wait_nodes_s=float(data.get("wait_nodes_s", 60)))
+                  concurrency=int(data.get("concurrency", 1)), chat=bool(data.get("chat", False)),
+                  wait_nodes_s=float(data.get("wait_nodes_s", 60)))
     elif args.prompt:
         job = Job(prompts=args.prompt, max_new_tokens=args.max_new_tokens)
     else:

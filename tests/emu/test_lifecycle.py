@@ -10,8 +10,10 @@ from pathlib import Path
 
 import pytest
 
+from experiment.testbed import TestbedError
 from emu import state, system
 from emu.plan import Plan
+from emu.shaping import probe_netem
 from emu.testbed import EmuTestbed
 
 from tests.emu.conftest import unique_prefix
@@ -91,3 +93,19 @@ def test_without_root_the_error_points_to_the_local_testbed():
     out = subprocess.run([*nobody, sys.executable, "-c", script], capture_output=True, text=True, timeout=60,
                          cwd=Path(__file__).resolve().parents[2], env=env)
     assert "needs root" in out.stdout and "--testbed local" in out.stdout, out.stderr
+
+
+@pytest.mark.root
+def test_auto_backend_picks_netem_only_where_the_kernel_has_it_and_says_which(require_root):
+    testbed = EmuTestbed(unique_prefix("auto"))
+    has_netem = probe_netem(f"{testbed.prefix}-p")
+    try:
+        testbed.up(1)
+        assert testbed.describe()["backend"] == ("netem" if has_netem else "userspace")
+    finally:
+        testbed.down()
+    if not has_netem:
+        forced = EmuTestbed(unique_prefix("netem"), backend="netem")
+        with pytest.raises(TestbedError, match="this kernel has no netem"):
+            forced.up(1)
+        assert state.load(forced.prefix) is None

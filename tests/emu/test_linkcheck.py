@@ -67,4 +67,4 @@ def test_a_shaped_link_measures_as_configured(require_root):
     assert row["backend"] == "userspace"
     for key in ("rtt_ok", "jitter_ok", "loss_ok", "up_ok", "down_ok"):
         assert row[key], f"{key} failed: {row}"
-    assert row["pings"] == 200
+    assert row["pings"] == 200 and row["throughput_loss_off"]

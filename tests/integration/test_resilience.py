@@ -39,7 +39,7 @@ def test_fault_mid_decode_is_skipped_and_oracle_holds(tiny_prepared, tiny_monoli
     last_layers = set(map(int, tokens["layers"].iloc[-1].split()))
     assert not (skipped_layers & last_layers), "failed nodes' layers must not be applied after the fault"
     assert set(tokens["layers"].iloc[0].split()) == {str(i) for i in range(6)}
-    for result in check_run(run, prepared, PROMPTS, model=tiny_monolith):
+    for result in check_run(run, prepared, model=tiny_monolith):
         assert result.ok, (result.expected, result.replayed)
 
 
@@ -49,7 +49,7 @@ def test_kill_during_prefill(tiny_prepared, tiny_monolith, chain, tmp_path):
         run = run_job(tb, dep, {"prompts": PROMPTS, "max_new_tokens": 6},
                       [Fault("kill", (2,), at_seconds=0.0)], tmp_path / "run")
     assert summary(run)["complete"]
-    for result in check_run(run, prepared, PROMPTS, model=tiny_monolith):
+    for result in check_run(run, prepared, model=tiny_monolith):
         assert result.ok
 
 
