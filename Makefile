@@ -17,7 +17,7 @@ $(STAMP): requirements.lock requirements-nodeps.txt pyproject.toml
 	touch $@
 
 demo: setup
-	$(BIN)/fab experiment --testbed local --scenario scenarios/demo.yaml
+	$(BIN)/fab experiment --scenario scenarios/demo.yaml
 
 test: setup
 	$(BIN)/python -m pytest

@@ -42,12 +42,18 @@ def prepare(c, model="gemma3-270m"):
 
 @task(help={"testbed": TESTBED_HELP, "nodes": "number of layer nodes (the user node is added)",
             "links": "emu link spec, e.g. 'wifi' or '1=wifi,2-5=cellular'", "prefix": "name prefix of this testbed",
-            "inventory": "inventory file (colosseum, rpi)"})
-def up(c, testbed="local", nodes=3, links=None, prefix=None, inventory=None):
+            "inventory": "inventory file (colosseum, rpi)",
+            "dry_run": "print every remote command per host without connecting (colosseum)"})
+def up(c, testbed="local", nodes=3, links=None, prefix=None, inventory=None, dry_run=False):
     """Create the testbed's nodes (processes, namespaces + sshd, or reachable hosts)."""
     from experiment.orchestrate import make_testbed
 
     tb = _guard(make_testbed, testbed, prefix=prefix, inventory=inventory)
+    if dry_run:
+        if not hasattr(tb, "dry_run"):
+            raise Exit(f"error: --dry-run is available for --testbed colosseum, not {testbed}", code=2)
+        print(_guard(tb.dry_run, int(nodes)), end="")
+        return
     link_profiles = None
     if links:
         from emu.profiles import parse_links_spec
@@ -129,9 +135,10 @@ def down(c, testbed="local", prefix=None):
     print(f"{testbed} testbed is down")
 
 
-@task(help={"testbed": TESTBED_HELP, "scenario": "scenario YAML", "out": "run directory",
-            "prefix": "name prefix of this testbed", "inventory": "inventory file (colosseum, rpi)"})
-def experiment(c, scenario, testbed="local", out=None, prefix=None, inventory=None):
+@task(help={"testbed": "auto (emu as root, else local) | " + TESTBED_HELP, "scenario": "scenario YAML",
+            "out": "run directory", "prefix": "name prefix of this testbed",
+            "inventory": "inventory file (colosseum, rpi)"})
+def experiment(c, scenario, testbed="auto", out=None, prefix=None, inventory=None):
     """up -> deploy -> run -> collect -> analyze -> down, then print where the results are."""
     from experiment.orchestrate import experiment as run_experiment
 

@@ -152,6 +152,16 @@ def wait_ready(testbed: Testbed, host: HostInfo, timeout_s: float) -> None:
     raise TestbedError(f"{host.name}: node service not ready after {timeout_s:.0f}s; last output:\n{tail}")
 
 
+def stop_started(testbed: Testbed, started: dict[str, tuple[HostInfo, int]]) -> None:
+    """A failed deploy leaves nothing running: stop the services it did start (best effort per host)."""
+    for host, pid in started.values():
+        try:
+            testbed.shell(host).run(f"kill -9 -- -{pid} 2>/dev/null || kill -9 {pid} 2>/dev/null || true",
+                                    check=False, timeout=15)
+        except Exception as exc:  # the host may be the unreachable one; say so and go on
+            print(f"[deploy] could not stop the service on {host.name}: {exc}")
+
+
 def for_each_host(hosts: list[HostInfo], work, *, what: str) -> dict[str, object]:
     """Run ``work(host)`` on every host in parallel; raise one error naming every failed host."""
     results: dict[str, object] = {}
@@ -193,14 +203,25 @@ def deploy(testbed: Testbed, prepared: Path, placement: Placement, *, model: str
         else:
             local_cfg.write_text(cfg.to_json())
             shell.put(local_cfg, "node.json")
-            shell.run("rm -f events.jsonl", check=False)
-            testbed.start_service(host, service_argv(host, "payload.node", "--config", "node.json"))
+            # A re-deploy replaces the running service (its pid file names it), then starts afresh.
+            shell.run("if [ -f service.pid ]; then kill -9 -- -$(cat service.pid) 2>/dev/null || "
+                      "kill -9 $(cat service.pid) 2>/dev/null; rm -f service.pid; sleep 0.2; fi; rm -f events.jsonl",
+                      check=False)
+            pid = testbed.start_service(host, service_argv(host, "payload.node", "--config", "node.json"))
+            shell.run(f"echo {pid} > service.pid")
+            started[host.name] = (host, pid)
         progress(f"[deploy] {host.name}: {sent / 1e6:.1f} MB shipped, {skipped} files unchanged")
         return sent, skipped
 
-    results = for_each_host(hosts, one, what="deploy")
-    for_each_host([h for h in hosts if h.index > 0], lambda h: wait_ready(testbed, h, ready_timeout_s),
-                  what="waiting for node health")
+    started: dict[str, tuple[HostInfo, int]] = {}
+
+    try:
+        results = for_each_host(hosts, one, what="deploy")
+        for_each_host([h for h in hosts if h.index > 0], lambda h: wait_ready(testbed, h, ready_timeout_s),
+                      what="waiting for node health")
+    except TestbedError:
+        stop_started(testbed, started)
+        raise
     progress(f"[deploy] {len(hosts) - 1} layer nodes ready")
     return Deployment(
         testbed=testbed.kind, model=model, prepared=str(prepared), placement=placement_dict(placement),

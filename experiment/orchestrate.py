@@ -19,11 +19,19 @@ from payload.config import Timing
 from payload.prepare import load_manifest, prepare
 from payload.routing import Placement, Policy, even_placement, explicit_placement
 
-TESTBEDS = ("local", "emu", "colosseum", "rpi")
+TESTBEDS = ("auto", "local", "emu", "colosseum", "rpi")
 
 
 def make_testbed(kind: str, *, prefix: str | None = None, inventory: str | None = None) -> Testbed:
-    """Instantiate the named testbed, with a clear error where it cannot run here."""
+    """Instantiate the named testbed, with a clear error where it cannot run here.
+
+    ``auto`` picks the emulated testbed when running as root and the rootless
+    local testbed otherwise, and says which.
+    """
+    if kind == "auto":
+        kind = "emu" if os.geteuid() == 0 else "local"
+        print(f"[testbed] auto: using the {kind} testbed"
+              + ("" if kind == "emu" else " (no root: namespaces and sshd need root; shaped links are not available)"))
     if kind == "local":
         return LocalTestbed(prefix or "jv-local")
     if kind == "emu":
@@ -33,9 +41,14 @@ def make_testbed(kind: str, *, prefix: str | None = None, inventory: str | None 
         from emu.testbed import EmuTestbed
 
         return EmuTestbed(prefix or "jv-emu")
-    if kind in ("colosseum", "rpi"):
-        raise TestbedError(f"the {kind} testbed backend is not available in this build yet (see issue 6); "
-                           "use --testbed emu or --testbed local")
+    if kind == "colosseum":
+        from colosseum.testbed import ColosseumTestbed
+
+        return ColosseumTestbed(prefix or "jv-colosseum", inventory=inventory)
+    if kind == "rpi":
+        from rpi.testbed import RpiTestbed
+
+        return RpiTestbed(prefix or "jv-rpi", inventory=inventory)
     raise TestbedError(f"unknown testbed {kind!r}; choose one of {', '.join(TESTBEDS)}")
 
 

@@ -1,0 +1,83 @@
+"""Orchestration over real SSH into namespaced nodes: deploy, run with faults, collect, check the run directory."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+
+import pandas as pd
+import pytest
+
+from emu import system
+from experiment.deploy import deploy
+from experiment.replay import Monolith, check_run
+from experiment.run import Fault, run_job
+from experiment.testbed import TestbedError
+from payload.prepare import load_manifest
+from payload.routing import even_placement
+from tests.emu.conftest import emu_testbed, require_root  # noqa: F401  (fixture)
+
+PROMPT = "the cat sat on the mat and then"
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_prepared):
+    return tiny_prepared("llama")
+
+
+def deploy_tiny(bed, prepared, nodes):
+    return deploy(bed, prepared, even_placement(load_manifest(prepared)["num_layers"], nodes), model=str(prepared),
+                  progress=lambda m: None)
+
+
+def test_kill_at_a_token_over_ssh_gives_a_complete_consistent_run(require_root, tiny, tmp_path):
+    with emu_testbed("e2e", 4) as bed:
+        dep = deploy_tiny(bed, tiny, 4)
+        assert set(dep.bytes_shipped) == {"user", "node1", "node2", "node3", "node4"}
+        run = run_job(bed, dep, {"prompts": [PROMPT], "max_new_tokens": 8}, [Fault("kill", (3,), at_token=3)],
+                      tmp_path / "run")
+        again = deploy_tiny(bed, tiny, 4)  # re-deploy: files unchanged on every host are not sent again
+    tokens = pd.read_csv(run / "tokens.csv", keep_default_na=False)
+    faults = pd.read_csv(run / "faults.csv", keep_default_na=False)
+    hops = pd.read_csv(run / "hops.csv")
+    assert len(tokens) == 8 and json.loads((run / "summary.json").read_text())["complete"]
+    assert faults["action"].tolist() == ["kill"] and faults["target"].tolist() == ["node3"]
+    assert faults["effective_wall_ns"].iloc[0] >= faults["requested_wall_ns"].iloc[0]
+    lost = {str(i) for i in range(*dep.placement_obj().slices[3])}
+    assert not lost & set(tokens["layers"].iloc[-1].split()) and tokens["nodes_out"].iloc[-1] == "3"
+    assert (hops["rtt_ns"] > 0).all() and set(hops["src"]) >= {0, 1, 2, 4}
+    for name in ("user", "node1", "node2", "node3", "node4"):
+        events = (run / "nodes" / name / "events.jsonl").read_text().splitlines()
+        assert any('"ev":"ready"' in line for line in events), name
+    assert json.loads((run / "testbed.json").read_text())["backend"] == "userspace"
+    assert sum(again.bytes_shipped.values()) < sum(dep.bytes_shipped.values()) / 10
+    for result in check_run(run, tiny, model=Monolith(tiny)):
+        assert result.ok
+
+
+def test_link_cut_is_skipped_then_the_node_rejoins_with_replay(require_root, tiny, tmp_path):
+    with emu_testbed("cut", 3, links=None) as bed:
+        dep = deploy_tiny(bed, tiny, 3)
+        # wifi links (the default) make a token take ~100 ms: 80 tokens outlast the 2 s cut plus the rejoin.
+        run = run_job(bed, dep, {"prompts": [PROMPT], "max_new_tokens": 80},
+                      [Fault("link_down", (2,), at_token=2, duration=2.0)], tmp_path / "run")
+    tokens = pd.read_csv(run / "tokens.csv", keep_default_na=False)
+    assert json.loads((run / "summary.json").read_text())["complete"]
+    assert (tokens["nodes_out"] == "2").any(), "the cut node must be detected and skipped"
+    assert tokens["rebuilt"].str.len().sum() > 0, "after link_up the node rejoins with a cache rebuilt by replay"
+    assert tokens["nodes_out"].iloc[-1] == ""
+    for result in check_run(run, tiny, model=Monolith(tiny)):
+        assert result.ok
+
+
+def test_unreachable_host_fails_deploy_clearly_and_leaves_nothing_running(require_root, tiny):
+    with emu_testbed("unreach", 3) as bed:
+        victim = [h for h in bed.hosts() if h.index == 2][0]
+        for pid in system.pids_in_netns(victim.namespace):
+            if os.path.basename(system.exe_of(pid)).startswith("sshd"):
+                os.kill(pid, signal.SIGKILL)
+        with pytest.raises(TestbedError, match="node2"):
+            deploy_tiny(bed, tiny, 3)
+        for host in bed.hosts():
+            assert bed.service_pids(host) == [], f"{host.name} still runs a service after a failed deploy"
