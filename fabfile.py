@@ -126,6 +126,18 @@ def run(c, scenario, testbed="local", out=None, prefix=None):
     print(f"run directory: {path}")
 
 
+@task(help={"testbed": TESTBED_HELP, "out": "existing run directory to collect into again",
+            "prefix": "name prefix of this testbed"})
+def collect(c, out, testbed="local", prefix=None):
+    """Fetch every node's raw log again and rebuild the run directory's tables (idempotent)."""
+    from experiment.collect import recollect
+    from experiment.deploy import Deployment
+    from experiment.orchestrate import deployment_path, make_testbed
+
+    tb = _guard(make_testbed, testbed, prefix=prefix)
+    print(f"run directory: {_guard(recollect, tb, _guard(Deployment.load, deployment_path(tb)), out)}")
+
+
 @task(help={"testbed": TESTBED_HELP, "prefix": "name prefix of this testbed"})
 def down(c, testbed="local", prefix=None):
     """Stop every node service and remove everything the testbed created (safe to repeat)."""

@@ -173,3 +173,19 @@ def write_run_dir(testbed: Testbed, deployment, out: Path, *, faults: list[dict]
         shutil.rmtree(out)
     os.replace(partial, out)
     return out
+
+
+def recollect(testbed: Testbed, deployment, out: Path) -> Path:
+    """Collect again into an existing run directory: same faults, scenario and start time, fresh logs.
+
+    Idempotent: running it twice yields the same files (the raw logs are the data).
+    """
+    out = Path(out)
+    if not (out / "summary.json").exists():
+        raise FileNotFoundError(f"{out} is not a run directory (no summary.json); `fab run` writes one")
+    summary = json.loads((out / "summary.json").read_text())
+    faults = pd.read_csv(out / "faults.csv", keep_default_na=False).to_dict("records") if (out / "faults.csv").exists() else []
+    scenario = yaml.safe_load((out / "scenario.yaml").read_text()) if (out / "scenario.yaml").exists() else {}
+    return write_run_dir(testbed, deployment, out, faults=faults, scenario=scenario,
+                         started_wall_ns=int(summary["started_wall_ns"]), complete=bool(summary["complete"]),
+                         user_exit=summary.get("user_exit_code"))

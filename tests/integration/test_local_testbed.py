@@ -35,3 +35,15 @@ def test_down_stops_every_service_started_in_parallel(tiny_prepared, chain):
 def test_tasks_on_a_testbed_that_is_not_up_say_so():
     with pytest.raises(TestbedError, match="fab up --testbed local"):
         LocalTestbed("jv-never-up").hosts()
+
+
+def test_collect_again_is_idempotent(tiny_prepared, chain, tmp_path):
+    from experiment.collect import recollect
+    from experiment.run import run_job
+
+    with chain(tiny_prepared("llama"), 2) as (tb, dep):
+        run = run_job(tb, dep, {"prompts": ["the cat"], "max_new_tokens": 3}, [], tmp_path / "run")
+        first = {p.name: p.read_bytes() for p in run.glob("*.csv")}
+        recollect(tb, dep, run)
+        recollect(tb, dep, run)
+    assert {p.name: p.read_bytes() for p in run.glob("*.csv")} == first
