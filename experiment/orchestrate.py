@@ -111,7 +111,7 @@ def experiment(kind: str, scenario_path: str, *, out: str | None = None, prefix:
     prepared = prepare(scenario.model)
     placement = scenario.placement_for(load_manifest(prepared)["num_layers"])
     run_dir = Path(out) if out else default_out(scenario.name)
-    print(f"[experiment] {scenario.name}: {scenario.nodes} layer nodes on the {kind} testbed, model {scenario.model}")
+    print(f"[experiment] {scenario.name}: {scenario.nodes} layer nodes on the {testbed.kind} testbed, model {scenario.model}")
     links = {}
     if kind != "local" and scenario.links:
         from emu.profiles import resolve

@@ -97,3 +97,14 @@ def test_sigkill_keeps_every_logged_event(tiny_prepared, chain, tmp_path):
         after = read_events(log)
     assert len(before) > 5 and after == before
     assert [e for e in after if e["ev"] == "compute"]
+
+
+@pytest.mark.parametrize("model,nodes", [("gemma3-270m", 18), ("smollm2-135m-instruct", 30)])
+def test_one_layer_per_node_chain_equals_generate(bundled, chain, tmp_path, model, nodes):
+    """The original study's finest split: every decoder layer on its own node process."""
+    prepared = bundled(model)
+    expected = monolithic(prepared, PROMPT, 5)
+    with chain(prepared, nodes, wire="float32") as (tb, dep):
+        run = run_job(tb, dep, {"prompts": [PROMPT], "max_new_tokens": 5}, [], tmp_path / "run")
+    assert read_tokens(run)["token_id"].tolist() == expected
+    assert summary(run)["complete"]
