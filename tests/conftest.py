@@ -44,6 +44,26 @@ def _save_tiny(kind: str, directory: Path) -> Path:
                                layer_types=["sliding_attention", "sliding_attention", "full_attention"] * 2,
                                eos_token_id=2, bos_token_id=1)
         model = Gemma3ForCausalLM(cfg)
+    elif kind == "gemma2":
+        from transformers import Gemma2Config, Gemma2ForCausalLM
+
+        cfg = Gemma2Config(num_hidden_layers=4, hidden_size=64, intermediate_size=128, num_attention_heads=4,
+                           num_key_value_heads=2, head_dim=16, vocab_size=vocab, sliding_window=8,
+                           eos_token_id=2, bos_token_id=1)
+        model = Gemma2ForCausalLM(cfg)
+    elif kind == "mistral":
+        from transformers import MistralConfig, MistralForCausalLM
+
+        cfg = MistralConfig(num_hidden_layers=4, hidden_size=64, intermediate_size=128, num_attention_heads=4,
+                            num_key_value_heads=2, vocab_size=vocab, sliding_window=8, eos_token_id=2,
+                            bos_token_id=1)
+        model = MistralForCausalLM(cfg)
+    elif kind == "qwen2":
+        from transformers import Qwen2Config, Qwen2ForCausalLM
+
+        cfg = Qwen2Config(num_hidden_layers=4, hidden_size=64, intermediate_size=128, num_attention_heads=4,
+                          num_key_value_heads=2, vocab_size=vocab, eos_token_id=2, bos_token_id=1)
+        model = Qwen2ForCausalLM(cfg)
     else:
         raise ValueError(kind)
     model.save_pretrained(directory)
@@ -53,7 +73,7 @@ def _save_tiny(kind: str, directory: Path) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_prepared(tmp_path_factory):
-    """Factory: prepared directory of a tiny random model ('llama', 'gemma', 'gemma3')."""
+    """Factory: prepared directory of a tiny random model (llama, gemma, gemma2, gemma3, mistral, qwen2)."""
     from payload.prepare import prepare
 
     made: dict[str, Path] = {}

@@ -29,7 +29,8 @@ def chain_greedy(prepared, cuts, prompt_ids, new_tokens):
 
 
 @pytest.mark.parametrize("kind,cuts", [("llama", [3]), ("llama", [1, 2, 3, 4, 5]), ("gemma", [1, 9, 17]),
-                                        ("gemma3", [2, 4])])
+                                        ("gemma3", [2, 4]), ("gemma2", [1, 3]), ("mistral", [2]),
+                                        ("qwen2", [1, 2])])
 def test_chain_of_slices_matches_generate(tiny_prepared, kind, cuts):
     prepared = tiny_prepared(kind)
     model = load_hf_model(prepared)
