@@ -24,6 +24,9 @@ test: setup
 
 bench: setup
 	$(BIN)/python benchmarks/chain_latency.py
+	$(BIN)/python benchmarks/failover.py
+	$(BIN)/python benchmarks/analysis_load.py
+	$(BIN)/python benchmarks/emu_updown.py
 
 clean-venv:
 	rm -rf $(VENV)

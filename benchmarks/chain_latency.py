@@ -26,22 +26,23 @@ from payload.routing import even_placement
 
 
 def monolithic_ms_per_token(prepared: Path, prompt: str, tokens: int) -> float:
+    """Decode cost of ``model.generate`` in one process: (time for 1 + N tokens - time for 1) / N."""
     from transformers import AutoTokenizer
 
     torch.set_num_threads(1)  # each chain node computes on one thread; compare like with like
     tok = AutoTokenizer.from_pretrained(prepared)
     model = load_hf_model(prepared)
     ids = tok(prompt, return_tensors="pt").input_ids
-    with torch.inference_mode():
-        out = model(ids, use_cache=True)
-        cache, nxt = out.past_key_values, out.logits[:, -1:].argmax(-1)
-        times = []
-        for _ in range(tokens):
-            start = time.perf_counter()
-            out = model(nxt, past_key_values=cache, use_cache=True)
-            cache, nxt = out.past_key_values, out.logits[:, -1:].argmax(-1)
-            times.append(time.perf_counter() - start)
-    return statistics.median(times) * 1000
+
+    def timed(new: int) -> float:
+        start = time.perf_counter()
+        model.generate(ids, max_new_tokens=new, min_new_tokens=new, do_sample=False)
+        return time.perf_counter() - start
+
+    timed(2)  # warm-up
+    one = statistics.median(timed(1) for _ in range(3))
+    many = statistics.median(timed(tokens + 1) for _ in range(2))
+    return (many - one) / tokens * 1000
 
 
 def main() -> None:
