@@ -50,7 +50,7 @@ class FaultRunner:
     hosts: dict[int, HostInfo]
     records: list[dict] = field(default_factory=list)
     _lock: threading.Lock = field(default_factory=threading.Lock)
-    _timers: list[threading.Timer] = field(default_factory=list)
+    _timers: list[tuple[threading.Timer, threading.Event, Fault, str | None]] = field(default_factory=list)
     current: dict = field(default_factory=dict)
 
     def fire(self, fault: Fault, action: str | None = None) -> None:
@@ -82,14 +82,29 @@ class FaultRunner:
             self.schedule(fault.duration, fault, UNDO[action])
 
     def schedule(self, delay: float, fault: Fault, action: str | None = None) -> None:
-        timer = threading.Timer(delay, self.fire, args=(fault, action))
+        started = threading.Event()
+
+        def go() -> None:
+            started.set()
+            self.fire(fault, action)
+
+        timer = threading.Timer(delay, go)
         timer.daemon = True
-        self._timers.append(timer)
+        self._timers.append((timer, started, fault, action))
         timer.start()
 
-    def cancel(self) -> None:
-        for timer in self._timers:
+    def finish(self) -> None:
+        """Cancel faults that have not fired; undo actions (resume, link_up) still due are applied now.
+
+        A run that ends before a pause's ``duration`` is up must not leave the
+        node stopped for the next run; the early undo is recorded like any fault.
+        """
+        for timer, started, fault, action in self._timers:
             timer.cancel()
+            if action in UNDO.values() and not started.is_set():
+                self.fire(fault, action)
+        for timer, *_ in self._timers:
+            timer.join()
 
 
 def run_job(testbed: Testbed, deployment: Deployment, job: dict, faults: list[Fault], out: Path, *,
@@ -137,7 +152,7 @@ def run_job(testbed: Testbed, deployment: Deployment, job: dict, faults: list[Fa
         proc.terminate()
         proc.wait(timeout=10)
     finally:
-        runner.cancel()
+        runner.finish()
     complete = proc.returncode == 0 and not interrupted
     return write_run_dir(testbed, deployment, out, faults=runner.records, scenario=scenario or {"job": job},
                          started_wall_ns=started_wall, complete=complete,

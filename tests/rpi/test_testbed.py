@@ -1,0 +1,132 @@
+"""The Raspberry Pi backend end to end against emulated Pis: SSH through a jump host, stand-in Pi tools.
+
+Provisioning (apt, chrony, Wi-Fi through nmcli, the venv), node services as
+systemd units, a run with a pause and a kill through systemctl, chronyc
+readings around the run, teardown; a second ``up`` finds everything
+provisioned; a Pi that is off is named and nothing is left running.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import uuid
+from pathlib import Path
+
+import pytest
+
+from experiment.deploy import deploy
+from experiment.run import Fault, run_job
+from experiment.testbed import TestbedError
+from payload.prepare import load_manifest
+from payload.routing import even_placement
+from rpi.testbed import RpiTestbed
+
+from tests.rpi.conftest import MISSING, PIS, PSK, write_inventory
+
+pytestmark = [pytest.mark.root, pytest.mark.timeout(180)]
+
+APT = "apt-get install -y --no-upgrade python3-venv python3-pip chrony network-manager iputils-ping"
+PROBES = ["nmcli -t -f NAME connection show", "nmcli -t -f GENERAL.STATE connection show jarvis-wifi"]
+MODIFY = f"nmcli connection modify jarvis-wifi wifi-sec.key-mgmt wpa-psk wifi-sec.psk '{PSK}'"
+FIRST_PROVISION = [APT, "systemctl enable --now chrony", *PROBES,
+                   "nmcli connection add type wifi ifname wlan0 con-name jarvis-wifi ssid jarvis-test", MODIFY,
+                   "nmcli connection up jarvis-wifi"]
+AGAIN = [APT, "systemctl enable --now chrony", *PROBES, MODIFY]
+
+
+def quiet(_: str) -> None:
+    pass
+
+
+def pi_testbed(inventory: Path) -> RpiTestbed:
+    return RpiTestbed(f"jv-trpi-{uuid.uuid4().hex[:6]}", inventory=inventory, progress=quiet)
+
+
+def payload_processes(pis) -> list[bytes]:
+    found = []
+    for alias in PIS:
+        pids = subprocess.run(["ip", "netns", "pids", pis.by_alias[alias].namespace], capture_output=True,
+                              text=True).stdout.split()
+        found += [c for p in pids if Path(f"/proc/{p}").exists() and b"payload" in
+                  (c := Path(f"/proc/{p}/cmdline").read_bytes())]
+    return found
+
+
+def test_provision_deploy_run_with_faults_and_down_then_up_again(pis, tmp_path, tiny_prepared):
+    pis.clear_logs()
+    prepared = tiny_prepared("llama")
+    inventory = write_inventory(tmp_path / "rpi.yaml", pis)
+    testbed = pi_testbed(inventory)
+    hosts = testbed.up(2)
+    try:
+        assert [(h.name, h.ssh_host, h.address) for h in hosts] == [
+            ("user", "pi-user", "192.168.50.10"), ("node1", "pi1", "192.168.50.11"), ("node2", "pi2", "192.168.50.12")]
+        for alias in PIS:
+            assert pis.log(alias) == FIRST_PROVISION, alias
+        assert PSK not in testbed.state.transcript.read_text()  # the secret travels in the environment only
+
+        deployment = deploy(testbed, prepared, even_placement(load_manifest(prepared)["num_layers"], 2),
+                            model="tiny-llama", progress=quiet)
+        assert all(sent > 0 for sent in deployment.bytes_shipped.values())
+        unit = hosts[1].extra["unit"]
+        unit_text = (Path(hosts[1].workdir) / unit).read_text()
+        assert "Restart=no" in unit_text and "KillMode=control-group" in unit_text
+        assert pis.log("pi1")[len(FIRST_PROVISION):] == [
+            f"systemctl link {hosts[1].workdir}/{unit}", f"systemctl start {unit}",
+            f"systemctl show -p MainPID --value {unit}"]
+
+        pis.clear_logs()
+        faults = [Fault("pause", (1,), at_token=1), Fault("kill", (2,), at_token=3), Fault("resume", (1,), at_token=4)]
+        run = run_job(testbed, deployment, {"prompts": ["the cat sat on the"], "max_new_tokens": 6}, faults,
+                      tmp_path / "run", stream=quiet)
+        summary = json.loads((run / "summary.json").read_text())
+        assert summary["testbed"] == "rpi" and summary["sessions"][0]["tokens"] == 6
+        actions = [line.split(",")[:2] for line in (run / "faults.csv").read_text().splitlines()[1:]]
+        assert sorted(actions) == [["kill", "node2"], ["pause", "node1"], ["resume", "node1"]]
+        assert "FAILED" not in (run / "faults.csv").read_text()
+        for host in hosts:
+            assert (run / "nodes" / host.name / "events.jsonl").stat().st_size > 0
+        described = json.loads((run / "testbed.json").read_text())
+        for when in ("before", "after"):
+            assert set(described["clock"][when]) == set(PIS)
+            assert described["clock"][when]["pi1"]["system_time_s"] == pytest.approx(12.345e-6)
+        assert described["versions"]["pi1"]["torch"] == deployment_torch()
+        signals = [c for c in pis.log("pi1") if c.startswith("systemctl kill")]
+        assert signals == [f"systemctl kill --signal=SIGSTOP {unit}", f"systemctl kill --signal=SIGCONT {unit}"]
+        assert [c for c in pis.log("pi2") if c.startswith("systemctl kill")] == [
+            f"systemctl kill --signal=SIGKILL {hosts[2].extra['unit']}"]
+        assert pis.log("pi1").count("chronyc tracking") == 2
+    finally:
+        testbed.down()
+    for host in hosts[1:]:
+        unit = host.extra["unit"]
+        assert pis.log(host.ssh_host)[-3:] == [f"systemctl stop {unit}", f"systemctl disable {unit}",
+                                                f"systemctl reset-failed {unit}"]
+    assert payload_processes(pis) == [] and not testbed.state.exists()
+    testbed.down()  # safe to repeat
+
+    pis.clear_logs()
+    again = pi_testbed(inventory)
+    again.up(2)
+    again.down()
+    for alias in PIS:
+        assert pis.log(alias) == AGAIN, alias  # already on the Wi-Fi: no add, no up
+
+
+def deployment_torch() -> str:
+    import torch
+
+    return torch.__version__.split("+")[0]
+
+
+def test_a_pi_that_is_off_is_named_and_nothing_starts(pis, tmp_path):
+    pis.clear_logs()
+    inventory = write_inventory(tmp_path / "rpi.yaml", pis, extra_hosts=[{"name": MISSING}])
+    testbed = pi_testbed(inventory)
+    with pytest.raises(TestbedError) as failure:
+        testbed.up(3)
+    message = str(failure.value)
+    assert "checking the Pis failed on 1 of 4 hosts" in message and f"{MISSING}: cannot log in" in message
+    assert all(pis.log(alias) == [] for alias in PIS)
+    assert payload_processes(pis) == [] and not testbed.state.exists()
