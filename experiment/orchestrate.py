@@ -57,6 +57,16 @@ def deployment_path(testbed: Testbed) -> Path:
     return root / "deployment.json"
 
 
+def reported_memory(testbed: Testbed) -> dict[int, int]:
+    """Bytes of memory each layer node reports available (MemAvailable), for memory-weighted placement."""
+    memory = {}
+    for host in testbed.hosts():
+        if host.index:
+            out = testbed.shell(host).run("awk '/MemAvailable/ {print $2 * 1024}' /proc/meminfo").stdout
+            memory[host.index] = int(float(out.strip()))
+    return memory
+
+
 def placement_from(spec: str, num_layers: int, nodes: int, replicas: int) -> Placement:
     """``even``, or a file with one ``first-last`` (inclusive, 0-based) layer range per line."""
     if spec == "even":
@@ -72,10 +82,10 @@ def placement_from(spec: str, num_layers: int, nodes: int, replicas: int) -> Pla
 
 
 def do_deploy(testbed: Testbed, model: str, placement: Placement, *, policy: Policy = Policy.SKIP,
-              wire_dtype: str = "bfloat16", compute_dtype: str = "float32") -> Deployment:
+              wire_dtype: str = "bfloat16", compute_dtype: str = "float32", timing: Timing = Timing()) -> Deployment:
     prepared = prepare(model)
     deployment = deploy(testbed, prepared, placement, model=model, policy=policy, wire_dtype=wire_dtype,
-                        compute_dtype=compute_dtype, timing=Timing())
+                        compute_dtype=compute_dtype, timing=timing)
     deployment.save(deployment_path(testbed))
     total = sum(deployment.bytes_shipped.values())
     print(f"[deploy] shipped {total / 1e6:.1f} MB in total; deployment saved to {deployment_path(testbed)}")
@@ -109,7 +119,6 @@ def experiment(kind: str, scenario_path: str, *, out: str | None = None, prefix:
     scenario = load_scenario(scenario_path)
     testbed = make_testbed(kind, prefix=prefix, inventory=inventory)
     prepared = prepare(scenario.model)
-    placement = scenario.placement_for(load_manifest(prepared)["num_layers"])
     run_dir = Path(out) if out else default_out(scenario.name)
     print(f"[experiment] {scenario.name}: {scenario.nodes} layer nodes on the {testbed.kind} testbed, model {scenario.model}")
     links = {}
@@ -119,8 +128,11 @@ def experiment(kind: str, scenario_path: str, *, out: str | None = None, prefix:
         links = {k: resolve(p) for k in range(1, scenario.nodes + 1) if (p := scenario.profile_of(k))}
     try:
         testbed.up(scenario.nodes, links or None)
+        memory = reported_memory(testbed) if scenario.placement == "memory" else None
+        placement = scenario.placement_for(load_manifest(prepared)["num_layers"], memory)
         deployment = do_deploy(testbed, scenario.model, placement, policy=scenario.on_failure,
-                               wire_dtype=scenario.wire_dtype, compute_dtype=scenario.compute_dtype)
+                               wire_dtype=scenario.wire_dtype, compute_dtype=scenario.compute_dtype,
+                               timing=Timing(**scenario.timing))
         run_job(testbed, deployment, job_from(scenario, Path(scenario_path).parent), faults_from(scenario), run_dir,
                 scenario=scenario.model_dump(mode="json"))
     finally:

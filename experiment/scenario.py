@@ -8,7 +8,7 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from payload.routing import Placement, Policy, even_placement, explicit_placement
+from payload.routing import Placement, Policy, even_placement, explicit_placement, memory_weighted_placement
 
 
 class ScenarioError(ValueError):
@@ -70,6 +70,7 @@ class Scenario(BaseModel):
     wire_dtype: Literal["float32", "bfloat16", "float16"] = "bfloat16"
     compute_dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     faults: list[FaultSpec] = Field(default_factory=list)
+    timing: dict[str, float] = Field(default_factory=dict, description="failure-detection knobs (payload.config.Timing)")
 
     @model_validator(mode="after")
     def _check(self) -> "Scenario":
@@ -79,13 +80,25 @@ class Scenario(BaseModel):
             for target in fault.targets:
                 if not 1 <= target <= self.nodes:
                     raise ValueError(f"fault targets node {target}, but layer nodes are 1..{self.nodes}")
+        from dataclasses import fields
+
+        from payload.config import Timing
+
+        unknown = set(self.timing) - {f.name for f in fields(Timing)}
+        if unknown:
+            raise ValueError(f"unknown timing keys {sorted(unknown)}; known: {[f.name for f in fields(Timing)]}")
         if self.replicas >= self.nodes:
             raise ValueError(f"replicas={self.replicas} needs more than {self.replicas} nodes")
         return self
 
-    def placement_for(self, num_layers: int) -> Placement:
-        if self.placement == "even" or self.placement == "memory":
+    def placement_for(self, num_layers: int, memory: dict[int, int] | None = None) -> Placement:
+        """The layer placement; ``memory`` (bytes available per layer node) is needed for ``memory``."""
+        if self.placement == "even":
             return even_placement(num_layers, self.nodes, self.replicas)
+        if self.placement == "memory":
+            if memory is None:
+                raise ScenarioError("placement: memory needs the nodes' reported memory (after `up`)")
+            return memory_weighted_placement(num_layers, memory, self.replicas)
         if len(self.placement) != self.nodes:
             raise ScenarioError(f"placement lists {len(self.placement)} ranges for {self.nodes} nodes")
         return explicit_placement(num_layers, list(self.placement), self.replicas)

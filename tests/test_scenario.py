@@ -42,3 +42,12 @@ def test_unknown_field(tmp_path):
     bad.write_text("name: x\nnodes: 3\nprompts: [hi]\nnodez: 4\n")
     with pytest.raises(ScenarioError, match="nodez"):
         load_scenario(bad)
+
+
+def test_memory_placement_weights_by_reported_memory(tmp_path):
+    path = tmp_path / "mem.yaml"
+    path.write_text("name: x\nnodes: 2\nplacement: memory\nprompts: [hi]\n")
+    scenario = load_scenario(path)
+    assert scenario.placement_for(12, {1: 1 << 30, 2: 3 << 30}).slices == {1: (0, 3), 2: (3, 12)}
+    with pytest.raises(ScenarioError, match="reported memory"):
+        scenario.placement_for(12)
