@@ -56,6 +56,7 @@ class FrameType(enum.IntEnum):
     FAIL = 4  # to the user node: a peer failed (payload: JSON)
     HEARTBEAT = 5  # node -> user node: alive (payload: JSON status)
     END = 6  # the user node ends a session: free its caches and history
+    RESUME = 7  # user -> node: re-forward your output of this step along a new route, under a new epoch
 
 
 class WireDtype(enum.IntEnum):

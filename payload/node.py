@@ -154,6 +154,16 @@ class LayerNode:
             self.sessions.pop(frame.session, None)
             self.log.log("session_end", session=str(frame.session))
             return
+        if frame.type == FrameType.RESUME:
+            problem = self._resumable(frame)
+            reply = frame.reply(FrameType.ERROR, problem.encode()) if problem else frame.reply(
+                FrameType.ACK, t_a=t2, t_b=time.time_ns())
+            writer.write(encode(reply, self.config.key))
+            if problem is None:
+                self._spawn(self.resume(frame))
+            else:
+                self.log.log("resume_refused", reason=problem, session=str(frame.session), step=frame.step)
+            return
         if frame.type != FrameType.DATA:
             self.log.log("reject", reason=f"unexpected {frame.type.name} frame", peer=frame.src)
             return
@@ -172,6 +182,43 @@ class LayerNode:
                      positions=frame.n_pos, pos_start=frame.pos_start, replay_len=frame.replay_len,
                      bytes=len(frame.payload), t2_wall_ns=t2, t3_wall_ns=t3)
         self._spawn(self.process(frame, time.monotonic_ns()))
+
+    def _resumable(self, frame: Frame) -> str | None:
+        """Why this node cannot re-forward the step's output now (None if it can)."""
+        if not frame.route or frame.hop >= len(frame.route) or frame.route[frame.hop].node != self.config.node:
+            return "route does not name this node at the frame's hop"
+        state = self.sessions.get(frame.session)
+        rs = state.ranges.get(frame.route[frame.hop].first) if state else None
+        if state is None or rs is None:
+            return "unknown session"
+        if state.lock.locked():
+            return "still processing a step of this session"
+        if frame.epoch <= state.max_epoch:
+            return f"epoch {frame.epoch} is not newer than {state.max_epoch}"
+        if rs.history_len != frame.pos_start + frame.n_pos:
+            return f"history holds {rs.history_len} positions, the step ends at {frame.pos_start + frame.n_pos}"
+        return None
+
+    async def resume(self, frame: Frame) -> None:
+        """Re-forward this node's output of a step along the frame's new route (the successor failed).
+
+        Upstream nodes computed the step once with the same inputs, so their
+        caches stay valid: only the nodes from here on see the new epoch.
+        """
+        state = self.sessions[frame.session]
+        async with state.lock:
+            if frame.epoch <= state.max_epoch:
+                return
+            state.max_epoch = frame.epoch
+            rs = state.ranges[frame.route[frame.hop].first]
+            wire = rs.history_tensor()[:, frame.pos_start:frame.pos_start + frame.n_pos]
+            self.log.log("resume", session=str(frame.session), step=frame.step, epoch=frame.epoch,
+                         route=[h.node for h in frame.route])
+            as_data = Frame(FrameType.DATA, frame.session, step=frame.step, epoch=frame.epoch,
+                            pos_start=frame.pos_start, n_pos=frame.n_pos, hidden=self.spec.hidden_size,
+                            dtype=self.wire_dtype, hop=frame.hop, route=frame.route, src=frame.src,
+                            dst=self.config.node)
+            await self.forward(as_data, rs, wire)
 
     # -- compute and forward -------------------------------------------------------
     async def process(self, frame: Frame, recv_mono: int) -> None:
@@ -245,7 +292,8 @@ class LayerNode:
         try:
             timing = await self.link(nxt).send_data(out, encoded)
         except PeerFailed as exc:
-            await self.report_failure(exc.peer, exc.kind, exc.reason, frame)
+            # Reported from a task so this session's lock is free by the time the user node asks to resume.
+            self._spawn(self.report_failure(exc.peer, exc.kind, exc.reason, frame))
             return
         self.log.log("ack", session=str(frame.session), step=frame.step, epoch=frame.epoch, src=self.config.node,
                      dst=nxt, positions=out.n_pos, bytes=timing.bytes, serialize_ns=serialize_ns,

@@ -26,11 +26,12 @@ READ_CHUNK = 1 << 16
 class PeerFailed(Exception):
     """A peer did not take a frame: crashed (refused/reset/EOF), silent (deadline) or rejected it."""
 
-    def __init__(self, peer: int, kind: str, reason: str):
+    def __init__(self, peer: int, kind: str, reason: str, reporter: int | None = None):
         super().__init__(f"node {peer} {kind}: {reason}")
         self.peer = peer
         self.kind = kind  # "crashed" | "silent" | "rejected"
         self.reason = reason
+        self.reporter = reporter  # the node that saw it (its predecessor), None when seen here
 
 
 class AdaptiveDeadline:
@@ -132,7 +133,7 @@ class PeerLink:
             self._writer = None
 
     async def send_data(self, frame: Frame, encoded: bytes) -> HopTiming:
-        """Send a DATA frame and wait for its ack within the adaptive deadline."""
+        """Send a DATA (or RESUME) frame and wait for its ack within the adaptive deadline."""
         key = (frame.session, frame.step, frame.epoch)
         fut: asyncio.Future = asyncio.get_running_loop().create_future()
         self._pending[key] = fut

@@ -120,6 +120,23 @@ def sample(logits: torch.Tensor, sampling: Sampling, generator: torch.Generator)
     return int(torch.multinomial(probs, 1, generator=generator))
 
 
+def resume_hop(failed: RoutePlan | None, plan: RoutePlan, reporter: int | None) -> int | None:
+    """Hop from which a failed step can resume instead of restarting at the first hop.
+
+    The node that reported its successor's failure (``reporter``) already holds
+    the step's output; if the new route reaches it through exactly the same
+    hops, with no cache to rebuild, it can re-forward that output.
+    """
+    if failed is None or reporter in (None, USER_NODE):
+        return None
+    for index, hop in enumerate(failed.hops):
+        if hop.node == reporter:
+            same_prefix = plan.hops[: index + 1] == failed.hops[: index + 1]
+            clean = all(not (h.flags & HopFlag.REPLAY) for h in plan.hops[: index + 1])
+            return index if same_prefix and clean else None
+    return None
+
+
 class UserNode:
     def __init__(self, config: UserConfig, *, emit=None):
         from transformers import AutoTokenizer
@@ -163,7 +180,7 @@ class UserNode:
                   f"{'CRITICAL ' if critical else ''}skipped or served by a replica", file=sys.stderr, flush=True)
         for attempt in self.attempts.values():
             if peer in attempt.nodes and not attempt.result.done():
-                attempt.result.set_exception(PeerFailed(peer, kind, reason))
+                attempt.result.set_exception(PeerFailed(peer, kind, reason, reporter=reporter))
 
     async def on_frame(self, frame: Frame, writer: asyncio.StreamWriter, t2: int) -> None:
         if frame.type == FrameType.HEARTBEAT:
@@ -232,17 +249,26 @@ class UserNode:
         return self.node.timing.max_attempts or len(self.config.placement.nodes) + 2
 
     async def _attempt(self, sid: uuid.UUID, step: int, epoch: int, plan: RoutePlan, ids: list[int],
-                       positions: int) -> Frame:
-        """Send one attempt of a step along ``plan`` and wait for the final hidden state."""
-        first = plan.hops[0]
-        if first.flags & HopFlag.REPLAY:
-            new_ids, pos_start, replay_len = ids, 0, positions
+                       positions: int, resume_hop: int | None = None) -> Frame:
+        """Send one attempt of a step along ``plan`` and wait for the final hidden state.
+
+        With ``resume_hop`` the step is not recomputed from the start: the node at
+        that hop re-forwards the output it already computed, under the new epoch.
+        """
+        if resume_hop is not None:
+            first = plan.hops[resume_hop]
+            frame = Frame(FrameType.RESUME, sid, step=step, epoch=epoch, pos_start=positions,
+                          n_pos=len(ids) - positions, hop=resume_hop, route=plan.hops, src=USER_NODE, dst=first.node)
         else:
-            new_ids, pos_start, replay_len = ids[positions:], positions, 0
-        hidden = to_wire(self.head.embed_ids(torch.tensor([new_ids])), self.wire_dtype)
-        frame = Frame(FrameType.DATA, sid, step=step, epoch=epoch, pos_start=pos_start, n_pos=len(new_ids),
-                      replay_len=replay_len, hidden=self.spec.hidden_size, dtype=self.wire_dtype, hop=0,
-                      route=plan.hops, src=USER_NODE, dst=first.node, payload=to_bytes(hidden))
+            first = plan.hops[0]
+            if first.flags & HopFlag.REPLAY:
+                new_ids, pos_start, replay_len = ids, 0, positions
+            else:
+                new_ids, pos_start, replay_len = ids[positions:], positions, 0
+            hidden = to_wire(self.head.embed_ids(torch.tensor([new_ids])), self.wire_dtype)
+            frame = Frame(FrameType.DATA, sid, step=step, epoch=epoch, pos_start=pos_start, n_pos=len(new_ids),
+                          replay_len=replay_len, hidden=self.spec.hidden_size, dtype=self.wire_dtype, hop=0,
+                          route=plan.hops, src=USER_NODE, dst=first.node, payload=to_bytes(hidden))
         attempt = Attempt(epoch, frozenset(h.node for h in plan.hops), asyncio.get_running_loop().create_future())
         self.attempts[sid] = attempt
         t_enc = time.monotonic_ns()
@@ -282,6 +308,8 @@ class UserNode:
         try:
             for step in range(max_new_tokens):
                 t_start = time.monotonic_ns()
+                failed_plan: RoutePlan | None = None
+                resume_at: int | None = None
                 for attempts in range(1, self._max_attempts() + 1):
                     epoch += 1
                     cold = self.cold[sid]
@@ -292,13 +320,17 @@ class UserNode:
                                           warm=warm, positions=positions)
                     except RouteError as exc:
                         raise SessionError(str(exc)) from None
+                    hop = resume_hop(failed_plan, plan, resume_at)
                     try:
-                        final = await self._attempt(sid, step, epoch, plan, ids, positions)
+                        final = await self._attempt(sid, step, epoch, plan, ids, positions, resume_hop=hop)
                         break
                     except PeerFailed as exc:
-                        self.mark_failed(exc.peer, exc.kind, exc.reason, USER_NODE)
+                        refused_resume = hop is not None and exc.kind == "rejected" and exc.peer == plan.hops[hop].node
+                        if not refused_resume:
+                            self.mark_failed(exc.peer, exc.kind, exc.reason, USER_NODE)
+                        failed_plan, resume_at = plan, (None if refused_resume else exc.reporter)
                         self.log.log("retry", session=str(sid), step=step, epoch=epoch, peer=exc.peer,
-                                     kind=exc.kind, reason=exc.reason)
+                                     kind=exc.kind, reason=exc.reason, resumed_at=hop)
                     except asyncio.TimeoutError:
                         self.log.log("retry", session=str(sid), step=step, epoch=epoch, peer=-1, kind="timeout",
                                      reason=f"no result within {self.node.timing.step_timeout_s}s")
