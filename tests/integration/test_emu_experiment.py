@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import time
 
 import pandas as pd
 import pytest
@@ -79,5 +80,8 @@ def test_unreachable_host_fails_deploy_clearly_and_leaves_nothing_running(requir
                 os.kill(pid, signal.SIGKILL)
         with pytest.raises(TestbedError, match="node2"):
             deploy_tiny(bed, tiny, 3)
+        deadline = time.monotonic() + 5  # SIGKILL is asynchronous: give exiting processes a moment to go
+        while any(bed.service_pids(h) for h in bed.hosts()) and time.monotonic() < deadline:
+            time.sleep(0.1)
         for host in bed.hosts():
             assert bed.service_pids(host) == [], f"{host.name} still runs a service after a failed deploy"
