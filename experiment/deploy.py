@@ -181,7 +181,7 @@ def for_each_host(hosts: list[HostInfo], work, *, what: str) -> dict[str, object
 
 def deploy(testbed: Testbed, prepared: Path, placement: Placement, *, model: str, policy: Policy = Policy.SKIP,
            wire_dtype: str = "bfloat16", compute_dtype: str = "float32", timing: Timing = Timing(),
-           ready_timeout_s: float = 180.0, progress=print) -> Deployment:
+           ready_timeout_s: float = 600.0, progress=print) -> Deployment:
     """Ship, configure and start every node; return the Deployment (also saved by the caller)."""
     hosts = testbed.hosts()
     if len(hosts) - 1 != len(placement.nodes):

@@ -403,7 +403,7 @@ class Job:
     repeats: int = 1
     concurrency: int = 1
     chat: bool = False
-    wait_nodes_s: float = 60.0
+    wait_nodes_s: float = 300.0
 
 
 async def run_job(config: UserConfig, job: Job, *, jsonl: bool = False) -> list[SessionResult]:
@@ -454,7 +454,7 @@ def main(argv: list[str] | None = None) -> int:
         job = Job(prompts=list(data["prompts"]), max_new_tokens=int(data.get("max_new_tokens", 32)),
                   sampling=Sampling(**data.get("sampling", {})), repeats=int(data.get("repeats", 1)),
                   concurrency=int(data.get("concurrency", 1)), chat=bool(data.get("chat", False)),
-                  wait_nodes_s=float(data.get("wait_nodes_s", 60)))
+                  wait_nodes_s=float(data.get("wait_nodes_s", 300)))
     elif args.prompt:
         job = Job(prompts=args.prompt, max_new_tokens=args.max_new_tokens)
     else:
