@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import shutil
 import signal
 import socket
@@ -26,10 +27,36 @@ def state_root() -> Path:
     return Path(os.environ.get("JARVIS_STATE", "/tmp/jarvis-state"))
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+def _ephemeral_range() -> tuple[int, int]:
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return 32768, 60999
+
+
+def free_ports(count: int) -> list[int]:
+    """``count`` listening ports that are free now and outside the kernel's ephemeral range.
+
+    Ports from ``bind(0)`` come from the ephemeral range, where the chain's own
+    outgoing connections also take their source ports: a node could then find
+    its port taken by a connection by the time it starts.  Ports below that
+    range are only ever taken by other listeners.
+    """
+    low, _ = _ephemeral_range()
+    ceiling = min(low, 65536) - 1
+    floor = max(1024, ceiling - 12000)
+    ports: list[int] = []
+    for port in random.sample(range(floor, ceiling), ceiling - floor):
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        ports.append(port)
+        if len(ports) == count:
+            return ports
+    raise TestbedError(f"no {count} free TCP ports on 127.0.0.1 between {floor} and {ceiling}")
 
 
 class LocalShell:
@@ -86,12 +113,13 @@ class LocalTestbed(Testbed):
         if self.manifest.exists():
             self.down()
         hosts = []
+        ports = free_ports(nodes + 1)
         for index in range(nodes + 1):
             name = "user" if index == 0 else f"node{index}"
             workdir = self.root / name
             workdir.mkdir(parents=True, exist_ok=True)
             hosts.append(HostInfo(name=name, index=index, address="127.0.0.1", workdir=str(workdir),
-                                  profile="loopback", extra={"port": free_port()}))
+                                  profile="loopback", extra={"port": ports[index]}))
         self._save({"prefix": self.prefix, "hosts": [h.to_dict() for h in hosts], "pids": {}})
         return hosts
 
