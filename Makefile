@@ -8,7 +8,8 @@ STAMP := $(VENV)/.jarvis-setup
 
 setup: $(STAMP)
 
-$(STAMP): requirements.lock requirements-nodeps.txt pyproject.toml
+$(STAMP): requirements.lock requirements-nodeps.txt pyproject.toml scripts/system-packages.sh
+	bash scripts/system-packages.sh
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -r requirements.lock
