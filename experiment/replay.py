@@ -4,9 +4,9 @@ For each step of a session, apply exactly the decoder layers that tokens.csv
 records for that step, in route order, rounding hidden states to the wire
 dtype at every node boundary as the chain did.  Each layer keeps its own KV
 cache holding only the positions of steps where it ran; layers listed in
-``rebuilt`` first have their cache rebuilt from the hidden states that entered
-them at every earlier position (what replay from the predecessor's history
-does in the chain).  The replay must reproduce the recorded token ids.
+``rebuilt`` first have their cache rebuilt from the previous hop's history, as
+the chain replays it: the output of the last layer applied before them, at
+every earlier position.  The replay must reproduce the recorded token ids.
 """
 
 from __future__ import annotations
@@ -73,8 +73,10 @@ def replay_session(model: Monolith, prompt_ids: list[int], steps: pd.DataFrame, 
                    wire: WireDtype) -> list[int]:
     """Token ids the monolith produces when each step applies the recorded layers."""
     caches = {i: SessionCache.new(model.spec, (i,)) for i in range(model.spec.num_layers)}
-    # hidden state entering each layer at every position, for rebuilds: layer -> list of [1, 1, H]
-    inputs: dict[int, list[torch.Tensor]] = {i: [] for i in range(model.spec.num_layers)}
+    # Wire-rounded output of each layer at every position (None where it did not run): a rebuild replays
+    # the history of the hop before it on the route, which is its last layer's output at each position.
+    outputs: dict[int, list[torch.Tensor | None]] = {i: [] for i in range(model.spec.num_layers)}
+    boundaries = {a for a, _ in slices.values()}
     ids = list(prompt_ids)
     produced: list[int] = []
     positions = 0
@@ -82,33 +84,53 @@ def replay_session(model: Monolith, prompt_ids: list[int], steps: pd.DataFrame, 
         layers = [int(x) for x in str(row.layers).split()] if isinstance(row.layers, str) and row.layers else []
         rebuilt = set(int(x) for x in str(row.rebuilt).split()) if isinstance(row.rebuilt, str) and row.rebuilt else set()
         for run in _contiguous_runs(sorted(rebuilt)):
-            history = torch.cat(inputs[run[0]][:positions], dim=1) if positions else None
             for layer in run:
                 caches[layer] = SessionCache.new(model.spec, (layer,))
-                if history is not None:
-                    history = model.layers[layer].forward(history, torch.arange(0, positions).unsqueeze(0),
-                                                          caches[layer])
+            if not positions:
+                continue
+            history = _replay_source(model, ids[:positions], outputs, layers, run[0], wire)
+            for layer in run:
+                history = model.layers[layer].forward(history, torch.arange(0, positions).unsqueeze(0), caches[layer])
+                rounded = to_wire(history, wire)
+                outputs[layer] = [rounded[:, j:j + 1] for j in range(positions)]
+            history = rounded
         new_ids = ids[positions:]
         hidden = to_wire(model.head.embed_ids(torch.tensor([new_ids])), wire)
         pos = torch.arange(positions, positions + len(new_ids)).unsqueeze(0)
-        boundaries = {a for a, _ in slices.values()}
-        entering: dict[int, torch.Tensor] = {}
         for layer in range(model.spec.num_layers):
             if layer in boundaries:
                 hidden = to_wire(hidden, wire)
-            entering[layer] = hidden
             if layer in layers:
                 hidden = model.layers[layer].forward(hidden, pos, caches[layer])
                 caches[layer].commit()
-        for layer in range(model.spec.num_layers):
-            chunk = to_wire(entering[layer], wire)
-            inputs[layer].extend(chunk[:, j:j + 1] for j in range(chunk.shape[1]))
+                rounded = to_wire(hidden, wire)
+                outputs[layer].extend(rounded[:, j:j + 1] for j in range(rounded.shape[1]))
+            else:
+                outputs[layer].extend([None] * len(new_ids))
         hidden = to_wire(hidden, wire)
         token = int(torch.argmax(model.head.logits(hidden[:, -1:])[0, -1]))
         produced.append(token)
         positions = len(ids)
         ids.append(int(row.token_id))
     return produced
+
+
+def _replay_source(model: Monolith, ids: list[int], outputs: dict[int, list[torch.Tensor | None]],
+                   layers: list[int], first: int, wire: WireDtype) -> torch.Tensor:
+    """What the chain replays into rebuilt layers starting at ``first``: the previous hop's history.
+
+    That is the output of the last layer applied before ``first`` at this step,
+    at every earlier position, or the embeddings when no layer comes before.
+    """
+    before = [layer for layer in layers if layer < first]
+    if not before:
+        return to_wire(model.head.embed_ids(torch.tensor([ids])), wire)
+    history = outputs[before[-1]][:len(ids)]
+    missing = [p for p, chunk in enumerate(history) if chunk is None]
+    if missing:
+        raise ValueError(f"layer {before[-1]} never ran at positions {missing[:5]}..., so it has no history "
+                         f"to rebuild layer {first} from: the run's tokens.csv is inconsistent")
+    return torch.cat(history, dim=1)
 
 
 def check_run(run_dir: Path, prepared: Path, *, model: Monolith | None = None) -> list[ReplayResult]:

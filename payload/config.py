@@ -17,7 +17,8 @@ class Timing:
     """Failure-detection knobs (per deployment)."""
 
     ack_floor_ms: float = 250.0  # never declare a peer silent sooner than this
-    ack_multiplier: float = 4.0  # deadline = max(floor, multiplier x p99 observed ack RTT)
+    ack_multiplier: float = 4.0  # deadline = max(floor, multiplier x p99 observed ack RTT, 2 x p99 + retransmit)
+    retransmit_ms: float = 250.0  # room for one TCP retransmission (Linux: 200 ms minimum RTO) before "silent"
     connect_timeout_ms: float = 1000.0
     heartbeat_ms: float = 100.0  # node -> user node liveness
     heartbeat_floor_ms: float = 500.0  # silence longer than max(floor, 4 x p99 gap) = failed

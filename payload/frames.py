@@ -18,7 +18,6 @@ sent something invalid (close that connection, keep serving others);
 from __future__ import annotations
 
 import enum
-import hashlib
 import hmac
 import struct
 import uuid
@@ -136,6 +135,28 @@ def _u(value: int, bits: int, name: str) -> int:
     return value
 
 
+# A chain re-sends the same route with every step, and packing or parsing 18 hops
+# costs more than the rest of a decode frame; routes change only on failures, so
+# both directions are memoised (bounded: cleared when full).
+_ROUTE_CACHE_MAX = 256
+_packed_routes: dict[int, tuple[tuple[Hop, ...], bytes]] = {}  # id(route) -> (route kept alive, bytes)
+_parsed_routes: dict[bytes, tuple[Hop, ...]] = {}
+
+
+def _route_bytes(route: tuple[Hop, ...]) -> bytes:
+    cached = _packed_routes.get(id(route))
+    if cached is not None and cached[0] is route:
+        return cached[1]
+    packed = b"".join(
+        _HOP.pack(_u(h.node, 16, "hop.node"), _u(h.first, 16, "hop.first"), _u(h.end, 16, "hop.end"), int(h.flags))
+        for h in route
+    )
+    if len(_packed_routes) >= _ROUTE_CACHE_MAX:
+        _packed_routes.clear()
+    _packed_routes[id(route)] = (route, packed)
+    return packed
+
+
 def encode(frame: Frame, key: bytes) -> bytes:
     """Serialise and authenticate ``frame``; raise LocalFrameError on an invalid frame."""
     if len(frame.route) > MAX_ROUTE:
@@ -152,13 +173,10 @@ def encode(frame: Frame, key: bytes) -> bytes:
         int(frame.dtype), _u(frame.hop, 8, "hop"), len(frame.route), _u(frame.src, 16, "src"),
         _u(frame.dst, 16, "dst"), _u(frame.t_a, 64, "t_a"), _u(frame.t_b, 64, "t_b"), len(frame.payload),
     )
-    route = b"".join(
-        _HOP.pack(_u(h.node, 16, "hop.node"), _u(h.first, 16, "hop.first"), _u(h.end, 16, "hop.end"), int(h.flags))
-        for h in frame.route
-    )
+    route = _route_bytes(frame.route)
     body_len = len(header) + len(route) + len(frame.payload) + MAC_BYTES
     prefix = _PREFIX.pack(body_len)
-    mac = hmac.new(key, prefix + header + route + frame.payload, hashlib.sha256).digest()
+    mac = hmac.digest(key, prefix + header + route + frame.payload, "sha256")
     return b"".join((prefix, header, route, frame.payload, mac))
 
 
@@ -213,9 +231,17 @@ class Decoder:
         raw = bytes(self._buf[:total])
         del self._buf[:total]
         signed, mac = raw[:-MAC_BYTES], raw[-MAC_BYTES:]
-        if not hmac.compare_digest(mac, hmac.new(self._key, signed, hashlib.sha256).digest()):
+        if not hmac.compare_digest(mac, hmac.digest(self._key, signed, "sha256")):
             raise self._fail("frame authentication failed (wrong key or corrupted bytes)")
         return self._parse(signed[_PREFIX.size:])
+
+    def _parse_route(self, raw: bytes) -> tuple[Hop, ...]:
+        route = []
+        for node, first, end, hop_flags in _HOP.iter_unpack(raw):
+            if end < first:
+                raise self._fail(f"route hop for node {node} has end {end} < first {first}")
+            route.append(Hop(node, first, end, HopFlag(hop_flags & int(HopFlag.REPLAY))))
+        return tuple(route)
 
     def _parse(self, body: bytes) -> Frame:
         (magic, version, type_, flags, session, step, epoch, pos_start, n_pos, replay_len, hidden, dtype, hop,
@@ -231,18 +257,19 @@ class Decoder:
         offset = _HEADER.size
         if len(body) != offset + route_len * _HOP.size + payload_len:
             raise self._fail("frame length does not match its header's route and payload lengths")
-        route = []
-        for _ in range(route_len):
-            node, first, end, hop_flags = _HOP.unpack_from(body, offset)
-            if end < first:
-                raise self._fail(f"route hop for node {node} has end {end} < first {first}")
-            route.append(Hop(node, first, end, HopFlag(hop_flags & int(HopFlag.REPLAY))))
-            offset += _HOP.size
+        raw_route = body[offset:offset + route_len * _HOP.size]
+        route = _parsed_routes.get(raw_route)
+        if route is None:
+            route = self._parse_route(raw_route)
+            if len(_parsed_routes) >= _ROUTE_CACHE_MAX:
+                _parsed_routes.clear()
+            _parsed_routes[raw_route] = route
+        offset += len(raw_route)
         if route and hop >= len(route):
             raise self._fail(f"hop index {hop} outside a {len(route)}-hop route")
         frame = Frame(
             type=ftype, session=uuid.UUID(bytes=session), step=step, epoch=epoch, pos_start=pos_start,
-            n_pos=n_pos, replay_len=replay_len, hidden=hidden, dtype=wdtype, hop=hop, route=tuple(route),
+            n_pos=n_pos, replay_len=replay_len, hidden=hidden, dtype=wdtype, hop=hop, route=route,
             src=src, dst=dst, t_a=t_a, t_b=t_b, flags=flags, payload=body[offset:],
         )
         if ftype == FrameType.DATA:

@@ -35,9 +35,14 @@ from payload.events import EventLog
 from payload.frames import DEFAULT_MAX_FRAME, Frame, FrameType, HopFlag, WireDtype, encode
 from payload.slices import LayerSlice, ModelSpec, SessionCache, dtype_of
 from payload.tensors import from_bytes, to_bytes, to_wire
-from payload.transport import PeerFailed, PeerLink, serve_connection
+from payload.transport import PeerFailed, PeerLink, PendingAck, serve_connection
 
 USER_NODE = 0
+# Steps this short (decode: one position) are computed on the event loop itself: a few
+# milliseconds of blocking is cheaper than two thread hand-offs per hop, which add up over
+# an 18-hop chain.  Longer steps (prefill, replay) go to the compute thread so that acks
+# and heartbeats keep flowing while they run.
+INLINE_POSITIONS = 4
 
 
 def peak_rss_bytes() -> int:
@@ -181,7 +186,14 @@ class LayerNode:
         self.log.log("recv", session=str(frame.session), step=frame.step, epoch=frame.epoch, src=frame.src,
                      positions=frame.n_pos, pos_start=frame.pos_start, replay_len=frame.replay_len,
                      bytes=len(frame.payload), t2_wall_ns=t2, t3_wall_ns=t3)
-        self._spawn(self.process(frame, time.monotonic_ns()))
+        state = self.sessions.get(frame.session)
+        if state is None:
+            state = self.sessions[frame.session] = SessionState()
+        if frame.n_pos <= INLINE_POSITIONS and not state.lock.locked():
+            # Nothing here waits on the network: this returns once the output is written downstream.
+            await self.process(frame, state, time.monotonic_ns())
+        else:
+            self._spawn(self.process(frame, state, time.monotonic_ns()))
 
     def _resumable(self, frame: Frame) -> str | None:
         """Why this node cannot re-forward the step's output now (None if it can)."""
@@ -206,7 +218,9 @@ class LayerNode:
         caches stay valid: only the nodes from here on see the new epoch.
         """
         state = self.sessions[frame.session]
-        async with state.lock:
+        await state.lock.acquire()
+        handed_over = False
+        try:
             if frame.epoch <= state.max_epoch:
                 return
             state.max_epoch = frame.epoch
@@ -218,12 +232,22 @@ class LayerNode:
                             pos_start=frame.pos_start, n_pos=frame.n_pos, hidden=self.spec.hidden_size,
                             dtype=self.wire_dtype, hop=frame.hop, route=frame.route, src=frame.src,
                             dst=self.config.node)
-            await self.forward(as_data, rs, wire)
+            handed_over = await self.forward(as_data, rs, wire, state.lock)
+        finally:
+            if not handed_over:
+                state.lock.release()
 
     # -- compute and forward -------------------------------------------------------
-    async def process(self, frame: Frame, recv_mono: int) -> None:
-        state = self.sessions.setdefault(frame.session, SessionState())
-        async with state.lock:
+    async def process(self, frame: Frame, state: SessionState, recv_mono: int) -> None:
+        """Apply this node's layers to a step and send the result on.
+
+        The session lock is held from here until the next hop acks the output
+        (``forward`` hands it to the task that waits for that ack), so a later
+        step or a resume of this session never overtakes this one.
+        """
+        await state.lock.acquire()
+        handed_over = False
+        try:
             if frame.epoch < state.max_epoch:
                 self.log.log("stale", session=str(frame.session), step=frame.step, epoch=frame.epoch,
                              current_epoch=state.max_epoch)
@@ -254,29 +278,43 @@ class LayerNode:
             hidden = from_bytes(frame.payload, frame.dtype, frame.n_pos, frame.hidden)
             positions = torch.arange(frame.pos_start, frame.pos_start + frame.n_pos).unsqueeze(0)
             start = time.monotonic_ns()
-            out = await asyncio.get_running_loop().run_in_executor(
-                self.executor, sl.forward, hidden, positions, rs.cache)
+            if frame.n_pos <= INLINE_POSITIONS:
+                out = sl.forward(hidden, positions, rs.cache)
+            else:
+                out = await asyncio.get_running_loop().run_in_executor(
+                    self.executor, sl.forward, hidden, positions, rs.cache)
             end = time.monotonic_ns()
             wire = to_wire(out, self.wire_dtype)
             rs.history.append(wire)
-            self.log.log("compute", session=str(frame.session), step=frame.step, epoch=frame.epoch,
-                         layers=list(hop.layers), positions=frame.n_pos, start_mono_ns=start, end_mono_ns=end,
-                         queue_ns=start - recv_mono, compute_ns=end - start, src=frame.src)
-            await self.forward(frame, rs, wire)
+            computed = dict(session=str(frame.session), step=frame.step, epoch=frame.epoch, layers=list(hop.layers),
+                            positions=frame.n_pos, start_mono_ns=start, end_mono_ns=end, queue_ns=start - recv_mono,
+                            compute_ns=end - start, src=frame.src)
+            handed_over = await self.forward(frame, rs, wire, state.lock, computed=computed)
+        finally:
+            if not handed_over:
+                state.lock.release()
 
     async def _refuse(self, frame: Frame, reason: str) -> None:
         self.log.log("reject", reason=reason, peer=frame.src, session=str(frame.session), step=frame.step)
         await self.report_failure(self.config.node, "rejected", reason, frame)
 
-    async def forward(self, frame: Frame, rs: RangeState, wire: torch.Tensor) -> None:
-        """Send this step's output to the next hop (or the user node after the last hop)."""
+    async def forward(self, frame: Frame, rs: RangeState, wire: torch.Tensor, lock: asyncio.Lock, *,
+                      computed: dict | None = None) -> bool:
+        """Send this step's output to the next hop (or the user node after the last hop).
+
+        Returns once the frame is written (the ``computed`` event is logged
+        then, off the critical path).  On success ``lock`` passes to a task that
+        waits for the ack and releases it (True); on failure the caller keeps it.
+        """
         last = frame.hop + 1 >= len(frame.route)
         nxt = USER_NODE if last else frame.route[frame.hop + 1].node
-        new = wire[:, frame.replay_len:]
+        new = wire[:, frame.replay_len:] if frame.replay_len else wire
         pos_start = frame.pos_start + frame.replay_len
         replay_len = 0
         if last:
-            payload, pos_start = new[:, -1:], pos_start + new.shape[1] - 1  # the user needs the last position only
+            if new.shape[1] > 1:  # the user needs the last position only
+                new, pos_start = new[:, -1:], pos_start + new.shape[1] - 1
+            payload = new
         elif frame.route[frame.hop + 1].flags & HopFlag.REPLAY:
             payload = rs.history_tensor()
             replay_len, pos_start = payload.shape[1] - new.shape[1], 0
@@ -289,17 +327,40 @@ class LayerNode:
         t_enc = time.monotonic_ns()
         encoded = encode(out, self.config.key)
         serialize_ns = time.monotonic_ns() - t_enc
+        link = self.link(nxt)
         try:
-            timing = await self.link(nxt).send_data(out, encoded)
+            sent = await link.send(out, encoded)
         except PeerFailed as exc:
+            sent = exc
+        if computed is not None:
+            self.log.log("compute", **computed)
+        if isinstance(sent, PeerFailed):
             # Reported from a task so this session's lock is free by the time the user node asks to resume.
-            self._spawn(self.report_failure(exc.peer, exc.kind, exc.reason, frame))
+            self._spawn(self.report_failure(sent.peer, sent.kind, sent.reason, frame))
+            return False
+        self._spawn(self._acked(frame, out, link, sent, serialize_ns, lock))
+        return True
+
+    async def _acked(self, frame: Frame, out: Frame, link: PeerLink, sent: PendingAck, serialize_ns: int,
+                     lock: asyncio.Lock) -> None:
+        """Wait for the next hop's ack of ``out``, log the hop, then free the session."""
+        try:
+            timing = await link.wait_ack(sent)
+        except PeerFailed as exc:
+            lock.release()
+            await self.report_failure(exc.peer, exc.kind, exc.reason, frame)
             return
-        self.log.log("ack", session=str(frame.session), step=frame.step, epoch=frame.epoch, src=self.config.node,
-                     dst=nxt, positions=out.n_pos, bytes=timing.bytes, serialize_ns=serialize_ns,
-                     t1_wall_ns=timing.t1_wall_ns, t1_mono_ns=timing.t1_mono_ns, t2_wall_ns=timing.t2_wall_ns,
-                     t3_wall_ns=timing.t3_wall_ns, t4_wall_ns=timing.t4_wall_ns, t4_mono_ns=timing.t4_mono_ns,
-                     rtt_ns=timing.rtt_ns)
+        except BaseException:
+            lock.release()
+            raise
+        try:
+            self.log.log("ack", session=str(frame.session), step=frame.step, epoch=frame.epoch,
+                         src=self.config.node, dst=out.dst, positions=out.n_pos, bytes=timing.bytes,
+                         serialize_ns=serialize_ns, t1_wall_ns=timing.t1_wall_ns, t1_mono_ns=timing.t1_mono_ns,
+                         t2_wall_ns=timing.t2_wall_ns, t3_wall_ns=timing.t3_wall_ns, t4_wall_ns=timing.t4_wall_ns,
+                         t4_mono_ns=timing.t4_mono_ns, rtt_ns=timing.rtt_ns)
+        finally:
+            lock.release()
 
     # -- liveness ------------------------------------------------------------------
     async def heartbeat(self) -> None:

@@ -19,10 +19,11 @@ def to_wire(hidden: torch.Tensor, dtype: WireDtype) -> torch.Tensor:
 
 def to_bytes(hidden: torch.Tensor) -> bytes:
     """Raw bytes of a wire-dtype tensor [1, T, H]."""
-    flat = hidden.contiguous().view(-1)
-    if flat.dtype in (torch.bfloat16, torch.float16):
-        return flat.view(torch.int16).numpy().tobytes()
-    return flat.numpy().tobytes()
+    if not hidden.is_contiguous():
+        hidden = hidden.contiguous()
+    if hidden.dtype in (torch.bfloat16, torch.float16):
+        hidden = hidden.view(torch.int16)  # numpy has no bfloat16; the bytes are the same
+    return hidden.numpy().tobytes()
 
 
 def from_bytes(payload: bytes, dtype: WireDtype, n_pos: int, hidden: int) -> torch.Tensor:

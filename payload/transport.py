@@ -5,7 +5,8 @@ Failure detection lives here, split the way the failures show up:
 * a crashed peer refuses or resets the connection: detected at once, either
   while sending or by the reader seeing EOF;
 * a silent peer (stopped, link cut, packets dropped) misses the ack deadline,
-  which adapts to observed round trips (``max(floor, multiplier x p99)``).
+  which adapts to observed round trips and leaves room for one TCP
+  retransmission (see :class:`AdaptiveDeadline`).
 """
 
 from __future__ import annotations
@@ -35,11 +36,18 @@ class PeerFailed(Exception):
 
 
 class AdaptiveDeadline:
-    """Ack deadline from recent round trips: a multiple of their p99, never below the floor."""
+    """Ack deadline from recent round trips, never below the floor.
 
-    def __init__(self, floor_s: float, multiplier: float, window: int = 64):
+    ``max(floor, multiplier x p99, 2 x p99 + retransmit)``: the last term lets
+    one lost segment be retransmitted before the peer is called silent (Linux
+    resends after about RTT + 200 ms, its minimum RTO, and the ack then needs
+    a trip back), so a single loss on a WiFi link is not taken for a failure.
+    """
+
+    def __init__(self, floor_s: float, multiplier: float, window: int = 64, retransmit_s: float = 0.0):
         self.floor_s = floor_s
         self.multiplier = multiplier
+        self.retransmit_s = retransmit_s
         self._samples: collections.deque[float] = collections.deque(maxlen=window)
 
     def observe(self, seconds: float) -> None:
@@ -47,10 +55,10 @@ class AdaptiveDeadline:
 
     def value(self) -> float:
         if not self._samples:
-            return self.floor_s
+            return max(self.floor_s, self.retransmit_s)
         ordered = sorted(self._samples)
         p99 = ordered[min(len(ordered) - 1, int(0.99 * len(ordered)))]
-        return max(self.floor_s, self.multiplier * p99)
+        return max(self.floor_s, self.multiplier * p99, 2 * p99 + self.retransmit_s)
 
 
 @dataclass(frozen=True)
@@ -70,6 +78,18 @@ class HopTiming:
         return (self.t4_mono_ns - self.t1_mono_ns) - (self.t3_wall_ns - self.t2_wall_ns)
 
 
+@dataclass(frozen=True)
+class PendingAck:
+    """A frame written to a peer whose ack has not been awaited yet."""
+
+    key: tuple
+    future: asyncio.Future
+    writer: asyncio.StreamWriter
+    t1_wall_ns: int
+    t1_mono_ns: int
+    bytes: int
+
+
 class PeerLink:
     """One outbound connection to a peer, reconnected lazily after a failure."""
 
@@ -78,7 +98,8 @@ class PeerLink:
         self.me, self.peer, self.address, self.key = me, peer, address, key
         self.timing = timing
         self.log = log
-        self.deadline = AdaptiveDeadline(timing.ack_floor_ms / 1000, timing.ack_multiplier)
+        self.deadline = AdaptiveDeadline(timing.ack_floor_ms / 1000, timing.ack_multiplier,
+                                         retransmit_s=timing.retransmit_ms / 1000)
         self._on_lost = on_lost
         self._writer: asyncio.StreamWriter | None = None
         self._reader_task: asyncio.Task | None = None
@@ -132,8 +153,12 @@ class PeerLink:
         if self._writer is writer:
             self._writer = None
 
-    async def send_data(self, frame: Frame, encoded: bytes) -> HopTiming:
-        """Send a DATA (or RESUME) frame and wait for its ack within the adaptive deadline."""
+    async def send(self, frame: Frame, encoded: bytes) -> "PendingAck":
+        """Write a DATA (or RESUME) frame now; the returned handle waits for its ack.
+
+        Splitting the write from the wait lets a node hand its output downstream
+        and return to its socket at once, leaving the ack to a background task.
+        """
         key = (frame.session, frame.step, frame.epoch)
         fut: asyncio.Future = asyncio.get_running_loop().create_future()
         self._pending[key] = fut
@@ -146,20 +171,32 @@ class PeerLink:
             except (ConnectionError, OSError) as exc:
                 self._drop(writer)
                 raise PeerFailed(self.peer, "crashed", f"send failed: {exc}") from None
-            deadline = self.deadline.value()
+        except BaseException:
+            self._pending.pop(key, None)
+            raise
+        return PendingAck(key, fut, writer, t1_wall, t1_mono, len(encoded))
+
+    async def wait_ack(self, sent: "PendingAck") -> HopTiming:
+        """The hop's timing once its ack arrives; PeerFailed if it does not within the adaptive deadline."""
+        deadline = self.deadline.value()
+        try:
             try:
-                reply: Frame = await asyncio.wait_for(asyncio.shield(fut), deadline)
+                reply: Frame = await asyncio.wait_for(asyncio.shield(sent.future), deadline)
             except asyncio.TimeoutError:
-                self._drop(writer)
+                self._drop(sent.writer)
                 raise PeerFailed(self.peer, "silent", f"no ack within {deadline * 1000:.0f} ms") from None
             t4_wall, t4_mono = time.time_ns(), time.monotonic_ns()
             if reply.type == FrameType.ERROR:
                 raise PeerFailed(self.peer, "rejected", reply.payload.decode("utf-8", "replace"))
-            timing = HopTiming(t1_wall, t1_mono, reply.t_a, reply.t_b, t4_wall, t4_mono, len(encoded))
+            timing = HopTiming(sent.t1_wall_ns, sent.t1_mono_ns, reply.t_a, reply.t_b, t4_wall, t4_mono, sent.bytes)
             self.deadline.observe(max(timing.rtt_ns, 0) / 1e9)
             return timing
         finally:
-            self._pending.pop(key, None)
+            self._pending.pop(sent.key, None)
+
+    async def send_data(self, frame: Frame, encoded: bytes) -> HopTiming:
+        """Send a DATA (or RESUME) frame and wait for its ack within the adaptive deadline."""
+        return await self.wait_ack(await self.send(frame, encoded))
 
     async def send_control(self, frame: Frame) -> bool:
         """Best-effort control frame (heartbeat, failure report, session end); False if undeliverable."""

@@ -6,6 +6,7 @@ import pytest
 
 from experiment.replay import Monolith, check_run
 from experiment.run import Fault, run_job
+from payload.config import Timing
 from tests.integration.conftest import read_tokens, summary
 
 PROMPTS = ["The three most important inventions of the twentieth century are"]
@@ -22,39 +23,65 @@ def monolith(prepared):
     return Monolith(prepared)
 
 
-@pytest.mark.parametrize("action,targets,at_token", [
-    ("kill", (2,), 3),          # middle node mid-decode
-    ("kill", (1,), 2),          # first node: critical
-    ("kill", (4,), 2),          # last node: critical
-    ("kill", (2, 3), 2),        # two adjacent nodes
-    ("pause", (3,), 2),         # silent node (SIGSTOP), detected by deadline/heartbeat
-])
-def test_fault_mid_decode_is_skipped_and_oracle_holds(prepared, monolith, chain, tmp_path, action, targets,
-                                                       at_token):
+TARGETS = {"first": (1,), "middle": (2,), "last": (4,), "two adjacent": (2, 3)}
+
+
+def _release(tb, action: str, targets: tuple[int, ...]) -> None:
+    """SIGCONT paused nodes so teardown is not left with stopped processes."""
+    if action == "pause":
+        for t in targets:
+            tb.resume([h for h in tb.hosts() if h.index == t][0])
+
+
+# Every combination the issue asks for on the local testbed: SIGKILL and SIGSTOP, of the first, a middle,
+# the last and two adjacent layer nodes, at prefill (the fault fires as the prompt is sent) and mid-decode.
+@pytest.mark.parametrize("when", ["prefill", "decode"])
+@pytest.mark.parametrize("where", list(TARGETS))
+@pytest.mark.parametrize("action", ["kill", "pause"])
+def test_fault_is_skipped_and_oracle_holds(prepared, monolith, chain, tmp_path, action, where, when):
+    targets = TARGETS[where]
+    trigger = {"at_seconds": 0.0} if when == "prefill" else {"at_token": 3}
     with chain(prepared, 4) as (tb, dep):
-        faults = [Fault(action, targets, at_token=at_token)]
-        run = run_job(tb, dep, {"prompts": PROMPTS, "max_new_tokens": 10}, faults, tmp_path / "run")
-        if action == "pause":
-            for t in targets:
-                tb.resume([h for h in tb.hosts() if h.index == t][0])
+        run = run_job(tb, dep, {"prompts": PROMPTS, "max_new_tokens": 8}, [Fault(action, targets, **trigger)],
+                      tmp_path / "run")
+        _release(tb, action, targets)
     tokens = read_tokens(run)
     assert summary(run)["complete"], summary(run)
-    assert len(tokens) == 10
+    assert len(tokens) == 8
     skipped_layers = {i for n in targets for i in range(*dep.placement_obj().slices[n])}
     last_layers = set(map(int, tokens["layers"].iloc[-1].split()))
     assert not (skipped_layers & last_layers), "failed nodes' layers must not be applied after the fault"
-    assert set(tokens["layers"].iloc[0].split()) == {str(i) for i in range(30)}
+    if when == "decode":
+        assert set(tokens["layers"].iloc[0].split()) == {str(i) for i in range(30)}
+    assert str(tokens["nodes_out"].iloc[-1]) == " ".join(map(str, targets))
     for result in check_run(run, prepared, model=monolith):
         assert result.ok, (result.expected, result.replayed)
 
 
-def test_kill_during_prefill(prepared, monolith, chain, tmp_path):
-    with chain(prepared, 3) as (tb, dep):
-        run = run_job(tb, dep, {"prompts": PROMPTS, "max_new_tokens": 6},
-                      [Fault("kill", (2,), at_seconds=0.0)], tmp_path / "run")
-    assert summary(run)["complete"]
+def test_nodes_rejoining_out_of_order_rebuild_from_the_previous_hop(prepared, monolith, chain, tmp_path):
+    """Nodes 2 and 3 stop; 3 comes back first and rebuilds from node 1's history, then 2 rejoins.
+
+    Node 3's rebuilt cache then holds layers computed from node 1's output, not
+    from the node-2 output it saw before: the oracle must model exactly that.
+    """
+    # A node heard from again rejoins once it has been out for rejoin_after_s: 0.2 s here, so node 3 is back
+    # a few tokens after its SIGCONT, long before node 2's.
+    with chain(prepared, 4, timing=Timing(rejoin_after_s=0.2)) as (tb, dep):
+        hosts = {h.index: h for h in tb.hosts()}
+        faults = [Fault("pause", (2, 3), at_token=2), Fault("resume", (3,), at_token=6),
+                  Fault("resume", (2,), at_token=30)]
+        run = run_job(tb, dep, {"prompts": PROMPTS, "max_new_tokens": 44}, faults, tmp_path / "run")
+        for index in (2, 3):
+            tb.resume(hosts[index])
+    tokens = read_tokens(run)
+    assert summary(run)["complete"], summary(run)
+    slices = dep.placement_obj().slices
+    node3_layers = " ".join(map(str, range(*slices[3])))
+    without_2 = tokens[tokens["nodes_out"] == "2"]
+    assert without_2["rebuilt"].str.contains(node3_layers).any(), "node 3 must rejoin while node 2 is still out"
+    assert tokens["nodes_out"].iloc[-1] == "", "both nodes must be back by the end"
     for result in check_run(run, prepared, model=monolith):
-        assert result.ok
+        assert result.ok, (result.first_mismatch, result.expected, result.replayed)
 
 
 def test_replica_takeover_gives_the_no_fault_tokens(prepared, chain, tmp_path):
