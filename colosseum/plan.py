@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from colosseum.inventory import ROLE_LINK, WIRED_INTERFACE, Inventory, Srn
 from colosseum.network import (Address, DataPlane, SrnAddresses, address_command, needs_wired, plan_routes,
                                reach_command)
-from colosseum.remote import CODE_ARCHIVE, unpack_command
+from experiment.payload_code import CODE_ARCHIVE, unpack_command
 
 q = shlex.quote
 

@@ -20,7 +20,6 @@ import shlex
 import socket
 import subprocess
 import sys
-import tarfile
 import threading
 import uuid
 from collections.abc import Callable, Sequence
@@ -31,11 +30,9 @@ import paramiko
 from fabric import Config, Connection
 from invoke.exceptions import CommandTimedOut
 
-import payload
 from experiment.testbed import CommandResult, TestbedError
 
 CONNECT_TIMEOUT_S = 15
-CODE_ARCHIVE = "payload.tar.gz"
 SSH_ERRORS = (paramiko.SSHException, socket.error, EOFError)
 Recorder = Callable[[str, str, int], None]
 
@@ -114,22 +111,6 @@ def describe_ssh_error(exc: BaseException) -> str:
     if isinstance(exc, paramiko.SSHException) and "known_hosts" in str(exc):
         return f"unknown host key ({exc}); ssh to it once to check and record its key"
     return f"{type(exc).__name__}: {exc}"
-
-
-def payload_archive(directory: Path) -> Path:
-    """The node payload's modules as ``payload/*.py`` in one tar.gz: all a remote host needs of JARVIS
-    besides its interpreter, sent in one transfer instead of a dozen."""
-    archive = directory / CODE_ARCHIVE
-    with tarfile.open(archive, "w:gz") as tar:
-        for path in sorted(Path(payload.__file__).parent.glob("*.py")):
-            tar.add(path, arcname=f"payload/{path.name}")
-    return archive
-
-
-def unpack_command(code_dir: str) -> str:
-    """Unpack the archive put into ``code_dir``, then remove it."""
-    archive = shlex.quote(f"{code_dir}/{CODE_ARCHIVE}")
-    return f"tar -xzf {archive} -C {shlex.quote(code_dir)} && rm {archive}"
 
 
 def _split(text: str, marker: str) -> dict[int, tuple[str, int]]:

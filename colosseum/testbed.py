@@ -38,7 +38,8 @@ from colosseum.fanout import on_each
 from colosseum.inventory import ROLE_LINK, WIRED_INTERFACE, Inventory, load_inventory
 from colosseum.network import Address, DataPlane, SrnAddresses, parse_address
 from colosseum.plan import Layout
-from colosseum.remote import CODE_ARCHIVE, RemoteProcess, SshAccess, SshShell, connect, payload_archive
+from colosseum.remote import RemoteProcess, SshAccess, SshShell, connect
+from experiment.payload_code import CODE_ARCHIVE, payload_archive
 from colosseum.state import StateFile
 
 RADIO_POLL_S = 0.5

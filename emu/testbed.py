@@ -37,6 +37,8 @@ import time
 from collections.abc import Mapping
 from pathlib import Path
 
+from experiment.deploy import for_each_host
+from experiment.payload_code import CODE_ARCHIVE, payload_archive, unpack_command
 from experiment.testbed import FaultResult, HostInfo, LinkProfile, Testbed, TestbedError
 
 from emu import sshd, state, system
@@ -110,10 +112,27 @@ class EmuTestbed(Testbed):
             state.save(self.prefix, manifest)
         try:
             self._build(plan, manifest, profiles)
+            self._ship_payload(plan)
         except BaseException:
             self.down()
             raise
         return self.hosts()
+
+    def _ship_payload(self, plan: Plan) -> None:
+        """Put the payload archive into every node's ``code/`` over its own sshd, as on SRNs and Pis.
+
+        The node interpreter stays this machine's venv (the namespaces share its
+        disk); the code a node runs is the code shipped to it.
+        """
+        archive = payload_archive(Path(plan.state_dir))
+
+        def one(host: HostInfo) -> None:
+            shell = self.shell(host)
+            shell.run("mkdir -p code")
+            shell.put(archive, f"code/{CODE_ARCHIVE}")
+            shell.run(unpack_command(f"{host.workdir}/code"))
+
+        for_each_host(self.hosts(), one, what="shipping the payload")
 
     def _check_free(self, plan: Plan) -> None:
         taken = [ns for ns in plan.namespaces if system.netns_exists(ns)]
@@ -235,7 +254,7 @@ class EmuTestbed(Testbed):
                          extra={"mgmt_address": n.mgmt_ip, "ssh_alias": n.namespace,
                                 "ssh_config": str(ssh_dir / "ssh_config"),
                                 "gateway": f"{plan.gateway_ip}:{plan.gateway_port}",
-                                "link": profiles[str(n.index)]})
+                                "link": profiles[str(n.index)], "payload_path": f"{n.workdir}/code"})
                 for n in plan.nodes]
 
     def shell(self, host: HostInfo) -> FabricShell:

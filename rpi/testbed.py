@@ -24,8 +24,8 @@ from pathlib import Path
 
 from colosseum.fanout import on_each
 from colosseum.network import Address, address_command, parse_address, reach_command
-from colosseum.remote import (CODE_ARCHIVE, RemoteProcess, SshAccess, SshShell, connect, payload_archive,
-                              unpack_command)
+from colosseum.remote import RemoteProcess, SshAccess, SshShell, connect
+from experiment.payload_code import CODE_ARCHIVE, payload_archive, unpack_command
 from colosseum.state import StateFile
 from experiment.testbed import FaultResult, HostInfo, LinkProfile, Testbed, TestbedError
 

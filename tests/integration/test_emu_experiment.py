@@ -6,6 +6,7 @@ import json
 import os
 import signal
 import time
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -15,6 +16,7 @@ from experiment.deploy import deploy
 from experiment.replay import Monolith, check_run
 from experiment.run import Fault, run_job
 from experiment.testbed import TestbedError
+import payload.node
 from payload.prepare import load_manifest
 from payload.routing import even_placement
 from tests.emu.conftest import emu_testbed, require_root  # noqa: F401  (fixture)
@@ -36,6 +38,13 @@ def test_kill_at_a_token_over_ssh_gives_a_complete_consistent_run(require_root, 
     with emu_testbed("e2e", 4) as bed:
         dep = deploy_tiny(bed, tiny, 4)
         assert set(dep.bytes_shipped) == {"user", "node1", "node2", "node3", "node4"}
+        for host in bed.hosts():  # each node runs the payload shipped into its own directory over ssh
+            code = Path(host.workdir) / "code"
+            assert (code / "payload" / "node.py").read_bytes() == Path(payload.node.__file__).read_bytes()
+            if host.index:
+                pid = (Path(host.workdir) / "service.pid").read_text().strip()
+                environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+                assert f"PYTHONPATH={code}".encode() in environ
         run = run_job(bed, dep, {"prompts": [PROMPT], "max_new_tokens": 8}, [Fault("kill", (3,), at_token=3)],
                       tmp_path / "run")
         again = deploy_tiny(bed, tiny, 4)  # re-deploy: files unchanged on every host are not sent again
