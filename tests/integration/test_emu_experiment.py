@@ -29,14 +29,20 @@ def tiny(tiny_prepared):
     return tiny_prepared("llama")
 
 
-def deploy_tiny(bed, prepared, nodes):
+@pytest.fixture(scope="module")
+def smollm2(bundled):
+    return bundled("smollm2-135m-instruct")
+
+
+def deploy_even(bed, prepared, nodes):
     return deploy(bed, prepared, even_placement(load_manifest(prepared)["num_layers"], nodes), model=str(prepared),
                   progress=lambda m: None)
 
 
-def test_kill_at_a_token_over_ssh_gives_a_complete_consistent_run(require_root, tiny, tmp_path):
+def test_kill_at_a_token_over_ssh_gives_a_complete_consistent_run(require_root, smollm2, tmp_path):
+    """The bundled SmolLM2 deployed over ssh to four namespaced nodes; node 3 is killed at token 3."""
     with emu_testbed("e2e", 4) as bed:
-        dep = deploy_tiny(bed, tiny, 4)
+        dep = deploy_even(bed, smollm2, 4)
         assert set(dep.bytes_shipped) == {"user", "node1", "node2", "node3", "node4"}
         for host in bed.hosts():  # each node runs the payload shipped into its own directory over ssh
             code = Path(host.workdir) / "code"
@@ -47,7 +53,7 @@ def test_kill_at_a_token_over_ssh_gives_a_complete_consistent_run(require_root, 
                 assert f"PYTHONPATH={code}".encode() in environ
         run = run_job(bed, dep, {"prompts": [PROMPT], "max_new_tokens": 8}, [Fault("kill", (3,), at_token=3)],
                       tmp_path / "run")
-        again = deploy_tiny(bed, tiny, 4)  # re-deploy: files unchanged on every host are not sent again
+        again = deploy_even(bed, smollm2, 4)  # re-deploy: files unchanged on every host are not sent again
     tokens = pd.read_csv(run / "tokens.csv", keep_default_na=False)
     faults = pd.read_csv(run / "faults.csv", keep_default_na=False)
     hops = pd.read_csv(run / "hops.csv")
@@ -62,13 +68,13 @@ def test_kill_at_a_token_over_ssh_gives_a_complete_consistent_run(require_root, 
         assert any('"ev":"ready"' in line for line in events), name
     assert json.loads((run / "testbed.json").read_text())["backend"] == "userspace"
     assert sum(again.bytes_shipped.values()) < sum(dep.bytes_shipped.values()) / 10
-    for result in check_run(run, tiny, model=Monolith(tiny)):
+    for result in check_run(run, smollm2, model=Monolith(smollm2)):
         assert result.ok
 
 
 def test_link_cut_is_skipped_then_the_node_rejoins_with_replay(require_root, tiny, tmp_path):
     with emu_testbed("cut", 3, links=None) as bed:
-        dep = deploy_tiny(bed, tiny, 3)
+        dep = deploy_even(bed, tiny, 3)
         # wifi links (the default) make a token take ~100 ms: 80 tokens outlast the 2 s cut plus the rejoin.
         run = run_job(bed, dep, {"prompts": [PROMPT], "max_new_tokens": 80},
                       [Fault("link_down", (2,), at_token=2, duration=2.0)], tmp_path / "run")
@@ -88,7 +94,7 @@ def test_unreachable_host_fails_deploy_clearly_and_leaves_nothing_running(requir
             if os.path.basename(system.exe_of(pid)).startswith("sshd"):
                 os.kill(pid, signal.SIGKILL)
         with pytest.raises(TestbedError, match="node2"):
-            deploy_tiny(bed, tiny, 3)
+            deploy_even(bed, tiny, 3)
         deadline = time.monotonic() + 5  # SIGKILL is asynchronous: give exiting processes a moment to go
         while any(bed.service_pids(h) for h in bed.hosts()) and time.monotonic() < deadline:
             time.sleep(0.1)
