@@ -55,10 +55,11 @@ def single_skip_figure(table: pd.DataFrame, out: Path, title: str) -> list[Path]
         rows = _singles(table, metric)
         err = np.vstack([rows.delta - rows.delta_low, rows.delta_high - rows.delta]).clip(min=0)
         ax.errorbar(rows.layer, rows.delta, yerr=err, fmt="o", capsize=3)
-        ax.axhline(0, color="grey", linewidth=0.8)
         if metric == "kl":
-            ax.set_yscale("log")
-        elif metric == "ppl":
+            ax.set_yscale("log")  # KL > 0 for any real skip; a zero line would stretch the axis to 1e-15
+        else:
+            ax.axhline(0, color="grey", linewidth=0.8)
+        if metric == "ppl":
             ax.set_yscale("symlog", linthresh=0.01)
         ax.set_ylabel(TITLES[metric], fontsize=8)
     axes[-1, 0].set_xlabel("skipped layer (0-based)")
@@ -101,7 +102,7 @@ def _norm(metric: str, values: np.ndarray, *, diverging: bool):
     return Normalize(vmin=float(finite.min()), vmax=float(finite.max()))
 
 
-def _heatmap(matrix: np.ndarray, metric: str, title: str, *, diverging: bool, cmap: str):
+def _heatmap(matrix: np.ndarray, metric: str, title: str, *, diverging: bool, cmap: str, label: str):
     fig, ax = plt.subplots(figsize=(7, 6))
     image = ax.imshow(np.ma.masked_invalid(matrix), cmap=cmap, norm=_norm(metric, matrix, diverging=diverging))
     ticks = range(matrix.shape[0])
@@ -110,7 +111,7 @@ def _heatmap(matrix: np.ndarray, metric: str, title: str, *, diverging: bool, cm
     ax.tick_params(labelsize=7)
     ax.set_xlabel("first skipped layer i (0-based)")
     ax.set_ylabel("second skipped layer j")
-    fig.colorbar(image, ax=ax, label=TITLES[metric])
+    fig.colorbar(image, ax=ax, label=label)
     ax.set_title(title, fontsize=10)
     return fig
 
@@ -125,9 +126,10 @@ def double_skip_figures(table: pd.DataFrame, out: Path, num_layers: int, title: 
         pairs, interaction = matrices
         worse_is_high = metric in LOG_LIKE
         fig = _heatmap(pairs, metric, f"{title}: skipping layers i and j (diagonal: i alone)",
-                       diverging=False, cmap="magma" if worse_is_high else "magma_r")
+                       diverging=False, cmap="magma" if worse_is_high else "magma_r", label=TITLES[metric])
         paths += _save(fig, out, f"double_{metric}")
         fig = _heatmap(interaction, metric, f"{title}: interaction Δij − Δi − Δj",
-                       diverging=True, cmap="RdBu_r" if worse_is_high else "RdBu")
+                       diverging=True, cmap="RdBu_r" if worse_is_high else "RdBu",
+                       label=f"Δij − Δi − Δj of {TITLES[metric]}")
         paths += _save(fig, out, f"interaction_{metric}")
     return paths
