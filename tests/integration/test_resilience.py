@@ -7,7 +7,7 @@ import pytest
 from experiment.replay import Monolith, check_run
 from experiment.run import Fault, run_job
 from payload.config import Timing
-from tests.integration.conftest import read_tokens, summary
+from tests.integration.conftest import local_chain, read_tokens, summary
 
 PROMPTS = ["The three most important inventions of the twentieth century are"]
 MODEL = "smollm2-135m-instruct"
@@ -26,11 +26,11 @@ def monolith(prepared):
 TARGETS = {"first": (1,), "middle": (2,), "last": (4,), "two adjacent": (2, 3)}
 
 
-def _release(tb, action: str, targets: tuple[int, ...]) -> None:
-    """SIGCONT paused nodes so teardown is not left with stopped processes."""
-    if action == "pause":
-        for t in targets:
-            tb.resume([h for h in tb.hosts() if h.index == t][0])
+@pytest.fixture(scope="module")
+def resumable_chain(prepared):
+    """One chain for every SIGSTOP case: SIGCONT makes it whole again, and each run has a fresh user node."""
+    with local_chain(prepared, 4) as chain:
+        yield chain
 
 
 # Every combination the issue asks for on the local testbed: SIGKILL and SIGSTOP, of the first, a middle,
@@ -38,13 +38,21 @@ def _release(tb, action: str, targets: tuple[int, ...]) -> None:
 @pytest.mark.parametrize("when", ["prefill", "decode"])
 @pytest.mark.parametrize("where", list(TARGETS))
 @pytest.mark.parametrize("action", ["kill", "pause"])
-def test_fault_is_skipped_and_oracle_holds(prepared, monolith, chain, tmp_path, action, where, when):
+def test_fault_is_skipped_and_oracle_holds(request, prepared, monolith, tmp_path, action, where, when):
     targets = TARGETS[where]
     trigger = {"at_seconds": 0.0} if when == "prefill" else {"at_token": 3}
-    with chain(prepared, 4) as (tb, dep):
-        run = run_job(tb, dep, {"prompts": PROMPTS, "max_new_tokens": 8}, [Fault(action, targets, **trigger)],
-                      tmp_path / "run")
-        _release(tb, action, targets)
+    job = {"prompts": PROMPTS, "max_new_tokens": 8}
+    if action == "pause":
+        tb, dep = request.getfixturevalue("resumable_chain")
+        try:
+            run = run_job(tb, dep, job, [Fault("pause", targets, **trigger)], tmp_path / "run")
+        finally:
+            for host in tb.hosts():
+                if host.index in targets:
+                    tb.resume(host)
+    else:
+        with local_chain(prepared, 4) as (tb, dep):  # killed nodes are gone: a fresh chain per case
+            run = run_job(tb, dep, job, [Fault("kill", targets, **trigger)], tmp_path / "run")
     tokens = read_tokens(run)
     assert summary(run)["complete"], summary(run)
     assert len(tokens) == 8
