@@ -18,6 +18,7 @@ class Timing:
 
     ack_floor_ms: float = 250.0  # never declare a peer silent sooner than this
     ack_multiplier: float = 4.0  # deadline = max(floor, multiplier x p99 observed ack RTT, 2 x p99 + retransmit)
+    slowest_link_mbps: float = 1.0  # the ack deadline adds a frame's bytes at this rate (big prefills on cellular)
     retransmit_ms: float = 250.0  # room for one TCP retransmission (Linux: 200 ms minimum RTO) before "silent"
     connect_timeout_ms: float = 1000.0
     heartbeat_ms: float = 100.0  # node -> user node liveness

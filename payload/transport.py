@@ -53,6 +53,10 @@ class AdaptiveDeadline:
     def observe(self, seconds: float) -> None:
         self._samples.append(seconds)
 
+    @property
+    def observed(self) -> bool:
+        return bool(self._samples)
+
     def value(self) -> float:
         if not self._samples:
             return max(self.floor_s, self.retransmit_s)
@@ -110,6 +114,7 @@ class PeerLink:
         async with self._connect_lock:
             if self._writer is not None and not self._writer.is_closing():
                 return self._writer
+            started = time.monotonic()
             try:
                 reader, writer = await asyncio.wait_for(
                     asyncio.open_connection(*self.address), self.timing.connect_timeout_ms / 1000
@@ -118,6 +123,10 @@ class PeerLink:
                 raise PeerFailed(self.peer, "silent", f"connect to {self.address} timed out") from None
             except OSError as exc:
                 raise PeerFailed(self.peer, "crashed", f"connect to {self.address}: {exc.strerror or exc}") from None
+            if not self.deadline.observed:
+                # The handshake took one round trip: the first frame's deadline then suits a slow (cellular)
+                # link instead of the loopback-sized floor.
+                self.deadline.observe(time.monotonic() - started)
             self._writer = writer
             self._reader_task = asyncio.create_task(self._read_acks(reader, writer))
             return writer
@@ -178,7 +187,8 @@ class PeerLink:
 
     async def wait_ack(self, sent: "PendingAck") -> HopTiming:
         """The hop's timing once its ack arrives; PeerFailed if it does not within the adaptive deadline."""
-        deadline = self.deadline.value()
+        # Time on the wire grows with the frame: a prompt's hidden states cross a 2.5 Mbit/s uplink slowly.
+        deadline = self.deadline.value() + sent.bytes * 8 / (self.timing.slowest_link_mbps * 1e6)
         try:
             try:
                 reply: Frame = await asyncio.wait_for(asyncio.shield(sent.future), deadline)

@@ -35,3 +35,41 @@ def test_cellular_round_trips_scale_the_deadline_by_the_multiplier():
 
 def test_no_samples_yet_uses_the_larger_of_floor_and_retransmission_room():
     assert deadline_after([]) == pytest.approx(0.250)
+
+
+def test_a_big_frame_gets_time_on_the_wire_before_its_peer_is_called_silent():
+    """A real loopback peer that reads but never acks: the deadline is the floor plus the frame's bytes at the
+    slowest expected link rate, and the connect round trip is the first sample."""
+    import asyncio
+    import time
+    import uuid
+
+    from payload.events import EventLog
+    from payload.frames import Frame, FrameType
+    from payload.transport import PeerFailed, PeerLink
+
+    async def scenario(tmp: str) -> float:
+        async def swallow(reader, writer):
+            while await reader.read(1 << 16):
+                pass
+
+        server = await asyncio.start_server(swallow, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        timing = Timing(ack_floor_ms=100.0, retransmit_ms=0.0, slowest_link_mbps=0.8)
+        link = PeerLink(me=1, peer=2, address=("127.0.0.1", port), key=b"k" * 32, timing=timing,
+                        log=EventLog(f"{tmp}/events.jsonl", 1))
+        frame = Frame(FrameType.DATA, uuid.uuid4(), step=1, epoch=1)
+        started = time.monotonic()
+        with pytest.raises(PeerFailed) as failed:
+            await link.send_data(frame, b"x" * 50_000)  # 0.5 s at 0.8 Mbit/s
+        assert failed.value.kind == "silent"
+        assert link.deadline.observed, "the connect round trip must seed the deadline"
+        await link.close()
+        server.close()
+        return time.monotonic() - started
+
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        elapsed = asyncio.run(scenario(tmp))
+    assert 0.55 <= elapsed <= 2.0, elapsed
