@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 from pathlib import Path
 
@@ -52,16 +53,14 @@ def tiny(tmp_path_factory):
     from payload.prepare import prepare
 
     cache = tmp_path_factory.mktemp("quality-cache")
-    made: dict[str, tuple[Path, Path]] = {}
 
+    @functools.cache
     def make(kind: str) -> tuple[Path, Path]:
-        if kind not in made:
-            source = tmp_path_factory.mktemp(f"quality-tiny-{kind}")
-            tokenizer = _tokenizer()
-            _model(kind, len(tokenizer)).save_pretrained(source)
-            tokenizer.save_pretrained(source)
-            made[kind] = (source, prepare(str(source), cache=cache, progress=lambda message: None))
-        return made[kind]
+        source = tmp_path_factory.mktemp(f"quality-tiny-{kind}")
+        tokenizer = _tokenizer()
+        _model(kind, len(tokenizer)).save_pretrained(source)
+        tokenizer.save_pretrained(source)
+        return source, prepare(str(source), cache=cache, progress=lambda message: None)
 
     return make
 
@@ -71,14 +70,8 @@ def hf_model(tiny):
     """Factory: the tiny model loaded whole by transformers, the independent reference for every check."""
     from transformers import AutoModelForCausalLM
 
-    loaded = {}
-
-    def load(kind: str):
-        if kind not in loaded:
-            loaded[kind] = AutoModelForCausalLM.from_pretrained(tiny(kind)[0], dtype=torch.float32).eval().requires_grad_(False)
-        return loaded[kind]
-
-    return load
+    return functools.cache(lambda kind: AutoModelForCausalLM.from_pretrained(
+        tiny(kind)[0], dtype=torch.float32).eval().requires_grad_(False))
 
 
 @pytest.fixture(scope="session")
@@ -86,14 +79,7 @@ def skip_model(tiny):
     """Factory: the study's SkipModel over the prepared tiny model."""
     from quality.model import SkipModel
 
-    loaded = {}
-
-    def load(kind: str):
-        if kind not in loaded:
-            loaded[kind] = SkipModel(tiny(kind)[1])
-        return loaded[kind]
-
-    return load
+    return functools.cache(lambda kind: SkipModel(tiny(kind)[1]))
 
 
 def mmlu_rows() -> list[dict]:
