@@ -344,23 +344,20 @@ class LayerNode:
     async def _acked(self, frame: Frame, out: Frame, link: PeerLink, sent: PendingAck, serialize_ns: int,
                      lock: asyncio.Lock) -> None:
         """Wait for the next hop's ack of ``out``, log the hop, then free the session."""
+        failure: PeerFailed | None = None
         try:
             timing = await link.wait_ack(sent)
-        except PeerFailed as exc:
-            lock.release()
-            await self.report_failure(exc.peer, exc.kind, exc.reason, frame)
-            return
-        except BaseException:
-            lock.release()
-            raise
-        try:
             self.log.log("ack", session=str(frame.session), step=frame.step, epoch=frame.epoch,
                          src=self.config.node, dst=out.dst, positions=out.n_pos, bytes=timing.bytes,
                          serialize_ns=serialize_ns, t1_wall_ns=timing.t1_wall_ns, t1_mono_ns=timing.t1_mono_ns,
                          t2_wall_ns=timing.t2_wall_ns, t3_wall_ns=timing.t3_wall_ns, t4_wall_ns=timing.t4_wall_ns,
                          t4_mono_ns=timing.t4_mono_ns, rtt_ns=timing.rtt_ns)
+        except PeerFailed as exc:
+            failure = exc
         finally:
             lock.release()
+        if failure is not None:
+            await self.report_failure(failure.peer, failure.kind, failure.reason, frame)
 
     # -- liveness ------------------------------------------------------------------
     async def heartbeat(self) -> None:

@@ -16,16 +16,25 @@ from payload.prepare import load_manifest
 from payload.routing import Policy, even_placement
 
 
+def deploy_even(testbed, prepared: Path, nodes: int, *, replicas: int = 0, **options):
+    """Deploy ``prepared`` over ``nodes`` layer nodes with the even placement, quietly."""
+    placement = even_placement(load_manifest(prepared)["num_layers"], nodes, replicas)
+    return deploy(testbed, prepared, placement, model=str(prepared), progress=lambda m: None, **options)
+
+
+@pytest.fixture(scope="module")
+def smollm2(bundled):
+    return bundled("smollm2-135m-instruct")
+
+
 @contextlib.contextmanager
 def local_chain(prepared: Path, nodes: int, *, policy: str = "skip", replicas: int = 0, wire: str = "bfloat16",
                 timing: Timing = Timing()):
     testbed = LocalTestbed(f"jv-test-{uuid.uuid4().hex[:8]}")
     testbed.up(nodes)
     try:
-        num_layers = load_manifest(prepared)["num_layers"]
-        deployment = deploy(testbed, prepared, even_placement(num_layers, nodes, replicas), model=str(prepared),
-                            policy=Policy(policy), wire_dtype=wire, timing=timing, progress=lambda m: None)
-        yield testbed, deployment
+        yield testbed, deploy_even(testbed, prepared, nodes, replicas=replicas, policy=Policy(policy),
+                                   wire_dtype=wire, timing=timing)
     finally:
         testbed.down()
 

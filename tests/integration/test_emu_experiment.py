@@ -12,14 +12,12 @@ import pandas as pd
 import pytest
 
 from emu import system
-from experiment.deploy import deploy
 from experiment.replay import Monolith, check_run
 from experiment.run import Fault, run_job
 from experiment.testbed import TestbedError
 import payload.node
-from payload.prepare import load_manifest
-from payload.routing import even_placement
 from tests.emu.conftest import emu_testbed, require_root  # noqa: F401  (fixture)
+from tests.integration.conftest import deploy_even
 
 PROMPT = "the cat sat on the mat and then"
 
@@ -27,16 +25,6 @@ PROMPT = "the cat sat on the mat and then"
 @pytest.fixture(scope="module")
 def tiny(tiny_prepared):
     return tiny_prepared("llama")
-
-
-@pytest.fixture(scope="module")
-def smollm2(bundled):
-    return bundled("smollm2-135m-instruct")
-
-
-def deploy_even(bed, prepared, nodes):
-    return deploy(bed, prepared, even_placement(load_manifest(prepared)["num_layers"], nodes), model=str(prepared),
-                  progress=lambda m: None)
 
 
 def test_kill_at_a_token_over_ssh_gives_a_complete_consistent_run(require_root, smollm2, tmp_path):

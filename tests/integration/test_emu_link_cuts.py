@@ -15,27 +15,19 @@ import json
 import pandas as pd
 import pytest
 
-from experiment.deploy import deploy
 from experiment.replay import Monolith, check_run
 from experiment.run import Fault, run_job
-from payload.prepare import load_manifest
-from payload.routing import even_placement
 from tests.emu.conftest import emu_testbed, require_root  # noqa: F401  (fixture)
+from tests.integration.conftest import deploy_even
 
 PROMPT = "The three most important inventions of the twentieth century are"
 TARGETS = {"first": (1,), "middle": (2,), "last": (4,), "two adjacent": (2, 3)}
 
 
 @pytest.fixture(scope="module")
-def smollm2(bundled):
-    return bundled("smollm2-135m-instruct")
-
-
-@pytest.fixture(scope="module")
 def deployed(require_root, smollm2):
     with emu_testbed("cuts", 4) as bed:
-        placement = even_placement(load_manifest(smollm2)["num_layers"], 4)
-        yield bed, deploy(bed, smollm2, placement, model=str(smollm2), progress=lambda m: None)
+        yield bed, deploy_even(bed, smollm2, 4)
 
 
 @pytest.fixture(scope="module")
