@@ -90,10 +90,11 @@ def replay_session(model: Monolith, prompt_ids: list[int], steps: pd.DataFrame, 
                 continue
             history = _replay_source(model, ids[:positions], outputs, layers, run[0], wire)
             for layer in run:
+                if layer in boundaries:  # a run can span nodes: each replays its predecessor's wire-dtype history
+                    history = to_wire(history, wire)
                 history = model.layers[layer].forward(history, torch.arange(0, positions).unsqueeze(0), caches[layer])
                 rounded = to_wire(history, wire)
                 outputs[layer] = [rounded[:, j:j + 1] for j in range(positions)]
-            history = rounded
         new_ids = ids[positions:]
         hidden = to_wire(model.head.embed_ids(torch.tensor([new_ids])), wire)
         pos = torch.arange(positions, positions + len(new_ids)).unsqueeze(0)
