@@ -18,6 +18,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 
+from payload.config import compute_threads
 from payload.frames import WireDtype
 from payload.slices import Head, LayerSlice, ModelSpec, SessionCache
 from payload.tensors import to_wire
@@ -152,10 +153,15 @@ def check_run(run_dir: Path, prepared: Path, *, model: Monolith | None = None) -
               if e["ev"] == "session_start"}
     model = model or Monolith(prepared)
     results = []
-    for sid, steps in tokens.groupby("session", sort=False):
-        steps = steps.sort_values("step")
-        replayed = replay_session(model, starts[sid], steps, _node_layers(nodes), wire)
-        results.append(ReplayResult(str(sid), steps["token_id"].astype(int).tolist(), replayed))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(compute_threads())  # the nodes' float sums, bit for bit: a greedy token can hinge on them
+    try:
+        for sid, steps in tokens.groupby("session", sort=False):
+            steps = steps.sort_values("step")
+            replayed = replay_session(model, starts[sid], steps, _node_layers(nodes), wire)
+            results.append(ReplayResult(str(sid), steps["token_id"].astype(int).tolist(), replayed))
+    finally:
+        torch.set_num_threads(threads)
     return results
 
 

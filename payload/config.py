@@ -8,6 +8,7 @@ the floor is fixed.
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -75,3 +76,12 @@ class NodeConfig:
     @classmethod
     def load(cls, path: Path | str) -> "NodeConfig":
         return cls.from_dict(json.loads(Path(path).read_text()))
+
+
+def compute_threads() -> int:
+    """Torch threads a node computes with (``JARVIS_TORCH_THREADS``, default 1).
+
+    Float sums depend on the thread count, so anything that must reproduce a
+    node's numbers bit for bit (the consistency oracle) uses the same count.
+    """
+    return int(os.environ.get("JARVIS_TORCH_THREADS", "1"))

@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import resource
 import signal
 import sys
@@ -30,7 +29,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from payload.config import NodeConfig
+from payload.config import NodeConfig, compute_threads
 from payload.events import EventLog
 from payload.frames import DEFAULT_MAX_FRAME, Frame, FrameType, HopFlag, WireDtype, encode
 from payload.slices import LayerSlice, ModelSpec, SessionCache, dtype_of
@@ -400,7 +399,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config", required=True, help="node config JSON written by deploy")
     args = parser.parse_args(argv)
     config = NodeConfig.load(args.config)
-    torch.set_num_threads(int(os.environ.get("JARVIS_TORCH_THREADS", "1")))
+    torch.set_num_threads(compute_threads())
     node = LayerNode(config)
     node.log.log("start", peak_rss_bytes=peak_rss_bytes())
     asyncio.run(node.run())

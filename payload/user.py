@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import sys
 import time
 import uuid
@@ -23,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from payload.config import NodeConfig
+from payload.config import NodeConfig, compute_threads
 from payload.events import EventLog
 from payload.frames import DEFAULT_MAX_FRAME, Frame, FrameType, HopFlag, WireDtype, encode
 from payload.node import USER_NODE, peak_rss_bytes
@@ -448,7 +447,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-new-tokens", type=int, default=32)
     parser.add_argument("--jsonl", action="store_true", help="print token events as JSON lines (for orchestration)")
     args = parser.parse_args(argv)
-    torch.set_num_threads(int(os.environ.get("JARVIS_TORCH_THREADS", "1")))
+    torch.set_num_threads(compute_threads())
     if args.job:
         data = json.loads(Path(args.job).read_text())
         job = Job(prompts=list(data["prompts"]), max_new_tokens=int(data.get("max_new_tokens", 32)),
