@@ -186,6 +186,10 @@ class UserNode:
             self._heartbeat(frame.src)
             return
         if frame.type == FrameType.FAIL:
+            if self._stale_report(frame):
+                self.log.log("stale", kind="fail_report", session=str(frame.session), step=frame.step,
+                             epoch=frame.epoch, src=frame.src)
+                return
             try:
                 report = json.loads(frame.payload)
                 self.mark_failed(int(report["failed"]), str(report["kind"]), str(report["reason"]),
@@ -207,6 +211,20 @@ class UserNode:
             self.log.log("stale", session=str(frame.session), step=frame.step, epoch=frame.epoch, src=frame.src)
             return
         attempt.result.set_result(frame)
+
+    def _stale_report(self, frame: Frame) -> bool:
+        """A failure report about an attempt that is no longer the session's current one.
+
+        A node whose own link was cut can only report its successor "silent"
+        once the link is back, long after the user node re-planned around the
+        reporter itself: believing it would mark a live node out.  The current
+        attempt finds a real failure again; reports tied to no session (a
+        connection reset seen between steps) always count.
+        """
+        if frame.session.int == 0:
+            return False
+        attempt = self.attempts.get(frame.session)
+        return attempt is None or attempt.epoch != frame.epoch
 
     def _heartbeat(self, peer: int) -> None:
         now = time.monotonic_ns()
@@ -273,13 +291,27 @@ class UserNode:
         t_enc = time.monotonic_ns()
         encoded = encode(frame, self.node.key)
         serialize_ns = time.monotonic_ns() - t_enc
-        timing = await self.link(first.node).send_data(frame, encoded)
-        self.log.log("ack", session=str(sid), step=step, epoch=epoch, src=USER_NODE, dst=first.node,
-                     positions=frame.n_pos, bytes=timing.bytes, serialize_ns=serialize_ns,
-                     t1_wall_ns=timing.t1_wall_ns, t1_mono_ns=timing.t1_mono_ns, t2_wall_ns=timing.t2_wall_ns,
-                     t3_wall_ns=timing.t3_wall_ns, t4_wall_ns=timing.t4_wall_ns, t4_mono_ns=timing.t4_mono_ns,
-                     rtt_ns=timing.rtt_ns)
-        return await asyncio.wait_for(attempt.result, self.node.timing.step_timeout_s)
+        sending = asyncio.ensure_future(self.link(first.node).send_data(frame, encoded))
+        try:
+            # A failure heard meanwhile (heartbeats, a report) ends the attempt at once, even while the first
+            # hop's ack is still awaited: a cut link to that hop would otherwise hold it for a whole deadline.
+            await asyncio.wait({sending, attempt.result}, return_when=asyncio.FIRST_COMPLETED)
+            if not sending.done() and attempt.result.exception() is not None:
+                sending.cancel()
+                raise attempt.result.exception()
+            timing = await sending
+            self.log.log("ack", session=str(sid), step=step, epoch=epoch, src=USER_NODE, dst=first.node,
+                         positions=frame.n_pos, bytes=timing.bytes, serialize_ns=serialize_ns,
+                         t1_wall_ns=timing.t1_wall_ns, t1_mono_ns=timing.t1_mono_ns, t2_wall_ns=timing.t2_wall_ns,
+                         t3_wall_ns=timing.t3_wall_ns, t4_wall_ns=timing.t4_wall_ns, t4_mono_ns=timing.t4_mono_ns,
+                         rtt_ns=timing.rtt_ns)
+            return await asyncio.wait_for(asyncio.shield(attempt.result), self.node.timing.step_timeout_s)
+        finally:
+            # The attempt is over: later reports about it change nothing (and leave no unretrieved exception).
+            if not attempt.result.done():
+                attempt.result.cancel()
+            elif not attempt.result.cancelled():
+                attempt.result.exception()
 
     def prompt_ids(self, prompt: str, *, chat: bool = False) -> list[int]:
         """Token ids of a prompt; ``chat`` wraps it in the tokenizer's chat template as a user turn."""
@@ -314,8 +346,9 @@ class UserNode:
                     cold = self.cold[sid]
                     warm -= {pair for pair in warm if pair[0] in cold}
                     cold.clear()
+                    out = sorted(self.dead)  # the nodes this attempt routes around, recorded with its token
                     try:
-                        plan = plan_route(self.config.placement, set(self.dead), policy=self.config.policy,
+                        plan = plan_route(self.config.placement, set(out), policy=self.config.policy,
                                           warm=warm, positions=positions)
                     except RouteError as exc:
                         raise SessionError(str(exc)) from None
@@ -349,7 +382,7 @@ class UserNode:
                     text=self.tokenizer.decode([token]), t_emit_ns=time.time_ns(), t_emit_mono_ns=time.monotonic_ns(),
                     latency_ns=time.monotonic_ns() - t_start, layers=" ".join(map(str, plan.layers)),
                     route=" ".join(map(str, [USER_NODE, *(h.node for h in plan.hops), USER_NODE])), epoch=epoch,
-                    attempts=attempts, nodes_out=" ".join(map(str, sorted(self.dead))),
+                    attempts=attempts, nodes_out=" ".join(map(str, out)),
                     rebuilt=" ".join(str(i) for h in plan.hops if h.flags & HopFlag.REPLAY for i in h.layers),
                 )
                 self.log.log("token", **record.__dict__)
