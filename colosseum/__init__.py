@@ -8,6 +8,5 @@ carry the traffic), :mod:`colosseum.rf` (reading colosseumcli),
 :mod:`colosseum.batch_runner` (unattended batch jobs and their collection).
 Shared with the Raspberry Pi testbed: :mod:`colosseum.remote` (Fabric
 shells that log in as the user's ssh does), :mod:`colosseum.state` (what was
-set up, for an exact ``down``), :mod:`colosseum.fanout` (per-host errors),
-:mod:`colosseum.yamlfile` (inventory files with line-numbered errors).
+set up, for an exact ``down``), :mod:`colosseum.yamlfile` (inventory files with line-numbered errors).
 """

@@ -34,7 +34,7 @@ from experiment.deploy import service_argv
 from experiment.testbed import FaultResult, HostInfo, LinkProfile, Testbed, TestbedError
 
 from colosseum import plan, rf
-from colosseum.fanout import on_each
+from experiment.fanout import on_each
 from colosseum.inventory import ROLE_LINK, WIRED_INTERFACE, Inventory, load_inventory
 from colosseum.network import Address, DataPlane, SrnAddresses, parse_address
 from colosseum.plan import Layout

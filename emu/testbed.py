@@ -35,9 +35,10 @@ import subprocess
 import threading
 import time
 from collections.abc import Mapping
+from functools import partial
 from pathlib import Path
 
-from experiment.deploy import for_each_host
+from experiment.fanout import on_each
 from experiment.payload_code import CODE_ARCHIVE, payload_archive, unpack_command
 from experiment.testbed import FaultResult, HostInfo, LinkProfile, Testbed, TestbedError
 
@@ -132,7 +133,7 @@ class EmuTestbed(Testbed):
             shell.put(archive, f"code/{CODE_ARCHIVE}")
             shell.run(unpack_command(f"{host.workdir}/code"))
 
-        for_each_host(self.hosts(), one, what="shipping the payload")
+        on_each({h.name: partial(one, h) for h in self.hosts()}, what="shipping the payload")
 
     def _check_free(self, plan: Plan) -> None:
         taken = [ns for ns in plan.namespaces if system.netns_exists(ns)]

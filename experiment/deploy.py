@@ -15,13 +15,14 @@ import secrets
 import shlex
 import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 
 from payload.config import NodeConfig, Timing
 from payload.prepare import MANIFEST, load_manifest
 from payload.routing import Placement, Policy
+from experiment.fanout import on_each
 from experiment.testbed import HostInfo, Testbed, TestbedError
 
 NODE_PORT = 7100
@@ -162,23 +163,6 @@ def stop_started(testbed: Testbed, started: dict[str, tuple[HostInfo, int]]) -> 
             print(f"[deploy] could not stop the service on {host.name}: {exc}")
 
 
-def for_each_host(hosts: list[HostInfo], work, *, what: str) -> dict[str, object]:
-    """Run ``work(host)`` on every host in parallel; raise one error naming every failed host."""
-    results: dict[str, object] = {}
-    with ThreadPoolExecutor(max_workers=max(1, min(16, len(hosts)))) as pool:
-        futures = {h.name: pool.submit(work, h) for h in hosts}
-        for name, fut in futures.items():
-            try:
-                results[name] = fut.result()
-            except Exception as exc:  # collected per host and re-raised below, GroupResult style
-                results[name] = exc
-    failed = {n: r for n, r in results.items() if isinstance(r, Exception)}
-    if failed:
-        lines = "\n".join(f"  {n}: {e}" for n, e in failed.items())
-        raise TestbedError(f"{what} failed on {len(failed)} of {len(hosts)} hosts:\n{lines}")
-    return results
-
-
 def deploy(testbed: Testbed, prepared: Path, placement: Placement, *, model: str, policy: Policy = Policy.SKIP,
            wire_dtype: str = "bfloat16", compute_dtype: str = "float32", timing: Timing = Timing(),
            ready_timeout_s: float = 600.0, progress=print) -> Deployment:
@@ -216,9 +200,9 @@ def deploy(testbed: Testbed, prepared: Path, placement: Placement, *, model: str
     started: dict[str, tuple[HostInfo, int]] = {}
 
     try:
-        results = for_each_host(hosts, one, what="deploy")
-        for_each_host([h for h in hosts if h.index > 0], lambda h: wait_ready(testbed, h, ready_timeout_s),
-                      what="waiting for node health")
+        results = on_each({h.name: partial(one, h) for h in hosts}, what="deploy", per_host=(Exception,))
+        on_each({h.name: partial(wait_ready, testbed, h, ready_timeout_s) for h in hosts if h.index > 0},
+                what="waiting for node health", per_host=(Exception,))
     except TestbedError:
         stop_started(testbed, started)
         raise

@@ -22,7 +22,7 @@ import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
-from colosseum.fanout import on_each
+from experiment.fanout import on_each
 from colosseum.network import Address, address_command, parse_address, reach_command
 from colosseum.remote import RemoteProcess, SshAccess, SshShell, connect
 from experiment.payload_code import CODE_ARCHIVE, payload_archive, unpack_command
