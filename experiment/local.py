@@ -20,6 +20,7 @@ import threading
 import time
 from pathlib import Path
 
+from experiment.local_spawner import ModuleCall, SpawnerClient
 from experiment.testbed import CommandResult, FaultResult, HostInfo, LinkProfile, Testbed, TestbedError
 
 
@@ -95,6 +96,7 @@ class LocalTestbed(Testbed):
         self.root = state_root() / "local" / prefix
         self.manifest = self.root / "manifest.json"
         self._lock = threading.Lock()  # deploy starts services from parallel threads
+        self._spawner_lock = threading.Lock()
 
     def _load(self) -> dict:
         if not self.manifest.exists():
@@ -134,14 +136,40 @@ class LocalTestbed(Testbed):
 
     # -- services ------------------------------------------------------------------
     def start_service(self, host: HostInfo, argv: list[str], log_name: str = "service.out") -> int:
-        """Start a node service in its own process group; the pid is recorded for faults and down."""
-        out = open(Path(host.workdir) / log_name, "ab")
-        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-        proc = subprocess.Popen(argv, cwd=host.workdir, stdout=out, stderr=subprocess.STDOUT,
-                                start_new_session=True, env=env)
-        out.close()
-        self._record_pid(host, proc.pid)
-        return proc.pid
+        """Start a node service in its own process group; the pid is recorded for faults and down.
+
+        A payload module run by this interpreter is forked from the warm spawner
+        (see experiment/local_spawner.py); any other command is started afresh.
+        """
+        log = Path(host.workdir) / log_name
+        call = ModuleCall.parse(argv)
+        spawner = self._spawner(call.env.get("PYTHONPATH", "")) if call else None
+        if spawner is not None:
+            pid = spawner.spawn(call, host.workdir, str(log))
+        else:
+            with open(log, "ab") as out:
+                pid = subprocess.Popen(argv, cwd=host.workdir, stdout=out, stderr=subprocess.STDOUT,
+                                       start_new_session=True, env={**os.environ, "PYTHONUNBUFFERED": "1"}).pid
+        self._record_pid(host, pid)
+        return pid
+
+    def _spawner(self, pythonpath: str) -> SpawnerClient | None:
+        """The testbed's warm spawner for source tree ``pythonpath``, started on first use.
+
+        One spawner serves one source tree: a service from another tree (None
+        here) is started afresh rather than run with the wrong code.
+        """
+        client = SpawnerClient(self.root / "spawner.sock", self.root / "spawner.out")
+        with self._spawner_lock:
+            spawner = self._load().get("spawner")
+            if spawner and _alive(spawner["pid"]) and client.socket_path.exists():
+                return client if spawner["pythonpath"] == pythonpath else None
+            pid = client.start(pythonpath)
+            with self._lock:
+                state = self._load()
+                state["spawner"] = {"pid": pid, "pythonpath": pythonpath}
+                self._save(state)
+        return client
 
     def _record_pid(self, host: HostInfo, pid: int) -> None:
         with self._lock:
@@ -199,29 +227,54 @@ class LocalTestbed(Testbed):
                 except ProcessLookupError:
                     pass
                 _wait_gone(pid)
+            _reap(pid)
         state["pids"] = {}
         self._save(state)
 
     def down(self) -> None:
         self.stop_services()
+        if self.manifest.exists():
+            spawner = self._load().get("spawner")
+            if spawner and _alive(spawner["pid"]):
+                os.killpg(spawner["pid"], signal.SIGKILL)
+                _wait_gone(spawner["pid"])
+                _reap(spawner["pid"])
         shutil.rmtree(self.root, ignore_errors=True)
 
 
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
 def _wait_gone(pid: int, timeout: float = 5.0) -> bool:
-    """Reap/wait until ``pid`` no longer exists."""
+    """Wait until ``pid`` has exited, without reaping it.
+
+    A process this one started (the user node under ``popen``) stays waitable,
+    so its ``Popen`` still reads the true exit status: reaping it here once
+    made a killed user node look like a clean exit.
+    """
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
-            done, _ = os.waitpid(pid, os.WNOHANG)
-            if done == pid:
+            if os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None:
                 return True
-        except ChildProcessError:
-            try:
-                os.kill(pid, 0)
-            except ProcessLookupError:
+        except ChildProcessError:  # not our child: gone once its parent has reaped it
+            if not _alive(pid):
                 return True
         time.sleep(0.01)
     return False
+
+
+def _reap(pid: int) -> None:
+    """Collect an exited child of ours (a no-op for anyone else's)."""
+    try:
+        os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:
+        pass
 
 
 def python_argv(module: str, *args: str) -> list[str]:

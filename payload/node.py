@@ -32,7 +32,7 @@ import torch
 from payload.config import NodeConfig, compute_threads
 from payload.events import EventLog
 from payload.frames import DEFAULT_MAX_FRAME, Frame, FrameType, HopFlag, WireDtype, encode
-from payload.slices import LayerSlice, ModelSpec, SessionCache, dtype_of
+from payload.slices import LayerSlice, ModelSpec, SessionCache, dtype_of, model_config
 from payload.tensors import from_bytes, to_bytes, to_wire
 from payload.transport import PeerFailed, PeerLink, PendingAck, serve_connection
 
@@ -394,11 +394,19 @@ class LayerNode:
         self.log.log("stop", peak_rss_bytes=peak_rss_bytes())
 
 
-def main(argv: list[str] | None = None) -> int:
+def _arguments(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description="JARVIS layer node service")
     parser.add_argument("--config", required=True, help="node config JSON written by deploy")
-    args = parser.parse_args(argv)
-    config = NodeConfig.load(args.config)
+    return parser.parse_args(argv)
+
+
+def prewarm(argv: list[str]) -> None:
+    """Import the model family's code without starting anything (the local testbed forks nodes after this)."""
+    model_config(NodeConfig.load(_arguments(argv).config).model_dir)
+
+
+def main(argv: list[str] | None = None) -> int:
+    config = NodeConfig.load(_arguments(argv).config)
     torch.set_num_threads(compute_threads())
     node = LayerNode(config)
     node.log.log("start", peak_rss_bytes=peak_rss_bytes())

@@ -47,15 +47,28 @@ def _load_tensors(path: Path, dtype: torch.dtype) -> dict[str, torch.Tensor]:
         return {key: handle.get_tensor(key).to(dtype) for key in handle.keys()}
 
 
+def model_config(prepared: Path | str):
+    """Config of a prepared model, with its family's transformers code imported (nothing built or run).
+
+    The local testbed calls this before forking nodes, so each node skips those imports.
+    """
+    from transformers import AutoConfig
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING
+
+    config = AutoConfig.from_pretrained(prepared)
+    MODEL_FOR_CAUSAL_LM_MAPPING[type(config)]  # the lookup imports the modeling module
+    return config
+
+
 class ModelSpec:
     """Config-level facts about a prepared model, plus a weightless skeleton to take modules from."""
 
     def __init__(self, prepared: Path | str):
-        from transformers import AutoConfig, AutoModelForCausalLM
+        from transformers import AutoModelForCausalLM
 
         self.prepared = Path(prepared)
         self.manifest = load_manifest(self.prepared)
-        self.config = AutoConfig.from_pretrained(self.prepared)
+        self.config = model_config(self.prepared)
         self.num_layers = int(self.config.num_hidden_layers)
         self.hidden_size = int(self.config.hidden_size)
         with torch.device("meta"):

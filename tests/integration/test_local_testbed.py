@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -23,10 +25,20 @@ def processes_under(root: Path) -> list[int]:
     return found
 
 
+def parent_and_session(pid: int) -> tuple[int, int]:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return int(fields[1]), int(fields[3])  # ppid, session id
+
+
 def test_down_stops_every_service_started_in_parallel(tiny_prepared, chain):
     with chain(tiny_prepared("llama"), 6) as (tb, dep):
         root = tb.root
-        assert len(processes_under(root)) == 6
+        state = json.loads(tb.manifest.read_text())
+        nodes, spawner = set(state["pids"].values()), state["spawner"]["pid"]
+        assert len(nodes) == 6
+        assert set(processes_under(root)) == nodes | {spawner}
+        # Nodes are forked from the warm spawner, each its own session (so faults hit one node's group only).
+        assert {pid: parent_and_session(pid) for pid in nodes} == {pid: (spawner, pid) for pid in nodes}
     assert processes_under(root) == []
     assert not root.exists()
     LocalTestbed(tb.prefix).down()  # already gone: still fine
@@ -47,3 +59,17 @@ def test_collect_again_is_idempotent(tiny_prepared, chain, tmp_path):
         recollect(tb, dep, run)
         recollect(tb, dep, run)
     assert {p.name: p.read_bytes() for p in run.glob("*.csv")} == first
+
+
+def test_payload_service_commands_are_forked_and_others_are_not():
+    from experiment.deploy import service_argv
+    from experiment.local_spawner import ModuleCall
+    from experiment.testbed import HostInfo
+
+    host = HostInfo(name="node1", index=1, address="127.0.0.1", workdir="/tmp")
+    call = ModuleCall.parse(service_argv(host, "payload.node", "--config", "node.json"))
+    assert call is not None and call.module == "payload.node" and call.args == ["--config", "node.json"]
+    assert call.env["HF_HUB_OFFLINE"] == "1"
+    assert ModuleCall.parse(["sleep", "1000"]) is None
+    assert ModuleCall.parse(["env", "A=1", "/usr/bin/python3-other", "-m", "payload.node"]) is None
+    assert ModuleCall.parse(["env", "A=1", sys.executable, "script.py"]) is None

@@ -1,0 +1,179 @@
+"""Warm starts for the local testbed: fork node services from one pre-imported process.
+
+A layer node spends ~5 s of CPU importing torch and transformers before it
+serves anything; a 30-node chain on a 2-core machine waits over a minute for
+that alone.  On the local testbed every node runs this machine's interpreter
+and the same source tree, so one spawner process imports them once and forks
+each node service from itself.  Each node is still its own process (own pid,
+session and process group, memory copy-on-write), so SIGKILL/SIGSTOP faults,
+logs and TCP between nodes are exactly as before.  Other testbeds start nodes
+through ssh with a fresh interpreter, as a real device does.
+
+Protocol: one JSON request per connection on a Unix socket,
+``{"module", "args", "cwd", "log", "env"}``, answered by ``{"pid"}`` or
+``{"error"}``.  The module must define ``main(argv)``; it may define
+``prewarm(argv)``, run in the spawner before forking, to import what ``main``
+will need (for a node: the model family's transformers code).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+PRELOAD = ("torch", "transformers", "payload.node")
+
+
+@dataclass(frozen=True)
+class ModuleCall:
+    """``env K=V ... python -m module args``: the shape of a payload service command line."""
+
+    env: dict[str, str]
+    module: str
+    args: list[str]
+
+    @classmethod
+    def parse(cls, argv: list[str]) -> "ModuleCall | None":
+        """The call ``argv`` makes, if it runs a module with this interpreter (else None)."""
+        env: dict[str, str] = {}
+        rest = argv[1:] if argv[:1] == ["env"] else None
+        if rest is None:
+            return None
+        while rest and "=" in rest[0] and not rest[0].startswith("-"):
+            key, value = rest[0].split("=", 1)
+            env[key] = value
+            rest = rest[1:]
+        if len(rest) < 3 or rest[0] != sys.executable or rest[1] != "-m":
+            return None
+        return cls(env, rest[2], rest[3:])
+
+
+class SpawnerClient:
+    """Starts the spawner on first use and asks it to fork services."""
+
+    def __init__(self, socket_path: Path, log_path: Path):
+        self.socket_path = socket_path
+        self.log_path = log_path
+
+    def start(self, pythonpath: str, timeout_s: float = 120.0) -> int:
+        """Start the spawner for source tree ``pythonpath`` (in the socket's directory); return its pid once it listens."""
+        self.socket_path.unlink(missing_ok=True)
+        env = {**os.environ, "PYTHONPATH": pythonpath, "PYTHONUNBUFFERED": "1"}
+        with open(self.log_path, "ab") as out:
+            proc = subprocess.Popen([sys.executable, "-m", "experiment.local_spawner", "--socket",
+                                     str(self.socket_path)], stdout=out, stderr=subprocess.STDOUT,
+                                    stdin=subprocess.DEVNULL, start_new_session=True, env=env,
+                                    cwd=self.socket_path.parent)
+        deadline = time.monotonic() + timeout_s
+        while not self.socket_path.exists():
+            if proc.poll() is not None or time.monotonic() > deadline:
+                proc.kill()
+                tail = self.log_path.read_text(errors="replace")[-2000:]
+                raise RuntimeError(f"local node spawner did not start; its output:\n{tail}")
+            time.sleep(0.05)
+        return proc.pid
+
+    def spawn(self, call: ModuleCall, cwd: str, log: str) -> int:
+        request = {"module": call.module, "args": call.args, "cwd": cwd, "log": log,
+                   "env": {**os.environ, "PYTHONUNBUFFERED": "1", **call.env}}
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+            sock.settimeout(300)  # the first node of a model family waits for its imports
+            sock.connect(str(self.socket_path))
+            sock.sendall(json.dumps(request).encode() + b"\n")
+            reply = json.loads(sock.makefile("rb").readline() or b"{}")
+        if "pid" not in reply:
+            raise RuntimeError(f"local node spawner could not start {call.module}: {reply.get('error', 'no reply')}")
+        return int(reply["pid"])
+
+
+def _child(request: dict, listener: socket.socket, conn: socket.socket) -> None:
+    """In the forked child: become the service described by ``request``; never returns."""
+    code = 1
+    try:
+        listener.close()
+        conn.close()
+        os.setsid()
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+        os.chdir(request["cwd"])
+        out = os.open(request["log"], os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        null = os.open(os.devnull, os.O_RDONLY)
+        os.dup2(null, 0)
+        os.dup2(out, 1)
+        os.dup2(out, 2)
+        os.close(out)
+        os.close(null)
+        os.environ.clear()
+        os.environ.update(request["env"])
+        sys.argv = [request["module"], *request["args"]]
+        result = importlib.import_module(request["module"]).main(request["args"])
+        code = int(result or 0)
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else 1
+    except BaseException:  # the service died: its traceback goes to its own log, like a fresh process's
+        import traceback
+
+        traceback.print_exc()
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+
+
+def _handle(conn: socket.socket, listener: socket.socket) -> None:
+    request = json.loads(conn.makefile("rb").readline())
+    module = importlib.import_module(request["module"])
+    prewarm = getattr(module, "prewarm", None)
+    if prewarm is not None:
+        home = os.getcwd()
+        os.chdir(request["cwd"])  # the service's arguments name files relative to its work directory
+        try:
+            prewarm(request["args"])
+        finally:
+            os.chdir(home)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    pid = os.fork()
+    if pid == 0:
+        _child(request, listener, conn)
+    conn.sendall(json.dumps({"pid": pid}).encode() + b"\n")
+
+
+def serve(socket_path: Path) -> None:
+    """Accept spawn requests until killed; children are reaped by the kernel (SIGCHLD ignored)."""
+    for name in PRELOAD:
+        importlib.import_module(name)
+    signal.signal(signal.SIGCHLD, signal.SIG_IGN)
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    tmp = socket_path.with_suffix(".tmp")
+    tmp.unlink(missing_ok=True)
+    listener.bind(str(tmp))
+    listener.listen(64)
+    os.replace(tmp, socket_path)  # clients wait for the final name: it appears only once we listen
+    print(f"[spawner] ready on {socket_path} (pid {os.getpid()})", flush=True)
+    while True:
+        conn, _ = listener.accept()
+        with conn:
+            try:
+                _handle(conn, listener)
+            except Exception as exc:  # one bad request must not stop the spawner
+                conn.sendall(json.dumps({"error": f"{type(exc).__name__}: {exc}"}).encode() + b"\n")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="JARVIS local testbed: fork node services from one warm process")
+    parser.add_argument("--socket", required=True, type=Path, help="Unix socket to accept spawn requests on")
+    serve(parser.parse_args(argv).socket)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
