@@ -154,6 +154,9 @@ def run_job(testbed: Testbed, deployment: Deployment, job: dict, faults: list[Fa
     finally:
         runner.finish()
     complete = proc.returncode == 0 and not interrupted
+    if proc.returncode != 0 and not interrupted:
+        how = f"was killed by signal {-proc.returncode}" if proc.returncode < 0 else f"exited {proc.returncode}"
+        stream(f"[run] ERROR: the user node {how}; the run ends incomplete, with every node's log collected")
     return write_run_dir(testbed, deployment, out, faults=runner.records, scenario=scenario or {"job": job},
                          started_wall_ns=started_wall, complete=complete,
                          user_exit=proc.returncode)

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import uuid
+
 import pytest
 
+from experiment.local import LocalTestbed
 from experiment.replay import Monolith, check_run
 from experiment.run import Fault, run_job
 from payload.config import Timing
-from tests.integration.conftest import local_chain, read_tokens, summary
+from tests.integration.conftest import deploy_even, read_tokens, summary
 
 PROMPTS = ["The three most important inventions of the twentieth century are"]
 MODEL = "smollm2-135m-instruct"
@@ -27,10 +30,14 @@ TARGETS = {"first": (1,), "middle": (2,), "last": (4,), "two adjacent": (2, 3)}
 
 
 @pytest.fixture(scope="module")
-def resumable_chain(prepared):
-    """One chain for every SIGSTOP case: SIGCONT makes it whole again, and each run has a fresh user node."""
-    with local_chain(prepared, 4) as chain:
-        yield chain
+def testbed():
+    """One local testbed for every fault case: each case deploys afresh (a quick fork from the warm spawner)."""
+    testbed = LocalTestbed(f"jv-test-{uuid.uuid4().hex[:8]}")
+    testbed.up(4)
+    try:
+        yield testbed
+    finally:
+        testbed.down()
 
 
 # Every combination the issue asks for on the local testbed: SIGKILL and SIGSTOP, of the first, a middle,
@@ -38,21 +45,12 @@ def resumable_chain(prepared):
 @pytest.mark.parametrize("when", ["prefill", "decode"])
 @pytest.mark.parametrize("where", list(TARGETS))
 @pytest.mark.parametrize("action", ["kill", "pause"])
-def test_fault_is_skipped_and_oracle_holds(request, prepared, monolith, tmp_path, action, where, when):
+def test_fault_is_skipped_and_oracle_holds(testbed, prepared, monolith, tmp_path, action, where, when):
     targets = TARGETS[where]
     trigger = {"at_seconds": 0.0} if when == "prefill" else {"at_token": 3}
-    job = {"prompts": PROMPTS, "max_new_tokens": 8}
-    if action == "pause":
-        tb, dep = request.getfixturevalue("resumable_chain")
-        try:
-            run = run_job(tb, dep, job, [Fault("pause", targets, **trigger)], tmp_path / "run")
-        finally:
-            for host in tb.hosts():
-                if host.index in targets:
-                    tb.resume(host)
-    else:
-        with local_chain(prepared, 4) as (tb, dep):  # killed nodes are gone: a fresh chain per case
-            run = run_job(tb, dep, job, [Fault("kill", targets, **trigger)], tmp_path / "run")
+    dep = deploy_even(testbed, prepared, 4)  # killed or stopped nodes of the last case are replaced
+    run = run_job(testbed, dep, {"prompts": PROMPTS, "max_new_tokens": 8}, [Fault(action, targets, **trigger)],
+                  tmp_path / "run")
     tokens = read_tokens(run)
     assert summary(run)["complete"], summary(run)
     assert len(tokens) == 8
@@ -101,3 +99,17 @@ def test_replica_takeover_gives_the_no_fault_tokens(prepared, chain, tmp_path):
     assert fault["token_id"].tolist() == base["token_id"].tolist()
     assert fault["nodes_out"].iloc[-1] == "2"
     assert fault["rebuilt"].str.len().sum() > 0, "the replica must have rebuilt its cache by replay"
+
+
+def test_a_killed_user_node_ends_the_run_with_a_clear_error_and_every_log(testbed, prepared, tmp_path):
+    dep = deploy_even(testbed, prepared, 4)
+    said: list[str] = []
+    run = run_job(testbed, dep, {"prompts": PROMPTS, "max_new_tokens": 8}, [Fault("kill", (0,), at_token=3)],
+                  tmp_path / "run", stream=said.append)
+    assert not summary(run)["complete"]
+    assert summary(run)["user_exit_code"] == -9
+    assert any("ERROR: the user node was killed by signal 9" in line for line in said), said
+    steps = read_tokens(run)["step"].tolist()
+    assert steps[:4] == [0, 1, 2, 3] and len(steps) < 8, f"tokens logged before the kill are kept: {steps}"
+    for name in ("user", "node1", "node2", "node3", "node4"):
+        assert (run / "nodes" / name / "events.jsonl").stat().st_size > 0
