@@ -20,7 +20,7 @@ import threading
 import time
 from pathlib import Path
 
-from experiment.local_spawner import ModuleCall, SpawnerClient
+from experiment.local_spawner import ModuleCall, SpawnerClient, code_fingerprint
 from experiment.testbed import CommandResult, FaultResult, HostInfo, LinkProfile, Testbed, TestbedError
 
 
@@ -160,16 +160,35 @@ class LocalTestbed(Testbed):
         here) is started afresh rather than run with the wrong code.
         """
         client = SpawnerClient(self.root / "spawner.sock", self.root / "spawner.out")
+        code = code_fingerprint(Path(pythonpath))
         with self._spawner_lock:
             spawner = self._load().get("spawner")
             if spawner and _alive(spawner["pid"]) and client.socket_path.exists():
-                return client if spawner["pythonpath"] == pythonpath else None
+                if spawner["pythonpath"] != pythonpath:
+                    return None
+                if spawner["code"] == code:
+                    return client
+                print("[local] the payload source changed: restarting the node spawner", flush=True)
+            self._stop_spawner()
             pid = client.start(pythonpath)
             with self._lock:
                 state = self._load()
-                state["spawner"] = {"pid": pid, "pythonpath": pythonpath}
+                state["spawner"] = {"pid": pid, "pythonpath": pythonpath, "code": code}
                 self._save(state)
         return client
+
+    def _stop_spawner(self) -> None:
+        """Kill the spawner (services it forked run on: they are processes of their own)."""
+        if not self.manifest.exists():
+            return
+        spawner = self._load().get("spawner")
+        if spawner and _alive(spawner["pid"]):
+            try:
+                os.killpg(spawner["pid"], signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            _wait_gone(spawner["pid"])
+            _reap(spawner["pid"])
 
     def _record_pid(self, host: HostInfo, pid: int) -> None:
         with self._lock:
@@ -233,12 +252,7 @@ class LocalTestbed(Testbed):
 
     def down(self) -> None:
         self.stop_services()
-        if self.manifest.exists():
-            spawner = self._load().get("spawner")
-            if spawner and _alive(spawner["pid"]):
-                os.killpg(spawner["pid"], signal.SIGKILL)
-                _wait_gone(spawner["pid"])
-                _reap(spawner["pid"])
+        self._stop_spawner()
         shutil.rmtree(self.root, ignore_errors=True)
 
 

@@ -19,6 +19,7 @@ will need (for a node: the model family's transformers code).
 from __future__ import annotations
 
 import argparse
+import hashlib
 import importlib
 import json
 import os
@@ -31,6 +32,19 @@ from dataclasses import dataclass
 from pathlib import Path
 
 PRELOAD = ("torch", "transformers", "payload.node")
+
+
+def code_fingerprint(pythonpath: Path) -> str:
+    """Digest of the source a spawner imports from ``pythonpath``.
+
+    A spawner keeps the code it imported: after an edit to the payload the
+    testbed must start a new one, or nodes would run the old code.
+    """
+    digest = hashlib.sha256()
+    for path in sorted([*pythonpath.glob("payload/*.py"), pythonpath / "experiment" / "local_spawner.py"]):
+        if path.exists():
+            digest.update(path.relative_to(pythonpath).as_posix().encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()
 
 
 @dataclass(frozen=True)

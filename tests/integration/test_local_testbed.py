@@ -73,3 +73,30 @@ def test_payload_service_commands_are_forked_and_others_are_not():
     assert ModuleCall.parse(["sleep", "1000"]) is None
     assert ModuleCall.parse(["env", "A=1", "/usr/bin/python3-other", "-m", "payload.node"]) is None
     assert ModuleCall.parse(["env", "A=1", sys.executable, "script.py"]) is None
+
+
+def test_an_edited_payload_gets_a_fresh_spawner(tmp_path):
+    """The spawner keeps the code it imported: after an edit the testbed must not fork nodes from it."""
+    import shutil
+    import uuid
+
+    repo = Path(__file__).resolve().parents[2]
+    tree = tmp_path / "tree"
+    for package in ("payload", "experiment"):
+        shutil.copytree(repo / package, tree / package, ignore=shutil.ignore_patterns("__pycache__"))
+    tb = LocalTestbed(f"jv-test-{uuid.uuid4().hex[:8]}")
+    tb.up(1)
+    try:
+        assert tb._spawner(str(tree)) is not None
+        first = json.loads(tb.manifest.read_text())["spawner"]["pid"]
+        tb._spawner(str(tree))
+        assert json.loads(tb.manifest.read_text())["spawner"]["pid"] == first, "unchanged code: same spawner"
+        config = tree / "payload" / "config.py"
+        config.write_text(config.read_text() + "\n# edited\n")
+        tb._spawner(str(tree))
+        second = json.loads(tb.manifest.read_text())["spawner"]["pid"]
+        assert second != first and not Path(f"/proc/{first}").exists()
+        assert tb._spawner(str(repo)) is None, "another source tree is started afresh, not from this spawner"
+    finally:
+        tb.down()
+    assert not Path(f"/proc/{second}").exists()
