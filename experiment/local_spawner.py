@@ -81,7 +81,9 @@ class SpawnerClient:
     def start(self, pythonpath: str, timeout_s: float = 120.0) -> int:
         """Start the spawner for source tree ``pythonpath`` (in the socket's directory); return its pid once it listens."""
         self.socket_path.unlink(missing_ok=True)
-        env = {**os.environ, "PYTHONPATH": pythonpath, "PYTHONUNBUFFERED": "1"}
+        # numpy's OpenBLAS would start a worker thread at import: the spawner stays single-threaded, so a fork
+        # never copies a lock some other thread held.
+        env = {**os.environ, "PYTHONPATH": pythonpath, "PYTHONUNBUFFERED": "1", "OPENBLAS_NUM_THREADS": "1"}
         with open(self.log_path, "ab") as out:
             proc = subprocess.Popen([sys.executable, "-m", "experiment.local_spawner", "--socket",
                                      str(self.socket_path)], stdout=out, stderr=subprocess.STDOUT,

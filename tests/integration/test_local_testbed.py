@@ -39,6 +39,7 @@ def test_down_stops_every_service_started_in_parallel(tiny_prepared, chain):
         assert set(processes_under(root)) == nodes | {spawner}
         # Nodes are forked from the warm spawner, each its own session (so faults hit one node's group only).
         assert {pid: parent_and_session(pid) for pid in nodes} == {pid: (spawner, pid) for pid in nodes}
+        assert len(os.listdir(f"/proc/{spawner}/task")) == 1, "a fork must not copy locks held by other threads"
     assert processes_under(root) == []
     assert not root.exists()
     LocalTestbed(tb.prefix).down()  # already gone: still fine
