@@ -197,10 +197,20 @@ class LocalTestbed(Testbed):
             self._save(state)
 
     def popen(self, host: HostInfo, argv: list[str]) -> subprocess.Popen:
-        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-        proc = subprocess.Popen(argv, cwd=host.workdir, stdout=subprocess.PIPE, stderr=None, text=True,
-                                start_new_session=True, env=env)
-        self._record_pid(host, proc.pid)
+        """Start ``argv`` with its stdout piped back; a payload module runs attached to the warm spawner.
+
+        Either way the returned ``Popen`` carries the service's output and exit
+        status, and faults on ``host`` hit the service process itself.
+        """
+        call = ModuleCall.parse(argv)
+        spawner = self._spawner(call.env.get("PYTHONPATH", "")) if call else None
+        if spawner is not None:
+            proc, pid = spawner.popen(call, host.workdir)
+        else:
+            proc = subprocess.Popen(argv, cwd=host.workdir, stdout=subprocess.PIPE, stderr=None, text=True,
+                                    start_new_session=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+            pid = proc.pid
+        self._record_pid(host, pid)
         return proc
 
     def pid(self, host: HostInfo) -> int:

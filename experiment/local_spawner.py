@@ -10,10 +10,15 @@ logs and TCP between nodes are exactly as before.  Other testbeds start nodes
 through ssh with a fresh interpreter, as a real device does.
 
 Protocol: one JSON request per connection on a Unix socket,
-``{"module", "args", "cwd", "log", "env"}``, answered by ``{"pid"}`` or
-``{"error"}``.  The module must define ``main(argv)``; it may define
-``prewarm(argv)``, run in the spawner before forking, to import what ``main``
-will need (for a node: the model family's transformers code).
+``{"module", "args", "cwd", "env"}`` plus either ``"log"`` (a detached
+service writing there; answered by ``{"pid"}``) or ``"attach": true`` with the
+caller's stdin/stdout/stderr passed along (SCM_RIGHTS): a waiter process then
+answers ``{"pid"}`` and, when the service ends, ``{"exit"}`` (negative: the
+signal that killed it), so the caller can stand in for it as a child process
+(``python -m experiment.local_spawner --attach``; the user node runs so).
+Errors are answered ``{"error"}``.  The module must define ``main(argv)``; it
+may define ``prewarm(argv)``, run in the spawner before forking, to import
+what ``main`` will need (for a node: the model family's transformers code).
 """
 
 from __future__ import annotations
@@ -98,7 +103,27 @@ class SpawnerClient:
             time.sleep(0.05)
         return proc.pid
 
+    def popen(self, call: ModuleCall, cwd: str, timeout_s: float = 300.0) -> tuple[subprocess.Popen, int]:
+        """Run ``call`` attached: a light stand-in child whose stdout, exit status and signals are the service's.
+
+        Returns the stand-in (a ``Popen`` with text stdout) and the service's own pid (for faults).
+        """
+        pid_file = Path(cwd) / ".attached.pid"
+        pid_file.unlink(missing_ok=True)
+        proc = subprocess.Popen([sys.executable, "-m", "experiment.local_spawner", "--socket", str(self.socket_path),
+                                 "--attach", "--pid-file", str(pid_file), call.module, *call.args],
+                                cwd=cwd, stdout=subprocess.PIPE, text=True, start_new_session=True,
+                                env={**os.environ, "PYTHONUNBUFFERED": "1", **call.env})
+        deadline = time.monotonic() + timeout_s
+        while not pid_file.exists():
+            if proc.poll() is not None or time.monotonic() > deadline:
+                proc.kill()
+                raise RuntimeError(f"local node spawner could not start {call.module} (exit {proc.wait()})")
+            time.sleep(0.01)
+        return proc, int(pid_file.read_text())
+
     def spawn(self, call: ModuleCall, cwd: str, log: str) -> int:
+        """Fork ``call`` as a detached service in ``cwd`` writing to ``log``; return its pid."""
         request = {"module": call.module, "args": call.args, "cwd": cwd, "log": log,
                    "env": {**os.environ, "PYTHONUNBUFFERED": "1", **call.env}}
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
@@ -111,22 +136,19 @@ class SpawnerClient:
         return int(reply["pid"])
 
 
-def _child(request: dict, listener: socket.socket, conn: socket.socket) -> None:
-    """In the forked child: become the service described by ``request``; never returns."""
+def _become(request: dict, stdio: tuple[int, int, int], inherited: list[socket.socket]) -> None:
+    """In a forked child: become the service described by ``request``; never returns."""
     code = 1
     try:
-        listener.close()
-        conn.close()
+        for sock in inherited:
+            sock.close()
         os.setsid()
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
         os.chdir(request["cwd"])
-        out = os.open(request["log"], os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-        null = os.open(os.devnull, os.O_RDONLY)
-        os.dup2(null, 0)
-        os.dup2(out, 1)
-        os.dup2(out, 2)
-        os.close(out)
-        os.close(null)
+        for target, fd in enumerate(stdio):
+            os.dup2(fd, target)
+        for fd in set(stdio) - {0, 1, 2}:
+            os.close(fd)
         os.environ.clear()
         os.environ.update(request["env"])
         sys.argv = [request["module"], *request["args"]]
@@ -134,7 +156,7 @@ def _child(request: dict, listener: socket.socket, conn: socket.socket) -> None:
         code = int(result or 0)
     except SystemExit as exc:
         code = exc.code if isinstance(exc.code, int) else 1
-    except BaseException:  # the service died: its traceback goes to its own log, like a fresh process's
+    except BaseException:  # the service died: its traceback goes to its own output, like a fresh process's
         import traceback
 
         traceback.print_exc()
@@ -144,23 +166,98 @@ def _child(request: dict, listener: socket.socket, conn: socket.socket) -> None:
         os._exit(code)
 
 
+def _receive(conn: socket.socket) -> tuple[dict, list[int]]:
+    """One request line and the file descriptors sent with it."""
+    data, fds, _flags, _address = socket.recv_fds(conn, 1 << 20, 3)
+    while not data.endswith(b"\n"):
+        more = conn.recv(1 << 20)
+        if not more:
+            for fd in fds:
+                os.close(fd)
+            raise ValueError("truncated request")
+        data += more
+    return json.loads(data), fds
+
+
+def _send(conn: socket.socket, message: dict) -> None:
+    conn.sendall(json.dumps(message).encode() + b"\n")
+
+
+def _attached(request: dict, fds: list[int], listener: socket.socket, conn: socket.socket) -> None:
+    """In a forked waiter: fork the service on the caller's stdio, report its pid, then its exit; never returns."""
+    code = 1
+    try:
+        listener.close()
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+        service = os.fork()
+        if service == 0:
+            _become(request, (fds[0], fds[1], fds[2]), [conn])
+        for fd in fds:
+            os.close(fd)
+        _send(conn, {"pid": service})
+        _, status = os.waitpid(service, 0)
+        _send(conn, {"exit": os.waitstatus_to_exitcode(status)})
+        code = 0
+    finally:
+        os._exit(code)
+
+
 def _handle(conn: socket.socket, listener: socket.socket) -> None:
-    request = json.loads(conn.makefile("rb").readline())
-    module = importlib.import_module(request["module"])
-    prewarm = getattr(module, "prewarm", None)
-    if prewarm is not None:
-        home = os.getcwd()
-        os.chdir(request["cwd"])  # the service's arguments name files relative to its work directory
-        try:
-            prewarm(request["args"])
-        finally:
-            os.chdir(home)
-    sys.stdout.flush()
-    sys.stderr.flush()
-    pid = os.fork()
-    if pid == 0:
-        _child(request, listener, conn)
-    conn.sendall(json.dumps({"pid": pid}).encode() + b"\n")
+    request, fds = _receive(conn)
+    try:
+        module = importlib.import_module(request["module"])
+        prewarm = getattr(module, "prewarm", None)
+        if prewarm is not None:
+            home = os.getcwd()
+            os.chdir(request["cwd"])  # the service's arguments name files relative to its work directory
+            try:
+                prewarm(request["args"])
+            finally:
+                os.chdir(home)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        if request.get("attach"):
+            if len(fds) != 3:
+                raise ValueError(f"an attached service needs stdin, stdout and stderr; got {len(fds)} descriptors")
+            if os.fork() == 0:
+                _attached(request, fds, listener, conn)
+            return
+        out = os.open(request["log"], os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        null = os.open(os.devnull, os.O_RDONLY)
+        pid = os.fork()
+        if pid == 0:
+            _become(request, (null, out, out), [listener, conn])
+        os.close(out)
+        os.close(null)
+        _send(conn, {"pid": pid})
+    finally:
+        for fd in fds:
+            os.close(fd)
+
+
+def attach(socket_path: Path, pid_file: Path, module: str, args: list[str]) -> int:
+    """Stand in for ``module`` run by the spawner on this process's stdio; exit as it exits."""
+    request = {"module": module, "args": args, "cwd": os.getcwd(), "env": dict(os.environ), "attach": True}
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.connect(str(socket_path))
+        socket.send_fds(sock, [json.dumps(request).encode() + b"\n"], [0, 1, 2])
+        replies = sock.makefile("rb")
+        started = json.loads(replies.readline() or b"{}")
+        if "pid" not in started:
+            print(f"[spawner] could not start {module}: {started.get('error', 'no reply')}", file=sys.stderr)
+            return 1
+        service = int(started["pid"])
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):  # terminate() reaches the service itself
+            signal.signal(sig, lambda received, _frame: os.killpg(service, received))
+        tmp = pid_file.with_suffix(".tmp")
+        tmp.write_text(str(service))
+        os.replace(tmp, pid_file)
+        code = int(json.loads(replies.readline() or b'{"exit": 1}')["exit"])
+    if code < 0:  # killed by a signal: so is the stand-in, and its parent sees the same status
+        if -code not in (signal.SIGKILL, signal.SIGSTOP):  # those two cannot (and need not) be reset
+            signal.signal(-code, signal.SIG_DFL)
+        os.kill(os.getpid(), -code)
+    return code
 
 
 def serve(socket_path: Path) -> None:
@@ -181,13 +278,22 @@ def serve(socket_path: Path) -> None:
             try:
                 _handle(conn, listener)
             except Exception as exc:  # one bad request must not stop the spawner
-                conn.sendall(json.dumps({"error": f"{type(exc).__name__}: {exc}"}).encode() + b"\n")
+                _send(conn, {"error": f"{type(exc).__name__}: {exc}"})
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="JARVIS local testbed: fork node services from one warm process")
-    parser.add_argument("--socket", required=True, type=Path, help="Unix socket to accept spawn requests on")
-    serve(parser.parse_args(argv).socket)
+    parser.add_argument("--socket", required=True, type=Path, help="the spawner's Unix socket")
+    parser.add_argument("--attach", action="store_true",
+                        help="ask the spawner to run MODULE ARGS on this process's stdio and exit as it exits")
+    parser.add_argument("--pid-file", type=Path, help="with --attach: where to write the service's pid")
+    parser.add_argument("command", nargs=argparse.REMAINDER, help="with --attach: MODULE [ARGS...]")
+    args = parser.parse_args(argv)
+    if args.attach:
+        if not args.command or args.pid_file is None:
+            parser.error("--attach needs --pid-file and a MODULE")
+        return attach(args.socket, args.pid_file, args.command[0], args.command[1:])
+    serve(args.socket)
     return 0
 
 

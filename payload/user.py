@@ -27,7 +27,7 @@ from payload.events import EventLog
 from payload.frames import DEFAULT_MAX_FRAME, Frame, FrameType, HopFlag, WireDtype, encode
 from payload.node import USER_NODE, peak_rss_bytes
 from payload.routing import Placement, Policy, RouteError, RoutePlan, plan_route
-from payload.slices import Head, ModelSpec, dtype_of
+from payload.slices import Head, ModelSpec, dtype_of, model_config
 from payload.tensors import from_bytes, to_bytes, to_wire
 from payload.transport import AdaptiveDeadline, PeerFailed, PeerLink, serve_connection
 
@@ -472,13 +472,26 @@ async def run_job(config: UserConfig, job: Job, *, jsonl: bool = False) -> list[
     return results
 
 
-def main(argv: list[str] | None = None) -> int:
+def prewarm(argv: list[str]) -> None:
+    """Import the tokenizer and model family code without starting anything (the local testbed forks after this)."""
+    import tokenizers  # noqa: F401  (the fast tokenizer's library)
+    from transformers import AutoTokenizer  # noqa: F401
+
+    model_config(UserConfig.load(_parser().parse_args(argv).config).node.model_dir)
+
+
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description="JARVIS end-user node: enter prompts, stream the answers")
     parser.add_argument("--config", required=True, help="user node config JSON written by deploy")
     parser.add_argument("--job", help="job JSON (prompts, max_new_tokens, sampling, repeats, concurrency)")
     parser.add_argument("--prompt", action="append", default=[], help="prompt text (repeatable)")
     parser.add_argument("--max-new-tokens", type=int, default=32)
     parser.add_argument("--jsonl", action="store_true", help="print token events as JSON lines (for orchestration)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
     args = parser.parse_args(argv)
     torch.set_num_threads(compute_threads())
     if args.job:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import uuid
+from pathlib import Path
 
 import pytest
 
@@ -113,3 +115,21 @@ def test_a_killed_user_node_ends_the_run_with_a_clear_error_and_every_log(testbe
     assert steps[:4] == [0, 1, 2, 3] and len(steps) < 8, f"tokens logged before the kill are kept: {steps}"
     for name in ("user", "node1", "node2", "node3", "node4"):
         assert (run / "nodes" / name / "events.jsonl").stat().st_size > 0
+
+
+def test_ctrl_c_mid_run_stops_the_user_node_cancels_faults_and_keeps_what_exists(testbed, prepared, tmp_path):
+    dep = deploy_even(testbed, prepared, 4)
+
+    def stream(line: str) -> None:
+        if line.startswith("[0.0 #2]"):
+            raise KeyboardInterrupt  # what Ctrl-C raises in `fab run`: the nodes sit in sessions of their own
+
+    run = run_job(testbed, dep, {"prompts": PROMPTS, "max_new_tokens": 8},
+                  [Fault("pause", (2,), at_seconds=30.0)], tmp_path / "run", stream=stream)
+    assert not summary(run)["complete"]
+    assert read_tokens(run)["step"].tolist()[:3] == [0, 1, 2]
+    pids = json.loads(testbed.manifest.read_text())["pids"]
+    assert not Path(f"/proc/{pids['user']}").exists(), "the user node must stop with the run"
+    assert (run / "faults.csv").read_text().count("\n") <= 1, "a fault still pending must not fire"
+    state = Path(f"/proc/{pids['node2']}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    assert state != "T", "node 2 must not have been paused"
