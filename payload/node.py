@@ -182,17 +182,21 @@ class LayerNode:
             return
         t3 = time.time_ns()
         writer.write(encode(frame.reply(FrameType.ACK, t_a=t2, t_b=t3), self.config.key))
-        self.log.log("recv", session=str(frame.session), step=frame.step, epoch=frame.epoch, src=frame.src,
-                     positions=frame.n_pos, pos_start=frame.pos_start, replay_len=frame.replay_len,
-                     bytes=len(frame.payload), t2_wall_ns=t2, t3_wall_ns=t3)
+        recv_mono = time.monotonic_ns()
+        received = dict(session=str(frame.session), step=frame.step, epoch=frame.epoch, src=frame.src,
+                        positions=frame.n_pos, pos_start=frame.pos_start, replay_len=frame.replay_len,
+                        bytes=len(frame.payload), t2_wall_ns=t2, t3_wall_ns=t3)
         state = self.sessions.get(frame.session)
         if state is None:
             state = self.sessions[frame.session] = SessionState()
         if frame.n_pos <= INLINE_POSITIONS and not state.lock.locked():
-            # Nothing here waits on the network: this returns once the output is written downstream.
-            await self.process(frame, state, time.monotonic_ns())
+            # Nothing here waits on the network: this returns once the output is written downstream, and the
+            # step's receipt is logged only then (its times are in the event), off the decode critical path.
+            await self.process(frame, state, recv_mono)
+            self.log.log("recv", **received)
         else:
-            self._spawn(self.process(frame, state, time.monotonic_ns()))
+            self.log.log("recv", **received)
+            self._spawn(self.process(frame, state, recv_mono))
 
     def _resumable(self, frame: Frame) -> str | None:
         """Why this node cannot re-forward the step's output now (None if it can)."""
