@@ -88,7 +88,9 @@ class SpawnerClient:
         self.socket_path.unlink(missing_ok=True)
         # numpy's OpenBLAS would start a worker thread at import: the spawner stays single-threaded, so a fork
         # never copies a lock some other thread held.
-        env = {**os.environ, "PYTHONPATH": pythonpath, "PYTHONUNBUFFERED": "1", "OPENBLAS_NUM_THREADS": "1"}
+        # HF_HUB_OFFLINE is read when huggingface_hub is imported, i.e. here, not in the forked node.
+        env = {**os.environ, "PYTHONPATH": pythonpath, "PYTHONUNBUFFERED": "1", "OPENBLAS_NUM_THREADS": "1",
+               "HF_HUB_OFFLINE": "1"}
         with open(self.log_path, "ab") as out:
             proc = subprocess.Popen([sys.executable, "-m", "experiment.local_spawner", "--socket",
                                      str(self.socket_path)], stdout=out, stderr=subprocess.STDOUT,
@@ -98,6 +100,7 @@ class SpawnerClient:
         while not self.socket_path.exists():
             if proc.poll() is not None or time.monotonic() > deadline:
                 proc.kill()
+                proc.wait()
                 tail = self.log_path.read_text(errors="replace")[-2000:]
                 raise RuntimeError(f"local node spawner did not start; its output:\n{tail}")
             time.sleep(0.05)
@@ -136,8 +139,13 @@ class SpawnerClient:
         return int(reply["pid"])
 
 
-def _become(request: dict, stdio: tuple[int, int, int], inherited: list[socket.socket]) -> None:
-    """In a forked child: become the service described by ``request``; never returns."""
+def _become(request: dict, stdio: tuple[int, int, int], inherited: list[socket.socket], ready: int) -> None:
+    """In a forked child: become the service described by ``request``; never returns.
+
+    ``ready`` is written once the child is its own session in its work
+    directory on its own stdio: only then is its pid handed out, so a signal to
+    its process group can never miss it.
+    """
     code = 1
     try:
         for sock in inherited:
@@ -152,31 +160,60 @@ def _become(request: dict, stdio: tuple[int, int, int], inherited: list[socket.s
         os.environ.clear()
         os.environ.update(request["env"])
         sys.argv = [request["module"], *request["args"]]
+        os.write(ready, b"1")
+        os.close(ready)
         result = importlib.import_module(request["module"]).main(request["args"])
         code = int(result or 0)
-    except SystemExit as exc:
-        code = exc.code if isinstance(exc.code, int) else 1
+    except SystemExit as exc:  # sys.exit(None) is success; sys.exit("message") prints it and fails, as Python does
+        if exc.code is None or isinstance(exc.code, int):
+            code = exc.code or 0
+        else:
+            print(exc.code, file=sys.stderr)
     except BaseException:  # the service died: its traceback goes to its own output, like a fresh process's
         import traceback
 
         traceback.print_exc()
     finally:
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(code)
+        try:
+            sys.stdout.flush()
+            sys.stderr.flush()
+        finally:
+            os._exit(code)
+
+
+def _fork_service(request: dict, stdio: tuple[int, int, int], inherited: list[socket.socket]) -> int:
+    """Fork the service and return its pid once it is set up (see ``_become``); raise if it died first."""
+    ready_r, ready_w = os.pipe()
+    try:
+        pid = os.fork()
+        if pid == 0:
+            os.close(ready_r)
+            _become(request, stdio, inherited, ready_w)
+        os.close(ready_w)
+        ready_w = -1
+        if os.read(ready_r, 1) != b"1":
+            raise RuntimeError(f"{request['module']} died while being set up (see its output)")
+        return pid
+    finally:
+        os.close(ready_r)
+        if ready_w >= 0:
+            os.close(ready_w)
 
 
 def _receive(conn: socket.socket) -> tuple[dict, list[int]]:
     """One request line and the file descriptors sent with it."""
     data, fds, _flags, _address = socket.recv_fds(conn, 1 << 20, 3)
-    while not data.endswith(b"\n"):
-        more = conn.recv(1 << 20)
-        if not more:
-            for fd in fds:
-                os.close(fd)
-            raise ValueError("truncated request")
-        data += more
-    return json.loads(data), fds
+    try:
+        while not data.endswith(b"\n"):
+            more = conn.recv(1 << 20)
+            if not more:
+                raise ValueError("truncated request")
+            data += more
+        return json.loads(data), fds
+    except BaseException:
+        for fd in fds:
+            os.close(fd)
+        raise
 
 
 def _send(conn: socket.socket, message: dict) -> None:
@@ -184,14 +221,21 @@ def _send(conn: socket.socket, message: dict) -> None:
 
 
 def _attached(request: dict, fds: list[int], listener: socket.socket, conn: socket.socket) -> None:
-    """In a forked waiter: fork the service on the caller's stdio, report its pid, then its exit; never returns."""
+    """In a forked waiter: fork the service on the caller's stdio, report its pid, then its exit; never returns.
+
+    The waiter leaves the spawner's process group, so restarting the spawner
+    does not cut a running service off from its stand-in.
+    """
     code = 1
     try:
         listener.close()
+        os.setpgid(0, 0)
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-        service = os.fork()
-        if service == 0:
-            _become(request, (fds[0], fds[1], fds[2]), [conn])
+        try:
+            service = _fork_service(request, (fds[0], fds[1], fds[2]), [conn])
+        except RuntimeError as exc:
+            _send(conn, {"error": str(exc)})
+            return
         for fd in fds:
             os.close(fd)
         _send(conn, {"pid": service})
@@ -223,13 +267,19 @@ def _handle(conn: socket.socket, listener: socket.socket) -> None:
                 _attached(request, fds, listener, conn)
             return
         out = os.open(request["log"], os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-        null = os.open(os.devnull, os.O_RDONLY)
-        pid = os.fork()
-        if pid == 0:
-            _become(request, (null, out, out), [listener, conn])
-        os.close(out)
-        os.close(null)
-        _send(conn, {"pid": pid})
+        try:
+            null = os.open(os.devnull, os.O_RDONLY)
+            try:
+                pid = _fork_service(request, (null, out, out), [listener, conn])
+            finally:
+                os.close(null)
+        finally:
+            os.close(out)
+        try:
+            _send(conn, {"pid": pid})
+        except OSError:  # the client is gone: nobody would know to stop this service
+            os.killpg(pid, signal.SIGKILL)
+            raise
     finally:
         for fd in fds:
             os.close(fd)
@@ -248,7 +298,7 @@ def attach(socket_path: Path, pid_file: Path, module: str, args: list[str]) -> i
             return 1
         service = int(started["pid"])
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):  # terminate() reaches the service itself
-            signal.signal(sig, lambda received, _frame: os.killpg(service, received))
+            signal.signal(sig, lambda received, _frame: _signal_group(service, received))
         tmp = pid_file.with_suffix(".tmp")
         tmp.write_text(str(service))
         os.replace(tmp, pid_file)
@@ -258,6 +308,13 @@ def attach(socket_path: Path, pid_file: Path, module: str, args: list[str]) -> i
             signal.signal(-code, signal.SIG_DFL)
         os.kill(os.getpid(), -code)
     return code
+
+
+def _signal_group(pid: int, sig: int) -> None:
+    try:
+        os.killpg(pid, sig)
+    except ProcessLookupError:  # already gone: its exit status is on its way
+        pass
 
 
 def serve(socket_path: Path) -> None:
@@ -277,8 +334,11 @@ def serve(socket_path: Path) -> None:
         with conn:
             try:
                 _handle(conn, listener)
-            except Exception as exc:  # one bad request must not stop the spawner
-                _send(conn, {"error": f"{type(exc).__name__}: {exc}"})
+            except (Exception, SystemExit) as exc:  # one bad request (even argparse's exit) must not stop the spawner
+                try:
+                    _send(conn, {"error": f"{type(exc).__name__}: {exc}"})
+                except OSError:
+                    pass  # the client left
 
 
 def main(argv: list[str] | None = None) -> int:

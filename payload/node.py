@@ -192,8 +192,10 @@ class LayerNode:
         if frame.n_pos <= INLINE_POSITIONS and not state.lock.locked():
             # Nothing here waits on the network: this returns once the output is written downstream, and the
             # step's receipt is logged only then (its times are in the event), off the decode critical path.
-            await self.process(frame, state, recv_mono)
-            self.log.log("recv", **received)
+            try:
+                await self.process(frame, state, recv_mono)
+            finally:
+                self.log.log("recv", **received)
         else:
             self.log.log("recv", **received)
             self._spawn(self.process(frame, state, recv_mono))

@@ -293,13 +293,13 @@ class UserNode:
         serialize_ns = time.monotonic_ns() - t_enc
         sending = asyncio.ensure_future(self.link(first.node).send_data(frame, encoded))
         try:
-            # A failure heard meanwhile (heartbeats, a report) ends the attempt at once, even while the first
-            # hop's ack is still awaited: a cut link to that hop would otherwise hold it for a whole deadline.
+            # The attempt can end while the first hop's ack is still awaited: a failure heard meanwhile
+            # (heartbeats, a report) ends it at once instead of after a whole ack deadline, and a result that
+            # overtook the ack is used as it is.
             await asyncio.wait({sending, attempt.result}, return_when=asyncio.FIRST_COMPLETED)
-            if not sending.done() and attempt.result.exception() is not None:
-                sending.cancel()
-                raise attempt.result.exception()
-            timing = await sending
+            if not sending.done():
+                return attempt.result.result()
+            timing = sending.result()
             self.log.log("ack", session=str(sid), step=step, epoch=epoch, src=USER_NODE, dst=first.node,
                          positions=frame.n_pos, bytes=timing.bytes, serialize_ns=serialize_ns,
                          t1_wall_ns=timing.t1_wall_ns, t1_mono_ns=timing.t1_mono_ns, t2_wall_ns=timing.t2_wall_ns,
@@ -308,6 +308,8 @@ class UserNode:
             return await asyncio.wait_for(asyncio.shield(attempt.result), self.node.timing.step_timeout_s)
         finally:
             # The attempt is over: later reports about it change nothing (and leave no unretrieved exception).
+            if not sending.done():
+                sending.cancel()
             if not attempt.result.done():
                 attempt.result.cancel()
             elif not attempt.result.cancelled():

@@ -101,3 +101,23 @@ def test_an_edited_payload_gets_a_fresh_spawner(tmp_path):
     finally:
         tb.down()
     assert not Path(f"/proc/{second}").exists()
+
+
+def test_a_bad_service_command_is_refused_and_the_spawner_serves_on():
+    """argparse exits on a bad flag while the spawner prewarms; that must be an error reply, not its death."""
+    import uuid
+
+    from experiment.deploy import service_argv
+
+    tb = LocalTestbed(f"jv-test-{uuid.uuid4().hex[:8]}")
+    tb.up(1)
+    try:
+        host = tb.hosts()[1]
+        for _ in range(2):
+            with pytest.raises(RuntimeError, match="could not start payload.node: SystemExit"):
+                tb.start_service(host, service_argv(host, "payload.node", "--no-such-flag"))
+        spawner = json.loads(tb.manifest.read_text())["spawner"]["pid"]
+        assert Path(f"/proc/{spawner}").exists()
+        assert json.loads(tb.manifest.read_text())["pids"] == {}, "nothing was started"
+    finally:
+        tb.down()
