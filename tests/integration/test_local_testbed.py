@@ -121,3 +121,21 @@ def test_a_bad_service_command_is_refused_and_the_spawner_serves_on():
         assert json.loads(tb.manifest.read_text())["pids"] == {}, "nothing was started"
     finally:
         tb.down()
+
+
+def test_fab_experiment_runs_the_demo_scenario_end_to_end(tmp_path):
+    """The quick start's main job (`fab experiment`, here on the local testbed): run dir, table, plots, down."""
+    import subprocess
+
+    repo = Path(__file__).resolve().parents[2]
+    prefix = "jv-test-demo"
+    out = subprocess.run([str(Path(sys.executable).parent / "fab"), "experiment", "--testbed", "local",
+                          "--scenario", str(repo / "scenarios" / "demo.yaml"), "--out", str(tmp_path / "run"),
+                          "--prefix", prefix], cwd=repo, capture_output=True, text=True, timeout=900)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    run = tmp_path / "run"
+    assert f"[experiment] results in {run}" in out.stdout
+    assert "p50 ms" in out.stdout and "fault: kill node3 at token:8" in out.stdout, out.stdout[-3000:]
+    assert json.loads((run / "summary.json").read_text())["complete"]
+    assert (run / "report.md").exists() and list((run / "figures").glob("*.png"))
+    assert not (LocalTestbed(prefix).root).exists(), "experiment must bring the testbed down"
