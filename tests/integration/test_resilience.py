@@ -6,6 +6,7 @@ import json
 import uuid
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 from experiment.local import LocalTestbed
@@ -42,26 +43,37 @@ def testbed():
         testbed.down()
 
 
-# Every combination the issue asks for on the local testbed: SIGKILL and SIGSTOP, of the first, a middle,
-# the last and two adjacent layer nodes, at prefill (the fault fires as the prompt is sent) and mid-decode.
+# Every combination the issue asks for on the local testbed: SIGKILL, and SIGSTOP then SIGCONT, of the first, a
+# middle, the last and two adjacent layer nodes, at prefill (the fault fires as the prompt is sent) and mid-decode.
+# A stopped node is continued 0.5 s later, mid-run: its late answers to the step it held must corrupt nothing.
 @pytest.mark.parametrize("when", ["prefill", "decode"])
 @pytest.mark.parametrize("where", list(TARGETS))
 @pytest.mark.parametrize("action", ["kill", "pause"])
 def test_fault_is_skipped_and_oracle_holds(testbed, prepared, monolith, tmp_path, action, where, when):
     targets = TARGETS[where]
     trigger = {"at_seconds": 0.0} if when == "prefill" else {"at_token": 3}
+    fault = Fault(action, targets, duration=0.5 if action == "pause" else None, **trigger)
     dep = deploy_even(testbed, prepared, 4)  # killed or stopped nodes of the last case are replaced
-    run = run_job(testbed, dep, {"prompts": PROMPTS, "max_new_tokens": 8}, [Fault(action, targets, **trigger)],
-                  tmp_path / "run")
+    run = run_job(testbed, dep, {"prompts": PROMPTS, "max_new_tokens": 8}, [fault], tmp_path / "run")
     tokens = read_tokens(run)
     assert summary(run)["complete"], summary(run)
     assert len(tokens) == 8
-    skipped_layers = {i for n in targets for i in range(*dep.placement_obj().slices[n])}
-    last_layers = set(map(int, tokens["layers"].iloc[-1].split()))
-    assert not (skipped_layers & last_layers), "failed nodes' layers must not be applied after the fault"
+    if action == "pause":
+        actions = pd.read_csv(run / "faults.csv")["action"].tolist()
+        assert actions == ["pause", "resume"], actions
+    out_sets = [set(map(int, str(row).split())) for row in tokens["nodes_out"]]
+    seen_out = set().union(*out_sets)
+    # A stopped node that is continued before its own ack deadline (the second of two adjacent ones) was only
+    # slow: it need not be marked out.  The first one stopped always is; a killed one always is.
+    assert (set(targets) <= seen_out) if action == "kill" else (targets[0] in seen_out), seen_out
+    slices = dep.placement_obj().slices
+    for out, layers in zip(out_sets, tokens["layers"]):
+        for node in out:
+            assert not {str(i) for i in range(*slices[node])} & set(layers.split()), f"node {node} is out"
+    if action == "kill":
+        assert out_sets[-1] == set(targets), "a killed node stays out"
     if when == "decode":
         assert set(tokens["layers"].iloc[0].split()) == {str(i) for i in range(30)}
-    assert str(tokens["nodes_out"].iloc[-1]) == " ".join(map(str, targets))
     for result in check_run(run, prepared, model=monolith):
         assert result.ok, (result.expected, result.replayed)
 
