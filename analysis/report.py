@@ -68,6 +68,9 @@ def analyze(run: Path, baseline: Path | None = None, *, allow_incomplete: bool =
     summary = summary_json(metrics, data, baseline, written)
     (run / SUMMARY).write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
     print(table_text(metrics, data))
+    figures_written = [path for paths in written.values() for path in paths if path.suffix == ".png"]
+    print(f"report: {report}")
+    print(f"figures ({len(figures_written)}): " + ", ".join(str(path.relative_to(run)) for path in figures_written))
     return report
 
 

@@ -137,5 +137,8 @@ def test_fab_experiment_runs_the_demo_scenario_end_to_end(tmp_path):
     assert f"[experiment] results in {run}" in out.stdout
     assert "p50 ms" in out.stdout and "fault: kill node3 at token:8" in out.stdout, out.stdout[-3000:]
     assert json.loads((run / "summary.json").read_text())["complete"]
-    assert (run / "report.md").exists() and list((run / "figures").glob("*.png"))
+    assert f"report: {run / 'report.md'}" in out.stdout and (run / "report.md").exists()
+    figures = sorted(p.relative_to(run) for p in (run / "figures").glob("*.png"))
+    assert figures and f"figures ({len(figures)}): " in out.stdout
+    assert all(str(figure) in out.stdout for figure in figures), "the terminal names every plot"
     assert not (LocalTestbed(prefix).root).exists(), "experiment must bring the testbed down"
