@@ -112,3 +112,27 @@ def test_one_layer_per_node_chain_equals_generate(bundled, chain, tmp_path, mode
         run = run_job(tb, dep, {"prompts": [PROMPT], "max_new_tokens": 5}, [], tmp_path / "run")
     assert read_tokens(run)["token_id"].tolist() == expected
     assert summary(run)["complete"]
+
+
+def test_a_layer_nodes_memory_scales_with_its_slice(bundled, tmp_path):
+    """One node holds 1 layer of Gemma 3, the other 17: their peak RSS differs by about 16 layers' weights.
+
+    Were a node to materialise layers beyond its slice (or the whole model) the difference would vanish.
+    """
+    from experiment.deploy import deploy
+    from experiment.local import LocalTestbed
+    from payload.prepare import load_manifest
+    from payload.routing import Placement
+
+    prepared = bundled("gemma3-270m")
+    layer_bytes = [(prepared / f).stat().st_size for f in load_manifest(prepared)["layer_files"]]
+    tb = LocalTestbed(f"jv-test-{uuid.uuid4().hex[:8]}")
+    tb.up(2)
+    try:
+        deploy(tb, prepared, Placement(18, {1: (0, 1), 2: (1, 18)}), model=str(prepared), progress=lambda m: None)
+        rss = {h.index: [e for e in read_events(f"{h.workdir}/events.jsonl") if e["ev"] == "start"][0]["peak_rss_bytes"]
+               for h in tb.hosts()[1:]}
+    finally:
+        tb.down()
+    expected = sum(layer_bytes[1:]) - layer_bytes[0]  # float32 weights on disk and in memory
+    assert 0.8 * expected <= rss[2] - rss[1] <= 1.25 * expected, (rss, expected)
