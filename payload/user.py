@@ -66,11 +66,12 @@ class UserConfig:
 
 @dataclass
 class Attempt:
-    """The step attempt in flight: its epoch, the nodes it visits, and the result future."""
+    """The step attempt in flight: its epoch, the nodes it visits, the result future, and its largest frame."""
 
     epoch: int
     nodes: frozenset[int]
     result: asyncio.Future
+    frame_bytes: int = 0
 
 
 @dataclass
@@ -256,10 +257,21 @@ class UserNode:
                     self.last_heartbeat[peer] += late_ns
                 continue
             for peer, last in list(self.last_heartbeat.items()):
-                limit = self.heartbeat_gaps.get(peer)
-                limit_s = limit.value() if limit else self.node.timing.heartbeat_floor_ms / 1000
-                if peer not in self.dead and (now - last) / 1e9 > limit_s:
+                if peer not in self.dead and (now - last) / 1e9 > self.silence_limit_s(peer):
                     self.mark_failed(peer, "silent", f"no heartbeat for {(now - last) / 1e6:.0f} ms", USER_NODE)
+
+    def silence_limit_s(self, peer: int) -> float:
+        """How long ``peer`` may go unheard before it is declared failed.
+
+        ``max(floor, 4 x p99 heartbeat gap)``, plus the largest frame in flight
+        at ``Timing.slowest_link_mbps`` (as for ack deadlines): a node sending a
+        long prompt's hidden states over a cellular uplink queues its heartbeats
+        behind them for seconds, and is busy, not silent.
+        """
+        gaps = self.heartbeat_gaps.get(peer)
+        limit_s = gaps.value() if gaps else self.node.timing.heartbeat_floor_ms / 1000
+        in_flight = max((a.frame_bytes for a in self.attempts.values() if not a.result.done()), default=0)
+        return limit_s + in_flight * 8 / (self.node.timing.slowest_link_mbps * 1e6)
 
     # -- generation ------------------------------------------------------------------
     def _max_attempts(self) -> int:
@@ -286,7 +298,10 @@ class UserNode:
             frame = Frame(FrameType.DATA, sid, step=step, epoch=epoch, pos_start=pos_start, n_pos=len(new_ids),
                           replay_len=replay_len, hidden=self.spec.hidden_size, dtype=self.wire_dtype, hop=0,
                           route=plan.hops, src=USER_NODE, dst=first.node, payload=to_bytes(hidden))
-        attempt = Attempt(epoch, frozenset(h.node for h in plan.hops), asyncio.get_running_loop().create_future())
+        # A hop that rebuilds a cache receives the whole history; other hops get this step's positions.
+        frame_positions = len(ids) if any(h.flags & HopFlag.REPLAY for h in plan.hops) else len(ids) - positions
+        attempt = Attempt(epoch, frozenset(h.node for h in plan.hops), asyncio.get_running_loop().create_future(),
+                          frame_positions * self.spec.hidden_size * self.wire_dtype.itemsize)
         self.attempts[sid] = attempt
         t_enc = time.monotonic_ns()
         encoded = encode(frame, self.node.key)

@@ -70,3 +70,21 @@ def test_a_report_tied_to_no_session_counts(user):
     asyncio.run(deliver(user, report(uuid.UUID(int=0), epoch=0, failed=1, reporter=2), attempt_epoch=None,
                         session=uuid.uuid4()))
     assert 1 in user.dead
+
+
+def test_heartbeat_silence_allows_for_the_largest_frame_in_flight(user):
+    """A 600-token prompt's hidden states (768 KB in bf16 for hidden 640) take ~6 s at 1 Mbit/s; heartbeats
+    queued behind them must not get the sender declared failed."""
+    floor = user.node.timing.heartbeat_floor_ms / 1000
+    assert user.silence_limit_s(1) == floor
+
+    async def with_prefill_in_flight() -> tuple[float, float]:
+        attempt = Attempt(1, frozenset({1, 2}), asyncio.get_running_loop().create_future(), 600 * 640 * 2)
+        user.attempts[uuid.uuid4()] = attempt
+        during = user.silence_limit_s(1)
+        attempt.result.cancel()
+        return during, user.silence_limit_s(1)
+
+    during, after = asyncio.run(with_prefill_in_flight())
+    assert during == pytest.approx(floor + 600 * 640 * 2 * 8 / (user.node.timing.slowest_link_mbps * 1e6))
+    assert after == floor, "once the attempt is over the usual limit applies"
