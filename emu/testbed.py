@@ -220,8 +220,12 @@ class EmuTestbed(Testbed):
         Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)  # privilege-separation dir Debian's sshd insists on
         endpoints = sshd.endpoints(plan)
         system.run_all([sshd.start_argv(ep) for ep in endpoints])
-        if not system.wait_until(lambda: all(ep.pid_file.exists() for ep in endpoints), timeout=10):
-            late = [ep.alias for ep in endpoints if not ep.pid_file.exists()]
+        # sshd creates its pid file, then writes the pid: wait for the content, not just the name.
+        def written(ep) -> bool:
+            return ep.pid_file.exists() and ep.pid_file.read_text().strip().isdigit()
+
+        if not system.wait_until(lambda: all(written(ep) for ep in endpoints), timeout=10):
+            late = [ep.alias for ep in endpoints if not written(ep)]
             raise TestbedError(f"sshd did not start in {late}; see {endpoints[0].log.parent.parent}/*/sshd.log")
         self._record(manifest, "processes", [{"pid": int(ep.pid_file.read_text()), "what": f"sshd {ep.alias}",
                                               "match": str(ep.config)} for ep in endpoints])

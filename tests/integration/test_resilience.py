@@ -45,14 +45,16 @@ def testbed():
 
 # Every combination the issue asks for on the local testbed: SIGKILL, and SIGSTOP then SIGCONT, of the first, a
 # middle, the last and two adjacent layer nodes, at prefill (the fault fires as the prompt is sent) and mid-decode.
-# A stopped node is continued 0.5 s later, mid-run: its late answers to the step it held must corrupt nothing.
+# A stopped node is continued 1.5 s later (well beyond both the ack deadline and the heartbeat silence limit, so it
+# is always found out, even when it stopped just after acking a step), mid-run or as the run ends: its late answers
+# to the step it held must corrupt nothing.
 @pytest.mark.parametrize("when", ["prefill", "decode"])
 @pytest.mark.parametrize("where", list(TARGETS))
 @pytest.mark.parametrize("action", ["kill", "pause"])
 def test_fault_is_skipped_and_oracle_holds(testbed, prepared, monolith, tmp_path, action, where, when):
     targets = TARGETS[where]
     trigger = {"at_seconds": 0.0} if when == "prefill" else {"at_token": 3}
-    fault = Fault(action, targets, duration=0.5 if action == "pause" else None, **trigger)
+    fault = Fault(action, targets, duration=1.5 if action == "pause" else None, **trigger)
     dep = deploy_even(testbed, prepared, 4)  # killed or stopped nodes of the last case are replaced
     run = run_job(testbed, dep, {"prompts": PROMPTS, "max_new_tokens": 8}, [fault], tmp_path / "run")
     tokens = read_tokens(run)
@@ -63,8 +65,8 @@ def test_fault_is_skipped_and_oracle_holds(testbed, prepared, monolith, tmp_path
         assert actions == ["pause", "resume"], actions
     out_sets = [set(map(int, str(row).split())) for row in tokens["nodes_out"]]
     seen_out = set().union(*out_sets)
-    # A stopped node that is continued before its own ack deadline (the second of two adjacent ones) was only
-    # slow: it need not be marked out.  The first one stopped always is; a killed one always is.
+    # The first node stopped is always found out; the second of two adjacent ones only if the rerouted step
+    # reaches it before it is continued (else it was merely slow).  A killed node always is.
     assert (set(targets) <= seen_out) if action == "kill" else (targets[0] in seen_out), seen_out
     slices = dep.placement_obj().slices
     for out, layers in zip(out_sets, tokens["layers"]):
