@@ -19,7 +19,7 @@ class Timing:
 
     ack_floor_ms: float = 250.0  # never declare a peer silent sooner than this
     ack_multiplier: float = 4.0  # deadline = max(floor, multiplier x p99 observed ack RTT, 2 x p99 + retransmit)
-    slowest_link_mbps: float = 1.0  # the ack deadline adds a frame's bytes at this rate (big prefills on cellular)
+    slowest_link_mbps: float = 1.0  # ack deadlines and heartbeat silence allow a frame's bytes at this rate
     retransmit_ms: float = 250.0  # room for one TCP retransmission (Linux: 200 ms minimum RTO) before "silent"
     connect_timeout_ms: float = 1000.0
     heartbeat_ms: float = 100.0  # node -> user node liveness
@@ -27,6 +27,10 @@ class Timing:
     step_timeout_s: float = 60.0  # backstop per attempt at the user node (compute of long prefills)
     rejoin_after_s: float = 1.0  # a failed node heard from again after this long rejoins
     max_attempts: int = 0  # per step; 0 = number of layer nodes + 2
+
+    def wire_time_s(self, frame_bytes: int) -> float:
+        """Time ``frame_bytes`` may take on the slowest link: added to ack deadlines and heartbeat silence."""
+        return frame_bytes * 8 / (self.slowest_link_mbps * 1e6)
 
 
 @dataclass(frozen=True)

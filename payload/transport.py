@@ -188,7 +188,7 @@ class PeerLink:
     async def wait_ack(self, sent: "PendingAck") -> HopTiming:
         """The hop's timing once its ack arrives; PeerFailed if it does not within the adaptive deadline."""
         # Time on the wire grows with the frame: a prompt's hidden states cross a 2.5 Mbit/s uplink slowly.
-        deadline = self.deadline.value() + sent.bytes * 8 / (self.timing.slowest_link_mbps * 1e6)
+        deadline = self.deadline.value() + self.timing.wire_time_s(sent.bytes)
         try:
             try:
                 reply: Frame = await asyncio.wait_for(asyncio.shield(sent.future), deadline)

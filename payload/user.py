@@ -271,7 +271,7 @@ class UserNode:
         gaps = self.heartbeat_gaps.get(peer)
         limit_s = gaps.value() if gaps else self.node.timing.heartbeat_floor_ms / 1000
         in_flight = max((a.frame_bytes for a in self.attempts.values() if not a.result.done()), default=0)
-        return limit_s + in_flight * 8 / (self.node.timing.slowest_link_mbps * 1e6)
+        return limit_s + self.node.timing.wire_time_s(in_flight)
 
     # -- generation ------------------------------------------------------------------
     def _max_attempts(self) -> int:
