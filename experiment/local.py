@@ -142,9 +142,9 @@ class LocalTestbed(Testbed):
         (see experiment/local_spawner.py); any other command is started afresh.
         """
         log = Path(host.workdir) / log_name
-        call = ModuleCall.parse(argv)
-        spawner = self._spawner(call.env.get("PYTHONPATH", "")) if call else None
-        if spawner is not None:
+        warm = self._warm_start(argv)
+        if warm is not None:
+            spawner, call = warm
             pid = spawner.spawn(call, host.workdir, str(log))
         else:
             with open(log, "ab") as out:
@@ -152,6 +152,12 @@ class LocalTestbed(Testbed):
                                        start_new_session=True, env={**os.environ, "PYTHONUNBUFFERED": "1"}).pid
         self._record_pid(host, pid)
         return pid
+
+    def _warm_start(self, argv: list[str]) -> tuple[SpawnerClient, ModuleCall] | None:
+        """The spawner and call that run ``argv`` warm, or None when it must start afresh."""
+        call = ModuleCall.parse(argv)
+        spawner = self._spawner(call.env.get("PYTHONPATH", "")) if call else None
+        return None if spawner is None else (spawner, call)
 
     def _spawner(self, pythonpath: str) -> SpawnerClient | None:
         """The testbed's warm spawner for source tree ``pythonpath``, started on first use.
@@ -202,9 +208,9 @@ class LocalTestbed(Testbed):
         Either way the returned ``Popen`` carries the service's output and exit
         status, and faults on ``host`` hit the service process itself.
         """
-        call = ModuleCall.parse(argv)
-        spawner = self._spawner(call.env.get("PYTHONPATH", "")) if call else None
-        if spawner is not None:
+        warm = self._warm_start(argv)
+        if warm is not None:
+            spawner, call = warm
             proc, pid = spawner.popen(call, host.workdir)
         else:
             proc = subprocess.Popen(argv, cwd=host.workdir, stdout=subprocess.PIPE, stderr=None, text=True,

@@ -76,6 +76,18 @@ class ModuleCall:
         return cls(env, rest[2], rest[3:])
 
 
+def _appears(path: Path, proc: subprocess.Popen, timeout_s: float) -> bool:
+    """Wait for ``proc`` to create ``path``; False (with ``proc`` killed and reaped) if it exits or times out."""
+    deadline = time.monotonic() + timeout_s
+    while not path.exists():
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            proc.wait()
+            return False
+        time.sleep(0.01)
+    return True
+
+
 class SpawnerClient:
     """Starts the spawner on first use and asks it to fork services."""
 
@@ -96,14 +108,9 @@ class SpawnerClient:
                                      str(self.socket_path)], stdout=out, stderr=subprocess.STDOUT,
                                     stdin=subprocess.DEVNULL, start_new_session=True, env=env,
                                     cwd=self.socket_path.parent)
-        deadline = time.monotonic() + timeout_s
-        while not self.socket_path.exists():
-            if proc.poll() is not None or time.monotonic() > deadline:
-                proc.kill()
-                proc.wait()
-                tail = self.log_path.read_text(errors="replace")[-2000:]
-                raise RuntimeError(f"local node spawner did not start; its output:\n{tail}")
-            time.sleep(0.05)
+        if not _appears(self.socket_path, proc, timeout_s):
+            tail = self.log_path.read_text(errors="replace")[-2000:]
+            raise RuntimeError(f"local node spawner did not start; its output:\n{tail}")
         return proc.pid
 
     def popen(self, call: ModuleCall, cwd: str, timeout_s: float = 300.0) -> tuple[subprocess.Popen, int]:
@@ -117,12 +124,8 @@ class SpawnerClient:
                                  "--attach", "--pid-file", str(pid_file), call.module, *call.args],
                                 cwd=cwd, stdout=subprocess.PIPE, text=True, start_new_session=True,
                                 env={**os.environ, "PYTHONUNBUFFERED": "1", **call.env})
-        deadline = time.monotonic() + timeout_s
-        while not pid_file.exists():
-            if proc.poll() is not None or time.monotonic() > deadline:
-                proc.kill()
-                raise RuntimeError(f"local node spawner could not start {call.module} (exit {proc.wait()})")
-            time.sleep(0.01)
+        if not _appears(pid_file, proc, timeout_s):
+            raise RuntimeError(f"local node spawner could not start {call.module} (exit {proc.returncode})")
         return proc, int(pid_file.read_text())
 
     def spawn(self, call: ModuleCall, cwd: str, log: str) -> int:
