@@ -28,15 +28,22 @@ def smollm2(bundled):
 
 
 @contextlib.contextmanager
-def local_chain(prepared: Path, nodes: int, *, policy: str = "skip", replicas: int = 0, wire: str = "bfloat16",
-                timing: Timing = Timing()):
+def local_testbed(nodes: int):
+    """A local testbed of ``nodes`` layer nodes under a fresh prefix, brought down afterwards."""
     testbed = LocalTestbed(f"jv-test-{uuid.uuid4().hex[:8]}")
     testbed.up(nodes)
     try:
-        yield testbed, deploy_even(testbed, prepared, nodes, replicas=replicas, policy=Policy(policy),
-                                   wire_dtype=wire, timing=timing)
+        yield testbed
     finally:
         testbed.down()
+
+
+@contextlib.contextmanager
+def local_chain(prepared: Path, nodes: int, *, policy: str = "skip", replicas: int = 0, wire: str = "bfloat16",
+                timing: Timing = Timing()):
+    with local_testbed(nodes) as testbed:
+        yield testbed, deploy_even(testbed, prepared, nodes, replicas=replicas, policy=Policy(policy),
+                                   wire_dtype=wire, timing=timing)
 
 
 @pytest.fixture

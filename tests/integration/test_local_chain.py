@@ -16,7 +16,7 @@ from experiment.replay import load_hf_model
 from experiment.run import run_job
 from payload.events import read_events
 from payload.frames import Frame, FrameType, Hop, WireDtype, encode
-from tests.integration.conftest import read_tokens, summary
+from tests.integration.conftest import local_testbed, read_tokens, summary
 
 PROMPT = "The capital of France is"
 
@@ -120,19 +120,14 @@ def test_a_layer_nodes_memory_scales_with_its_slice(bundled, tmp_path):
     Were a node to materialise layers beyond its slice (or the whole model) the difference would vanish.
     """
     from experiment.deploy import deploy
-    from experiment.local import LocalTestbed
     from payload.prepare import load_manifest
     from payload.routing import Placement
 
     prepared = bundled("gemma3-270m")
     layer_bytes = [(prepared / f).stat().st_size for f in load_manifest(prepared)["layer_files"]]
-    tb = LocalTestbed(f"jv-test-{uuid.uuid4().hex[:8]}")
-    tb.up(2)
-    try:
+    with local_testbed(2) as tb:
         deploy(tb, prepared, Placement(18, {1: (0, 1), 2: (1, 18)}), model=str(prepared), progress=lambda m: None)
         rss = {h.index: [e for e in read_events(f"{h.workdir}/events.jsonl") if e["ev"] == "start"][0]["peak_rss_bytes"]
                for h in tb.hosts()[1:]}
-    finally:
-        tb.down()
     expected = sum(layer_bytes[1:]) - layer_bytes[0]  # float32 weights on disk and in memory
     assert 0.8 * expected <= rss[2] - rss[1] <= 1.25 * expected, (rss, expected)

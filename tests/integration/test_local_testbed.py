@@ -11,6 +11,7 @@ import pytest
 
 from experiment.local import LocalTestbed
 from experiment.testbed import TestbedError
+from tests.integration.conftest import local_testbed
 
 
 def processes_under(root: Path) -> list[int]:
@@ -79,15 +80,12 @@ def test_payload_service_commands_are_forked_and_others_are_not():
 def test_an_edited_payload_gets_a_fresh_spawner(tmp_path):
     """The spawner keeps the code it imported: after an edit the testbed must not fork nodes from it."""
     import shutil
-    import uuid
 
     repo = Path(__file__).resolve().parents[2]
     tree = tmp_path / "tree"
     for package in ("payload", "experiment"):
         shutil.copytree(repo / package, tree / package, ignore=shutil.ignore_patterns("__pycache__"))
-    tb = LocalTestbed(f"jv-test-{uuid.uuid4().hex[:8]}")
-    tb.up(1)
-    try:
+    with local_testbed(1) as tb:
         assert tb._spawner(str(tree)) is not None
         first = json.loads(tb.manifest.read_text())["spawner"]["pid"]
         tb._spawner(str(tree))
@@ -98,20 +96,14 @@ def test_an_edited_payload_gets_a_fresh_spawner(tmp_path):
         second = json.loads(tb.manifest.read_text())["spawner"]["pid"]
         assert second != first and not Path(f"/proc/{first}").exists()
         assert tb._spawner(str(repo)) is None, "another source tree is started afresh, not from this spawner"
-    finally:
-        tb.down()
     assert not Path(f"/proc/{second}").exists()
 
 
 def test_a_bad_service_command_is_refused_and_the_spawner_serves_on():
     """argparse exits on a bad flag while the spawner prewarms; that must be an error reply, not its death."""
-    import uuid
-
     from experiment.deploy import service_argv
 
-    tb = LocalTestbed(f"jv-test-{uuid.uuid4().hex[:8]}")
-    tb.up(1)
-    try:
+    with local_testbed(1) as tb:
         host = tb.hosts()[1]
         for _ in range(2):
             with pytest.raises(RuntimeError, match="could not start payload.node: SystemExit"):
@@ -119,8 +111,6 @@ def test_a_bad_service_command_is_refused_and_the_spawner_serves_on():
         spawner = json.loads(tb.manifest.read_text())["spawner"]["pid"]
         assert Path(f"/proc/{spawner}").exists()
         assert json.loads(tb.manifest.read_text())["pids"] == {}, "nothing was started"
-    finally:
-        tb.down()
 
 
 def test_fab_experiment_runs_the_demo_scenario_end_to_end(tmp_path):

@@ -3,17 +3,15 @@
 from __future__ import annotations
 
 import json
-import uuid
 from pathlib import Path
 
 import pandas as pd
 import pytest
 
-from experiment.local import LocalTestbed
 from experiment.replay import Monolith, check_run
 from experiment.run import Fault, run_job
 from payload.config import Timing
-from tests.integration.conftest import deploy_even, read_tokens, summary
+from tests.integration.conftest import deploy_even, local_testbed, read_tokens, summary
 
 PROMPTS = ["The three most important inventions of the twentieth century are"]
 MODEL = "smollm2-135m-instruct"
@@ -35,12 +33,8 @@ TARGETS = {"first": (1,), "middle": (2,), "last": (4,), "two adjacent": (2, 3)}
 @pytest.fixture(scope="module")
 def testbed():
     """One local testbed for every fault case: each case deploys afresh (a quick fork from the warm spawner)."""
-    testbed = LocalTestbed(f"jv-test-{uuid.uuid4().hex[:8]}")
-    testbed.up(4)
-    try:
+    with local_testbed(4) as testbed:
         yield testbed
-    finally:
-        testbed.down()
 
 
 # Every combination the issue asks for on the local testbed: SIGKILL, and SIGSTOP then SIGCONT, of the first, a
