@@ -59,3 +59,13 @@ def read_tokens(run: Path):
 
 def summary(run: Path) -> dict:
     return json.loads((run / "summary.json").read_text())
+
+
+def nodes_out_per_token(tokens, placement) -> list[set[int]]:
+    """Each token's ``nodes_out``, after checking that no out node's layers were applied at that token."""
+    out_sets = [set(map(int, str(row).split())) for row in tokens["nodes_out"]]
+    for out, layers in zip(out_sets, tokens["layers"]):
+        for node in out:
+            applied = {str(i) for i in range(*placement.slices[node])} & set(str(layers).split())
+            assert not applied, f"node {node} is out but its layers {sorted(applied)} were applied"
+    return out_sets

@@ -18,7 +18,7 @@ import pytest
 from experiment.replay import Monolith, check_run
 from experiment.run import Fault, run_job
 from tests.emu.conftest import emu_testbed, require_root  # noqa: F401  (fixture)
-from tests.integration.conftest import deploy_even
+from tests.integration.conftest import deploy_even, nodes_out_per_token
 
 PROMPT = "The three most important inventions of the twentieth century are"
 TARGETS = {"first": (1,), "middle": (2,), "last": (4,), "two adjacent": (2, 3)}
@@ -48,10 +48,7 @@ def test_link_cut_is_skipped_and_oracle_holds(deployed, smollm2, monolith, tmp_p
     assert json.loads((run / "summary.json").read_text())["complete"]
     assert len(tokens) == 8
     assert faults["action"].tolist() == ["link_down", "link_up"], "the cut link must come back up"
-    seen_out = {int(n) for row in tokens["nodes_out"] for n in row.split()}
+    seen_out = set().union(*nodes_out_per_token(tokens, dep.placement_obj()))
     assert set(targets) <= seen_out, f"cut nodes {targets} never marked out ({seen_out})"
-    lost = {str(i) for n in targets for i in range(*dep.placement_obj().slices[n])}
-    cut_rows = tokens[tokens["nodes_out"].str.split().apply(lambda out: set(map(str, targets)) <= set(out))]
-    assert all(not lost & set(row.split()) for row in cut_rows["layers"]), "a cut node's layers were applied"
     for result in check_run(run, smollm2, model=monolith):
         assert result.ok, (result.first_mismatch, result.expected, result.replayed)
