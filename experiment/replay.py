@@ -4,9 +4,10 @@ For each step of a session, apply exactly the decoder layers that tokens.csv
 records for that step, in route order, rounding hidden states to the wire
 dtype at every node boundary as the chain did.  Each layer keeps its own KV
 cache holding only the positions of steps where it ran; layers listed in
-``rebuilt`` first have their cache rebuilt from the previous hop's history, as
-the chain replays it: the output of the last layer applied before them, at
-every earlier position.  The replay must reproduce the recorded token ids.
+``rebuilt`` have their cache rebuilt from the previous hop's history, as the
+chain replays it: the output of the last layer applied before them at every
+earlier position, followed by the step's own positions, in one forward (as the
+rebuilding node computes them).  The replay must reproduce the recorded token ids.
 """
 
 from __future__ import annotations
@@ -82,39 +83,58 @@ def replay_session(model: Monolith, prompt_ids: list[int], steps: pd.DataFrame, 
     produced: list[int] = []
     positions = 0
     for row in steps.itertuples():
-        layers = [int(x) for x in str(row.layers).split()] if isinstance(row.layers, str) and row.layers else []
-        rebuilt = set(int(x) for x in str(row.rebuilt).split()) if isinstance(row.rebuilt, str) and row.rebuilt else set()
-        for run in _contiguous_runs(sorted(rebuilt)):
-            for layer in run:
-                caches[layer] = SessionCache.new(model.spec, (layer,))
-            if not positions:
-                continue
-            history = _replay_source(model, ids[:positions], outputs, layers, run[0], wire)
-            for layer in run:
-                if layer in boundaries:  # a run can span nodes: each replays its predecessor's wire-dtype history
-                    history = to_wire(history, wire)
-                history = model.layers[layer].forward(history, torch.arange(0, positions).unsqueeze(0), caches[layer])
-                rounded = to_wire(history, wire)
-                outputs[layer] = [rounded[:, j:j + 1] for j in range(positions)]
+        layers = set(_indices(row.layers))
+        runs = {run[0]: run for run in _contiguous_runs(sorted(_indices(row.rebuilt)))}
         new_ids = ids[positions:]
         hidden = to_wire(model.head.embed_ids(torch.tensor([new_ids])), wire)
-        pos = torch.arange(positions, positions + len(new_ids)).unsqueeze(0)
-        for layer in range(model.spec.num_layers):
+        layer = 0
+        while layer < model.spec.num_layers:
             if layer in boundaries:
                 hidden = to_wire(hidden, wire)
+            if layer in runs:
+                # A rebuilding node gets the previous hop's history and this step's positions in one frame and
+                # computes them in one forward: so does the replay (a forward over T+1 positions is not bit for
+                # bit a forward over T, then 1).
+                run = runs[layer]
+                if positions:
+                    history = _replay_source(model, ids[:positions], outputs, sorted(layers), layer, wire)
+                    hidden = torch.cat([history, hidden], dim=1)
+                for index in run:
+                    caches[index] = SessionCache.new(model.spec, (index,))
+                    outputs[index] = []
+                hidden = _apply(model, run, hidden, 0, caches, outputs, boundaries, wire)[:, positions:]
+                layer = run[-1] + 1
+                continue
             if layer in layers:
-                hidden = model.layers[layer].forward(hidden, pos, caches[layer])
-                caches[layer].commit()
-                rounded = to_wire(hidden, wire)
-                outputs[layer].extend(rounded[:, j:j + 1] for j in range(rounded.shape[1]))
+                hidden = _apply(model, [layer], hidden, positions, caches, outputs, boundaries, wire)
             else:
                 outputs[layer].extend([None] * len(new_ids))
+            layer += 1
         hidden = to_wire(hidden, wire)
         token = int(torch.argmax(model.head.logits(hidden[:, -1:])[0, -1]))
         produced.append(token)
         positions = len(ids)
         ids.append(int(row.token_id))
     return produced
+
+
+def _indices(cell: object) -> list[int]:
+    """The integers of a space-separated index cell (empty cells and NaN give none)."""
+    return [int(x) for x in cell.split()] if isinstance(cell, str) else []
+
+
+def _apply(model: Monolith, run: list[int], hidden: torch.Tensor, start: int, caches: dict[int, SessionCache],
+           outputs: dict[int, list[torch.Tensor | None]], boundaries: set[int], wire: WireDtype) -> torch.Tensor:
+    """Apply consecutive layers ``run`` to positions ``start...``, rounding at node boundaries inside the run."""
+    pos = torch.arange(start, start + hidden.shape[1]).unsqueeze(0)
+    for index in run:
+        if index in boundaries and index != run[0]:
+            hidden = to_wire(hidden, wire)
+        hidden = model.layers[index].forward(hidden, pos, caches[index])
+        caches[index].commit()
+        rounded = to_wire(hidden, wire)
+        outputs[index].extend(rounded[:, j:j + 1] for j in range(rounded.shape[1]))
+    return hidden
 
 
 def _replay_source(model: Monolith, ids: list[int], outputs: dict[int, list[torch.Tensor | None]],
