@@ -16,19 +16,13 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 TESTBED_HELP = "local | emu | colosseum | rpi"
 
 
-def _user_errors() -> tuple[type[Exception], ...]:
-    from experiment.scenario import ScenarioError
-    from experiment.testbed import TestbedError
-    from payload.prepare import PrepareError
-    from payload.routing import RouteError
-
-    return (TestbedError, ScenarioError, PrepareError, RouteError, FileNotFoundError, ValueError)
-
-
 def _guard(fn, *args, **kwargs):
+    """Call ``fn``; an error meant for the user (JarvisError) becomes a clean exit, anything else a traceback."""
+    from payload.errors import JarvisError
+
     try:
         return fn(*args, **kwargs)
-    except _user_errors() as exc:
+    except JarvisError as exc:
         raise Exit(f"error: {exc}", code=2) from None
 
 
@@ -50,13 +44,11 @@ def up(c, testbed="local", nodes=3, links=None, prefix=None, inventory=None, dry
 
     tb = _guard(make_testbed, testbed, prefix=prefix, inventory=inventory)
     if dry_run:
-        if not hasattr(tb, "dry_run"):
-            raise Exit(f"error: --dry-run is available for --testbed colosseum, not {testbed}", code=2)
         print(_guard(tb.dry_run, int(nodes)), end="")
         return
     link_profiles = None
     if links:
-        from emu.profiles import parse_links_spec
+        from testbed.profiles import parse_links_spec
 
         link_profiles = _guard(parse_links_spec, links, int(nodes))
     hosts = _guard(tb.up, int(nodes), link_profiles)
@@ -83,47 +75,31 @@ def hosts(c, testbed="local", json_=False, prefix=None):
 def deploy(c, testbed="local", model="gemma3-270m", placement="even", replicas=0, on_failure="skip",
            wire_dtype="bfloat16", prefix=None):
     """Ship each node only its layers, write configs, start node services, wait for health."""
-    from experiment.orchestrate import do_deploy, make_testbed, placement_from
-    from payload.prepare import load_manifest, prepare as prep
-    from payload.routing import Policy
+    from experiment.orchestrate import deploy_model, make_testbed
 
     tb = _guard(make_testbed, testbed, prefix=prefix)
-    layers = load_manifest(_guard(prep, model))["num_layers"]
-    plan = _guard(placement_from, placement, layers, len(_guard(tb.hosts)) - 1, int(replicas))
-    _guard(do_deploy, tb, model, plan, policy=Policy(on_failure), wire_dtype=wire_dtype)
+    _guard(deploy_model, tb, model, placement=placement, replicas=int(replicas), on_failure=on_failure,
+           wire_dtype=wire_dtype)
 
 
 @task(help={"testbed": TESTBED_HELP, "prompt": "prompt text", "max_new_tokens": "tokens to generate",
             "out": "run directory (default runs/<time>-generate)", "prefix": "name prefix of this testbed"})
 def generate(c, prompt, testbed="local", max_new_tokens=32, out=None, prefix=None):
     """Generate an answer on the deployed chain, streaming it, and write a run directory."""
-    from experiment.deploy import Deployment
-    from experiment.orchestrate import default_out, deployment_path, make_testbed
-    from experiment.run import run_job
+    from experiment.orchestrate import generate as run_prompt, make_testbed
 
     tb = _guard(make_testbed, testbed, prefix=prefix)
-    dep = _guard(Deployment.load, deployment_path(tb))
-    run = _guard(run_job, tb, dep, {"prompts": [prompt], "max_new_tokens": int(max_new_tokens)}, [],
-                 out or default_out("generate"))
-    print(f"run directory: {run}")
+    print(f"run directory: {_guard(run_prompt, tb, prompt, max_new_tokens=int(max_new_tokens), out=out)}")
 
 
 @task(help={"testbed": TESTBED_HELP, "scenario": "scenario YAML", "out": "run directory",
             "prefix": "name prefix of this testbed"})
 def run(c, scenario, testbed="local", out=None, prefix=None):
     """Run a scenario's prompts and faults on the deployed chain; write the run directory."""
-    from experiment.deploy import Deployment
-    from experiment.orchestrate import default_out, deployment_path, faults_from, job_from, make_testbed
-    from experiment.run import run_job
-    from experiment.scenario import load_scenario
-    from pathlib import Path
+    from experiment.orchestrate import make_testbed, run_scenario
 
-    sc = _guard(load_scenario, scenario)
     tb = _guard(make_testbed, testbed, prefix=prefix)
-    dep = _guard(Deployment.load, deployment_path(tb))
-    path = _guard(run_job, tb, dep, job_from(sc, Path(scenario).parent), faults_from(sc), out or default_out(sc.name),
-                  scenario=sc.model_dump(mode="json"))
-    print(f"run directory: {path}")
+    print(f"run directory: {_guard(run_scenario, tb, scenario, out=out)}")
 
 
 @task(help={"testbed": TESTBED_HELP, "out": "existing run directory to collect into again",
@@ -131,11 +107,10 @@ def run(c, scenario, testbed="local", out=None, prefix=None):
 def collect(c, out, testbed="local", prefix=None):
     """Fetch every node's raw log again and rebuild the run directory's tables (idempotent)."""
     from experiment.collect import recollect
-    from experiment.deploy import Deployment
-    from experiment.orchestrate import deployment_path, make_testbed
+    from experiment.orchestrate import current_deployment, make_testbed
 
     tb = _guard(make_testbed, testbed, prefix=prefix)
-    print(f"run directory: {_guard(recollect, tb, _guard(Deployment.load, deployment_path(tb)), out)}")
+    print(f"run directory: {_guard(recollect, tb, _guard(current_deployment, tb), out)}")
 
 
 @task(help={"testbed": TESTBED_HELP, "prefix": "name prefix of this testbed"})
@@ -196,14 +171,11 @@ def links_check(c, testbed="emu", profiles=None, duration="5", count=200):
 @task(help={"run": "run directory of a greedy run"})
 def check_run(c, run):
     """Consistency oracle: replay the run through the monolithic model with the recorded layers per step."""
-    import json as _json
     from pathlib import Path
 
-    from experiment.replay import check_run as replay
-    from payload.prepare import prepare as prep
+    from experiment.replay import check_run_dir
 
-    model = _json.loads((Path(run) / "deployment.json").read_text())["model"]
-    results = _guard(replay, Path(run), _guard(prep, model))
+    results = _guard(check_run_dir, Path(run))
     for r in results:
         verdict = "OK" if r.ok else f"MISMATCH at token {r.first_mismatch}"
         print(f"session {r.session}: {len(r.expected)} tokens replayed: {verdict}")

@@ -1,20 +1,21 @@
 """Run directories to tidy pandas DataFrames, cached as Parquet inside the run.
 
-docs/run-directory.md is the contract; this module reads exactly that and adds a few
-derived columns.  Every table starts with ``run_id`` so that many runs concatenate
-into one frame and group cleanly.
+The contract is :mod:`payload.schema` (documented in docs/run-directory.md); this
+module reads its tables with its column names and dtypes and adds a few derived
+columns.  Every table starts with ``run_id`` so that many runs concatenate into one
+frame and group cleanly.
 
-Tables: the contract's columns with the dtypes in the ``*_DTYPES`` mappings below, plus:
+Tables: the schema's columns and dtypes (the ``*_DTYPES`` mappings below), plus:
 
 - ``tokens``: ``degraded`` (bool, nodes_out non-empty) and ``n_layers`` (int64, layers applied).
 - ``hops``: as hops.csv.
 - ``faults``: ``fault`` (int64, row number within the run: a stable id for the fault).
 - ``nodes``: as nodes.csv; ``peak_rss_bytes`` is nullable (a killed node may report none).
-- ``links``: as links.csv, dtypes inferred, because the contract names no columns for it.
-- ``events``: the control-plane events of ``nodes/<name>/events.jsonl`` (see
-  ``CONTROL_EVENTS``), with ``host`` (the directory name) and ``detail`` (JSON of the
-  fields not given a column).  Data-plane events (recv, compute, send, ack, token) are
-  left out: hops.csv and tokens.csv already tabulate them, and parsing four JSON lines
+- ``links``: as links.csv.
+- ``events``: the events no table tabulates (the schema's ``CONTROL_EVENTS``) of every
+  ``nodes/<name>/events.jsonl``, with ``host`` (the directory name) and ``detail`` (JSON
+  of the fields not given a column).  Data-plane events (recv, compute, ack, token) are
+  left out: hops.csv and tokens.csv already tabulate them, and parsing three JSON lines
   per hop would dominate load time.
 
 String columns hold "" (never NaN) where the CSV cell is empty, so ``nodes_out == ""``
@@ -39,60 +40,34 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 import yaml
 
+from payload.schema import CONTROL_EVENTS, EVENTS_FRAME, RUN_FILES, TABLES, RunDirError
+
 CACHE_DIR = ".analysis-cache"
-CACHE_VERSION = "1"  # bump when a table's derivation changes, so older caches are rebuilt
+CACHE_VERSION = "2"  # bump when a table's derivation changes, so older caches are rebuilt
 _CACHE_KEY = b"jarvis.analysis.sources"
 
-REQUIRED_FILES = (
-    "scenario.yaml", "testbed.json", "versions.json", "summary.json",
-    "tokens.csv", "hops.csv", "faults.csv", "nodes.csv", "links.csv",
-)
+REQUIRED_FILES = tuple(name for name in RUN_FILES if "<" not in name)  # all but the per-node logs
 
-TOKENS_DTYPES: dict[str, str] = {
-    "session": "str", "prompt_index": "int64", "repeat": "int64", "step": "int64",
-    "token_id": "int64", "text": "str", "t_emit_ns": "int64", "t_emit_mono_ns": "int64",
-    "latency_ns": "int64", "layers": "str", "route": "str", "epoch": "int64",
-    "attempts": "int64", "nodes_out": "str",
-}
-HOPS_DTYPES: dict[str, str] = {
-    "session": "str", "step": "int64", "epoch": "int64", "src": "int64", "dst": "int64",
-    "positions": "int64", "bytes": "int64",
-    "t1_wall_ns": "int64", "t2_wall_ns": "int64", "t3_wall_ns": "int64", "t4_wall_ns": "int64",
-    "t1_mono_ns": "int64", "t4_mono_ns": "int64", "rtt_ns": "int64",
-    "serialize_ns": "int64", "queue_ns": "int64", "compute_ns": "int64",
-}
-FAULTS_DTYPES: dict[str, str] = {
-    "action": "str", "target": "str", "trigger": "str", "session": "str", "step": "int64",
-    "requested_wall_ns": "int64", "effective_wall_ns": "int64", "effective_mono_ns": "int64",
-    "detail": "str",
-}
-NODES_DTYPES: dict[str, str] = {
-    "index": "int64", "name": "str", "address": "str", "layers": "str", "replicas": "str",
-    "profile": "str", "peak_rss_bytes": "Int64",
-}
-EVENTS_DTYPES: dict[str, str] = {
-    "host": "str", "ev": "str", "node": "int64", "wall_ns": "int64", "mono_ns": "int64",
-    "peer": "str", "reason": "str", "detect_ns": "Int64",
-    "session": "str", "step": "Int64", "epoch": "Int64", "detail": "str",
-}
-CONTROL_EVENTS = ("start", "ready", "reject", "peer_failed", "reroute", "replay", "session_end", "stop")
+TOKENS_DTYPES: dict[str, str] = TABLES["tokens"].dtypes
+HOPS_DTYPES: dict[str, str] = TABLES["hops"].dtypes
+FAULTS_DTYPES: dict[str, str] = TABLES["faults"].dtypes
+NODES_DTYPES: dict[str, str] = TABLES["nodes"].dtypes
+LINKS_DTYPES: dict[str, str] = TABLES["links"].dtypes
+EVENTS_DTYPES: dict[str, str] = EVENTS_FRAME.dtypes
 
-_ARROW_TYPES = {"int64": pa.int64(), "Int64": pa.int64(), "str": pa.string()}
+_ARROW_TYPES = {"int64": pa.int64(), "Int64": pa.int64(), "str": pa.string(), "float64": pa.float64(),
+                "bool": pa.bool_()}
 _INDEX_LIST = r"\s*(?:\d+(?:\s+\d+)*)?\s*"  # space-separated node or layer indices, possibly none
 _CSV_TABLES = {  # table -> (dtypes, columns holding index lists, values may span lines)
-    "tokens": (TOKENS_DTYPES, ("layers", "route", "nodes_out"), True),
+    "tokens": (TOKENS_DTYPES, ("layers", "route", "nodes_out", "rebuilt"), True),
     "hops": (HOPS_DTYPES, (), False),
     "faults": (FAULTS_DTYPES, (), True),
     "nodes": (NODES_DTYPES, ("layers",), True),
-    "links": ({}, (), True),
+    "links": (LINKS_DTYPES, (), True),
 }
 _TABLE_NAMES = ("tokens", "hops", "faults", "nodes", "links", "events")
 _CONTROL_LINE = re.compile(rb'"ev"\s*:\s*"(?:' + b"|".join(e.encode() for e in CONTROL_EVENTS) + rb')"')
 _EVENT_REQUIRED = ("ev", "node", "wall_ns", "mono_ns")
-
-
-class RunDirError(ValueError):
-    """A path is not a usable run directory (missing, interrupted or off-contract); the message names the file."""
 
 
 @dataclass(frozen=True)

@@ -32,6 +32,9 @@ PERCENTILES = {"median": 0.5, "p95": 0.95, "p99": 0.99}
 COMPONENTS = ("serialize_ns", "network_ns", "queue_ns", "compute_ns")
 DISRUPTIVE = ("kill", "pause", "link_down", "partition", "degrade")
 STEP_KEY = ["run_id", "session", "step", "epoch"]
+SENDER_STAMPS = ("bytes", "t1_wall_ns", "t2_wall_ns", "t3_wall_ns", "t4_wall_ns", "t1_mono_ns", "t4_mono_ns", "rtt_ns",
+                 "serialize_ns")
+DETECTIONS = ("peer_failed", "node_out")  # events that say a node failed: a predecessor's report, the user's verdict
 
 
 @dataclass(frozen=True)
@@ -49,10 +52,17 @@ class Metrics:
     token_rows: pd.DataFrame
 
 
+def acked_hops(hops: pd.DataFrame) -> pd.DataFrame:
+    """The hops whose ack reached the sender: only they carry T1..T4, so only they give round trips, clock
+    offsets and one-way delays (a frame taken after its sender gave up has the receiver's side only)."""
+    return hops[hops["acked"]].astype({column: "int64" for column in SENDER_STAMPS})
+
+
 def compute(data: RunData, baseline: RunData | None = None) -> Metrics:
     """All metrics of ``data``; quality only when a baseline run is given."""
-    offsets = clock_offsets(data.hops)
-    hop_rows = one_way_delays(data.hops, offsets).assign(network_ns=lambda f: f["owd_fwd_ns"])
+    hops = acked_hops(data.hops)
+    offsets = clock_offsets(hops)
+    hop_rows = one_way_delays(hops, offsets).assign(network_ns=lambda f: f["owd_fwd_ns"])
     token_rows = token_breakdown(data.tokens, hop_rows)
     return Metrics(
         runs=run_metrics(data.tokens),
@@ -158,9 +168,11 @@ def skipped_layers(tokens: pd.DataFrame, nodes: pd.DataFrame) -> pd.Series:
 def fault_metrics(data: RunData) -> pd.DataFrame:
     """Per fault: detection and reroute latency, tokens while degraded, layers lost.
 
-    - detection_ns: effective time to the first ``peer_failed`` naming a target, in any
-      node's log, counted from events after the fault was requested (a kill can bite
-      before the testbed reports it).  Negative values are possible for that reason.
+    - detection_ns: effective time to the first event naming a target as failed: a layer
+      node's ``peer_failed`` report, or the user node's own ``node_out`` (it sees its first
+      hop fail, and heartbeats stop), counted from events after the fault was requested (a
+      kill can bite before the testbed reports it).  Negative values are possible for that
+      reason.
     - reroute_ns: effective time to the next token of the fault's session (any session
       if none was in progress).
     - degraded_tokens: tokens with a target in nodes_out, until the next fault on a target.
@@ -194,7 +206,7 @@ def _fault_row(fault: Any, data: RunData) -> dict:
 
     events = data.events
     peer_names = {str(t) for t in targets} | set(names)
-    detections = events[(events["run_id"] == fault.run_id) & (events["ev"] == "peer_failed")
+    detections = events[(events["run_id"] == fault.run_id) & events["ev"].isin(DETECTIONS)
                         & events["peer"].isin(peer_names) & (events["wall_ns"] >= fault.requested_wall_ns)]
     if len(detections):
         first = detections.loc[detections["wall_ns"].idxmin()]

@@ -1,7 +1,7 @@
 """How long loading a large run takes: cold (parse the CSVs and logs, write the cache) and warm (Parquet).
 
 The target (issue 7) is 10,000 tokens x 18 hops = 180,000 hop rows loaded in <= 3 s.  The
-run is synthetic (analysis.synth) with data-plane events in every node log, as a real
+run is synthetic (experiment.synth) with data-plane events in every node log, as a real
 run has, so the event-log scan is part of the cold figure.
 
     PYTHONPATH=. .venv/bin/python benchmarks/analysis_load.py [--tokens 10000] [--hops 18]
@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 from analysis.load import load
-from analysis.synth import Spec, write_run
+from experiment.synth import Spec, write_run
 
 TARGET_S = 3.0
 SESSIONS = 10

@@ -22,7 +22,7 @@ import pandas as pd
 import torch
 
 from experiment.deploy import deploy
-from experiment.local import LocalTestbed
+from local.testbed import LocalTestbed
 from experiment.replay import load_hf_model
 from experiment.run import run_job
 from payload.events import read_events

@@ -21,7 +21,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from experiment.testbed import LinkProfile  # noqa: E402
+from testbed.profiles import LinkProfile  # noqa: E402
 from emu import state, system  # noqa: E402
 from emu.linkcheck import IPERF_PORT  # noqa: E402
 from emu.testbed import EmuTestbed  # noqa: E402

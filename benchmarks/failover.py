@@ -18,7 +18,7 @@ from pathlib import Path
 import pandas as pd
 
 from experiment.deploy import deploy
-from experiment.local import LocalTestbed
+from local.testbed import LocalTestbed
 from experiment.run import Fault, run_job
 from payload.config import Timing
 from payload.prepare import load_manifest, prepare

@@ -15,7 +15,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from colosseum.yamlfile import load_validated
+from testbed.interface import TestbedError
+from testbed.yamlfile import load_validated
 
 Role = Literal["user", "wifi", "cellular-ue", "cellular-bs", "server"]
 Radio = Literal["wifi", "cellular-ue", "server"]
@@ -190,4 +191,5 @@ class Inventory(BaseModel):
 
 def load_inventory(path: Path | str) -> Inventory:
     """Read and validate a Colosseum inventory; every problem is reported with its field and line."""
-    return load_validated(path, Inventory, what="Colosseum inventory")
+    return load_validated(path, Inventory, what="Colosseum inventory", error=TestbedError,
+                          forbid_secrets=True)

@@ -14,9 +14,10 @@ import shlex
 from dataclasses import dataclass, field
 
 from colosseum.inventory import ROLE_LINK, WIRED_INTERFACE, Inventory, Srn
-from colosseum.network import (Address, DataPlane, SrnAddresses, address_command, needs_wired, plan_routes,
-                               reach_command)
-from experiment.payload_code import CODE_ARCHIVE, unpack_command
+from testbed.addresses import Address, address_command, reach_command
+from colosseum.network import DataPlane, SrnAddresses, needs_wired, plan_routes
+from testbed.interface import service_command
+from testbed.shipping import CODE_ARCHIVE, unpack_command
 
 q = shlex.quote
 
@@ -280,11 +281,6 @@ def wait_state_command(pid: int, until: str, timeout_s: float = 5.0) -> str:
 
 def link_command(interface: str, state: str) -> str:
     return f"ip link set {interface} {state}"
-
-
-def service_command(argv: list[str], log_name: str) -> str:
-    """Start a node service detached in its own session (pgid = pid, for faults); print its pid."""
-    return (f"PYTHONUNBUFFERED=1 setsid nohup {shlex.join(argv)} > {q(log_name)} 2>&1 < /dev/null & echo $!")
 
 
 @dataclass

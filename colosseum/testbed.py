@@ -25,22 +25,21 @@ scenario's: link shaping, degrade and partition are not available here.
 from __future__ import annotations
 
 import json
-import threading
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
-from experiment.deploy import service_argv
-from experiment.testbed import FaultResult, HostInfo, LinkProfile, Testbed, TestbedError
-
 from colosseum import plan, rf
-from experiment.fanout import on_each
 from colosseum.inventory import ROLE_LINK, WIRED_INTERFACE, Inventory, load_inventory
-from colosseum.network import Address, DataPlane, SrnAddresses, parse_address
+from colosseum.network import DataPlane, SrnAddresses
 from colosseum.plan import Layout
-from colosseum.remote import RemoteProcess, SshAccess, SshShell, connect
-from experiment.payload_code import CODE_ARCHIVE, payload_archive
-from colosseum.state import StateFile
+from testbed.addresses import Address, parse_address
+from testbed.fanout import on_each
+from testbed.interface import LINK_FAULTS, PROCESS_FAULTS, FaultResult, HostInfo, TestbedError, service_command
+from testbed.profiles import LinkProfile
+from testbed.remote import InventoryTestbed
+from testbed.shipping import CODE_ARCHIVE, payload_archive, service_argv
+from testbed.ssh import RemoteProcess, SshAccess, SshShell, connect
 
 RADIO_POLL_S = 0.5
 
@@ -50,49 +49,23 @@ def reservation_path(team: str, reservation: int | str, srn_id: int, run: str) -
     return f"/share/nas/{team}/RESERVATION-{reservation}/--srn-{srn_id}/{run}"
 
 
-class ColosseumTestbed(Testbed):
+class ColosseumTestbed(InventoryTestbed):
     """SRNs of one reservation; ``inventory`` is needed for ``up`` (later calls find it in the state)."""
 
     kind = "colosseum"
+    title = "Colosseum"
+    guide = "inventories/colosseum.example.yaml and docs/colosseum.md"
+    faults = PROCESS_FAULTS | LINK_FAULTS  # the channel is the RF scenario's: no shaping, degrade or partition
 
     def __init__(self, prefix: str = "jv-colosseum", *, inventory: str | Path | None = None,
                  progress: Callable[[str], None] = print) -> None:
-        self.prefix = prefix
-        self.state = StateFile("colosseum", prefix)
-        self.root = self.state.root
-        self.inventory_path = Path(inventory).expanduser().resolve() if inventory else None
-        self.progress = progress
-        self._lock = threading.Lock()
-        self._shells: dict[str, SshShell] = {}
-        self._loaded: tuple[tuple[Path, int], Inventory] | None = None
+        super().__init__(prefix, inventory=inventory, progress=progress)
 
-    # -- inventory, layout, shells ---------------------------------------------------------------
-
-    def inventory_file(self) -> Path:
-        """The inventory given, else the one the running testbed was brought up with."""
-        path = self.inventory_path or self.state.load().get("inventory")
-        if path is None:
-            raise TestbedError("the Colosseum testbed needs an inventory: pass --inventory FILE "
-                               "(see inventories/colosseum.example.yaml and docs/colosseum.md)")
-        return Path(path)
-
-    def inventory(self) -> Inventory:
-        """The validated inventory, read once per file version (deploy asks for shells many times)."""
-        path = self.inventory_file()
-        key = (path, path.stat().st_mtime_ns if path.exists() else 0)
-        if self._loaded is None or self._loaded[0] != key:
-            self._loaded = (key, load_inventory(path))
-        return self._loaded[1]
+    def load_inventory(self, path: Path) -> Inventory:
+        return load_inventory(path)
 
     def _layout(self, data: dict) -> Layout:
         return Layout(self.inventory(), self.prefix, data["run"], data["chain"])
-
-    def _ready(self) -> dict:
-        data = self.state.load()
-        if not data.get("ready"):
-            raise TestbedError(f"Colosseum testbed {self.prefix!r} is not up: run "
-                               "`fab up --testbed colosseum --inventory FILE --nodes N`")
-        return data
 
     def _access(self, inv: Inventory) -> SshAccess:
         creds = inv.credentials
@@ -100,21 +73,15 @@ class ColosseumTestbed(Testbed):
 
     def _srn_shell(self, layout: Layout, name: str) -> SshShell:
         """One shell per SRN, each through its own gateway connection (as Colosseum documents)."""
-        with self._lock:
-            if name not in self._shells:
-                inv = layout.inventory
-                access = self._access(inv)
-                gateway = connect(inv.gateway.host, access, user=inv.gateway.user)
-                connection = connect(name, access, user="root", gateway=gateway, with_password=True)
-                self._shells[name] = SshShell(name, connection, layout.workdir(name), path_prepend=inv.path_prepend,
-                                              record=self.state.record)
-            return self._shells[name]
+        def make() -> SshShell:
+            inv = layout.inventory
+            access = self._access(inv)
+            gateway = connect(inv.gateway.host, access, user=inv.gateway.user)
+            connection = connect(name, access, user="root", gateway=gateway, with_password=True)
+            return SshShell(name, connection, layout.workdir(name), path_prepend=inv.path_prepend,
+                            record=self.state.record)
 
-    def _close_shells(self) -> None:
-        with self._lock:
-            for shell in self._shells.values():
-                shell.close()
-            self._shells.clear()
+        return self._cached_shell(name, make)
 
     # -- dry run ---------------------------------------------------------------------------------
 
@@ -145,12 +112,12 @@ class ColosseumTestbed(Testbed):
             self.down()
         layout = self._choose(inv, f"{self.prefix}-{time.strftime('%Y%m%d-%H%M%S')}", nodes)
         self._check_links(layout, links or {})
-        self.root.mkdir(parents=True, exist_ok=True)
+        self.state_dir.mkdir(parents=True, exist_ok=True)
         self.state.transcript.unlink(missing_ok=True)
         self.state.save({"inventory": str(inventory_file), "run": layout.run, "chain": layout.chain,
                          "ready": False, "rf": None, "radios": [], "routes": {}, "forwarding": {},
                          "services": {}, "addresses": {}, "nas": {}, "network": {}})
-        try:
+        with self.torn_down_on_failure():
             self._check(layout)
             self._prepare(layout)
             self._start_rf(layout)
@@ -160,13 +127,6 @@ class ColosseumTestbed(Testbed):
             self._check_reach(layout, addresses)
             self._stage(layout)
             self._write_network(layout, addresses, plane)
-        except BaseException as failure:
-            self.progress("[colosseum] setup failed; tearing down what was started")
-            try:
-                self.down()
-            except TestbedError as teardown:
-                failure.add_note(str(teardown))
-            raise
         self.state.update(lambda d: d.update(ready=True))
         hosts = self.hosts()
         self.progress(f"[colosseum] {len(hosts) - 1} layer nodes up; logs in {inv.paths.logs}/{layout.run} on each SRN")
@@ -194,7 +154,7 @@ class ColosseumTestbed(Testbed):
         on_each({name: (lambda n=name: one(n)) for name in layout.names}, what="checking the SRNs")
 
     def _prepare(self, layout: Layout) -> None:
-        archive = payload_archive(self.root)
+        archive = payload_archive(self.state_dir)
 
         def one(name: str) -> None:
             shell = self._srn_shell(layout, name)
@@ -206,7 +166,7 @@ class ColosseumTestbed(Testbed):
         on_each({name: (lambda n=name: one(n)) for name in layout.names}, what="preparing the run directories")
 
     def _rf_stop_file(self, team: str) -> Path:
-        return self.root.parent / f"rf-last-stop-{team}.json"
+        return self.state_dir.parent / f"rf-last-stop-{team}.json"
 
     def _start_rf(self, layout: Layout) -> None:
         inv = layout.inventory
@@ -335,7 +295,7 @@ class ColosseumTestbed(Testbed):
             "forwarders": plane.forwarders,
         }
         self.state.update(lambda d: d.update(network=network))
-        local = self.root / "network.json"
+        local = self.state_dir / "network.json"
         local.write_text(json.dumps(network, indent=2))
         on_each({name: (lambda n=name: self._srn_shell(layout, n).put(local, "network.json"))
                  for name in layout.names}, what="writing network.json")
@@ -361,10 +321,17 @@ class ColosseumTestbed(Testbed):
 
     def start_service(self, host: HostInfo, argv: list[str], log_name: str = "service.out") -> int:
         """Start the node service detached in its own process group; its pid is recorded for faults and down."""
-        result = self.shell(host).run(plan.service_command(argv, log_name))
+        result = self.shell(host).run(service_command(argv, log_name))
         pid = int(result.stdout.strip().splitlines()[-1])
         self.state.update(lambda d: d["services"].update({host.name: {"srn": host.ssh_host, "pid": pid}}))
         return pid
+
+    def stop_service(self, host: HostInfo) -> None:
+        """Kill the recorded service's process group (only if that pid still runs the payload)."""
+        service = self._ready()["services"].get(host.name)
+        if service is not None:
+            self.shell(host).run(plan.stop_service_command(service["pid"]), check=False, timeout=15)
+            self.state.update(lambda d: d["services"].pop(host.name, None))
 
     def popen(self, host: HostInfo, argv: list[str]) -> RemoteProcess:
         return self.shell(host).popen(argv)
@@ -402,15 +369,6 @@ class ColosseumTestbed(Testbed):
             raise TestbedError(f"{host.name}: node service (pid {pid}) did not take SIG{signal} within 5 s")
         return FaultResult.now(action, host.name, f"SIG{signal} to process group {pid} on {host.ssh_host}")
 
-    def kill(self, host: HostInfo) -> FaultResult:
-        return self._signal(host, "KILL", "gone", "kill")
-
-    def pause(self, host: HostInfo) -> FaultResult:
-        return self._signal(host, "STOP", "stopped", "pause")
-
-    def resume(self, host: HostInfo) -> FaultResult:
-        return self._signal(host, "CONT", "running", "resume")
-
     def link_down(self, host: HostInfo) -> FaultResult:
         interface = host.extra["interface"]
         self.shell(host).run(plan.link_command(interface, "down"))
@@ -427,12 +385,8 @@ class ColosseumTestbed(Testbed):
 
     # -- down ------------------------------------------------------------------------------------
 
-    def down(self) -> None:
-        """Undo everything recorded: services, radios, routes, forwarding, the RF scenario; safe to repeat."""
-        data = self.state.load()
-        if not data:
-            self._close_shells()
-            return
+    def _teardown(self, data: dict) -> list[str]:
+        """Undo everything recorded: services, radios, routes, forwarding, the RF scenario."""
         layout = self._layout(data)
         pids = {s["srn"]: s["pid"] for s in data["services"].values()}
         work = {}
@@ -452,11 +406,7 @@ class ColosseumTestbed(Testbed):
                 self._stop_rf(layout, data["rf"]["srn"])
             except TestbedError as exc:
                 problems.append(str(exc))
-        self._close_shells()
-        if problems:
-            raise TestbedError("Colosseum teardown incomplete (state kept; run `fab down --testbed colosseum` "
-                               "again):\n" + "\n".join(problems))
-        self.state.remove()
+        return problems
 
     def _run_all(self, layout: Layout, name: str, commands: list[str]) -> None:
         """Teardown commands: a non-zero exit means "already gone"; only a lost connection is a failure."""

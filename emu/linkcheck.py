@@ -38,10 +38,11 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from experiment.testbed import HostInfo, LinkProfile, TestbedError
+from testbed.interface import HostInfo, TestbedError
+from testbed.profiles import LinkProfile
 
 from emu import system
-from emu.profiles import directions, load_profiles, profile_from_dict, profile_to_dict, resolve
+from testbed.profiles import directions, load_profiles, profile_from_dict, profile_to_dict, resolve
 from emu.testbed import EmuTestbed
 
 PING_FRAME_BYTES = 98  # 56-byte ICMP payload + 8 ICMP + 20 IP + 14 Ethernet

@@ -24,7 +24,7 @@ import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from experiment.testbed import TestbedError
+from testbed.interface import TestbedError
 
 MAX_NODES = 200
 GATEWAY_PORT = 2222

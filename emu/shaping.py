@@ -1,6 +1,7 @@
 """Link shaping backends: kernel netem where the kernel has it, the userspace shaper elsewhere.
 
-Shaping is data first: :func:`shaper_config` returns the userspace shaper's
+Both implement one :class:`Shaper` protocol, so the testbed never asks which
+backend it has.  Shaping is data first: :func:`shaper_config` returns the userspace shaper's
 config and :func:`netem_commands` the ``tc``/``ip`` argv lists, both before
 anything is applied, so tests assert on them and the run directory can
 record them.  Both give a LinkProfile the same meaning: per direction, random
@@ -20,13 +21,16 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Protocol
 
-from experiment.testbed import LinkProfile, TestbedError
+from testbed.profiles import LinkProfile
+from testbed.interface import TestbedError
 
 from emu import system
 from emu.plan import DATA_IF, Plan
-from emu.profiles import directions
+from testbed.profiles import directions
 
 FRAME_BYTES = 1514
 LINE_RATE_BIT = 10_000_000_000
@@ -37,6 +41,33 @@ PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 def direction_dict(direction: LinkProfile) -> dict:
     return {k: getattr(direction, k) for k in _DIRECTION_FIELDS}
+
+
+Record = Callable[[list[dict]], None]  # saves processes ({"pid", "what", "match"}) in the testbed's manifest
+
+
+class Shaper(Protocol):
+    """A way to give every access link its profile, and every node its partition group."""
+
+    name: str
+
+    def describe(self) -> str:
+        """One line for testbed.json: what shapes the links."""
+
+    def links(self) -> list[str]:
+        """Root-namespace links the backend creates besides the testbed's own (recorded before creation)."""
+
+    def wiring(self) -> list[str]:
+        """``ip -batch`` lines that create :meth:`links`."""
+
+    def start(self, profiles: dict[int, LinkProfile], groups: dict[int, int], generation: int, record: Record
+              ) -> None:
+        """Put the first profiles in force; a process it starts is passed to ``record`` before it is waited for."""
+
+    def apply(self, profiles: dict[int, LinkProfile], groups: dict[int, int], generation: int, only: set[int]
+              ) -> tuple[int, int]:
+        """Put changed profiles and groups in force (``only``: the nodes that changed); return (wall ns, mono ns)
+        at which they took effect."""
 
 
 # -- userspace ------------------------------------------------------------------------------
@@ -56,14 +87,18 @@ def shaper_config(plan: Plan, profiles: dict[int, LinkProfile], groups: dict[int
 
 
 class UserspaceShaper:
-    """Runs ``python -m emu.shaper`` for one testbed and reconfigures it live with SIGHUP."""
+    """Runs ``python -m emu.shaper`` for one testbed and reconfigures it live with SIGHUP.
+
+    ``pid`` is the running shaper's (from the manifest) once it has started.
+    """
 
     name = "userspace"
 
-    def __init__(self, plan: Plan, *, preserve_order: bool = True, seed: int | None = None):
+    def __init__(self, plan: Plan, *, preserve_order: bool = True, seed: int | None = None, pid: int | None = None):
         self.plan = plan
         self.preserve_order = preserve_order
         self.seed = seed
+        self.pid = pid
         root = Path(plan.state_dir)
         self.config_path = root / "shaper.json"
         self.status_path = root / "shaper.status.json"
@@ -73,8 +108,21 @@ class UserspaceShaper:
         return ("userspace (python -m emu.shaper: AF_PACKET switch with per-direction loss, "
                 "rate + droptail queue, delay + jitter; used where the kernel has no netem)")
 
+    def links(self) -> list[str]:
+        return []
+
+    def wiring(self) -> list[str]:
+        return []
+
     def argv(self) -> list[str]:
         return [sys.executable, "-m", "emu.shaper", "--config", str(self.config_path)]
+
+    def start(self, profiles: dict[int, LinkProfile], groups: dict[int, int], generation: int, record: Record
+              ) -> None:
+        proc = self.launch(profiles, groups, generation)
+        self.pid = proc.pid
+        record([{"pid": proc.pid, "what": "shaper", "match": str(self.config_path)}])
+        self.wait_applied(generation, proc)
 
     def _write(self, config: dict) -> None:
         tmp = self.config_path.with_name(self.config_path.name + ".tmp")
@@ -120,16 +168,18 @@ class UserspaceShaper:
         except OSError:
             return "(no log)"
 
-    def apply(self, pid: int, profiles: dict[int, LinkProfile], groups: dict[int, int], generation: int
-              ) -> tuple[int, int]:
-        """Reconfigure the running shaper; return (wall ns, mono ns) at which it took effect."""
+    def apply(self, profiles: dict[int, LinkProfile], groups: dict[int, int], generation: int,
+              only: set[int] | None = None) -> tuple[int, int]:
+        """Reconfigure the running shaper (every port at once); return (wall ns, mono ns) at which it took effect."""
+        if self.pid is None:
+            raise TestbedError("the shaper has not been started")
         self._write(shaper_config(self.plan, profiles, groups, generation=generation,
                                   preserve_order=self.preserve_order, seed=self.seed))
         self.status_path.unlink(missing_ok=True)  # so an old status (or an old error) is never read as the answer
         try:
-            os.kill(pid, signal.SIGHUP)
+            os.kill(self.pid, signal.SIGHUP)
         except ProcessLookupError:
-            raise TestbedError(f"the shaper (pid {pid}) is not running: {self._log_tail()}") from None
+            raise TestbedError(f"the shaper (pid {self.pid}) is not running: {self._log_tail()}") from None
         status = self.wait_applied(generation)
         return int(status["applied_wall_ns"]), int(status["applied_mono_ns"])
 
@@ -210,15 +260,22 @@ class NetemShaper:
     def describe(self) -> str:
         return "netem (kernel qdisc on both ends of each access link, Linux bridge as the switch)"
 
+    def links(self) -> list[str]:
+        return list(netem_bridges(self.plan))
+
     def wiring(self) -> list[str]:
         """``ip -batch`` lines that create both bridges (the caller records them first)."""
         lines = []
-        for bridge in netem_bridges(self.plan):
+        for bridge in self.links():
             lines += [f"link add {bridge} type bridge", f"link set {bridge} up"]
         return lines
 
-    def apply(self, profiles: dict[int, LinkProfile], groups: dict[int, int], only: set[int] | None = None
-              ) -> tuple[int, int]:
+    def start(self, profiles: dict[int, LinkProfile], groups: dict[int, int], generation: int, record: Record
+              ) -> None:
+        self.apply(profiles, groups, generation)
+
+    def apply(self, profiles: dict[int, LinkProfile], groups: dict[int, int], generation: int = 0,
+              only: set[int] | None = None) -> tuple[int, int]:
         """Run the commands; return (wall ns, mono ns) right after the last one took effect."""
         for argv in netem_commands(self.plan, profiles, groups, preserve_order=self.preserve_order, only=only):
             system.run(argv)

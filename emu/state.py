@@ -17,7 +17,8 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
-from experiment.testbed import TestbedError
+from testbed.interface import TestbedError
+from testbed.state import StateStore
 
 from emu import system
 
@@ -31,26 +32,21 @@ def state_dir(prefix: str) -> Path:
     return state_root() / prefix
 
 
-def manifest_path(prefix: str) -> Path:
-    return state_dir(prefix) / "manifest.json"
+def _store(prefix: str) -> StateStore:
+    return StateStore(state_dir(prefix) / "manifest.json", what="emu manifest")
 
 
 def load(prefix: str) -> dict | None:
-    path = manifest_path(prefix)
-    try:
-        return json.loads(path.read_text())
-    except FileNotFoundError:
-        return None
-    except json.JSONDecodeError as exc:
-        raise TestbedError(f"emu manifest {path} is corrupt ({exc}); remove the listed resources by hand") from None
+    """The manifest of testbed ``prefix`` (what it made, or is about to make, by name); None if there is none."""
+    return _store(prefix).load()
 
 
 def save(prefix: str, manifest: dict) -> None:
-    path = manifest_path(prefix)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(manifest, indent=2))
-    os.replace(tmp, path)
+    _store(prefix).save(manifest)
+
+
+def manifest_path(prefix: str) -> Path:
+    return _store(prefix).path
 
 
 @contextlib.contextmanager

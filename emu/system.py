@@ -15,7 +15,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from experiment.testbed import TestbedError
+from testbed.interface import TestbedError
 
 NETNS_DIR = Path("/run/netns")
 REQUIRED_TOOLS = {"ip": "iproute2", "ethtool": "ethtool", "sshd": "openssh-server", "ssh": "openssh-client"}

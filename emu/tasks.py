@@ -8,10 +8,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from experiment.testbed import HostInfo
+from testbed.interface import HostInfo
 
 from emu import linkcheck
-from emu.profiles import load_profiles, parse_links_spec
+from testbed.profiles import load_profiles, parse_links_spec
 from emu.testbed import EmuTestbed
 
 DEFAULT_PREFIX = "jv-emu"

@@ -38,15 +38,14 @@ from collections.abc import Mapping
 from functools import partial
 from pathlib import Path
 
-from experiment.fanout import on_each
-from experiment.payload_code import CODE_ARCHIVE, payload_archive, unpack_command
-from experiment.testbed import FaultResult, HostInfo, LinkProfile, Testbed, TestbedError
-
 from emu import sshd, state, system
 from emu.plan import DATA_IF, MGMT_BRIDGE, MGMT_IF, UPLINK_IF, NodePlan, Plan, check_prefix, make_plan
-from emu.profiles import DEFAULT_PROFILE, load_profiles, profile_from_dict, profile_to_dict
-from emu.remote import FabricShell, in_workdir
-from emu.shaping import PARTITION_GROUP, NetemShaper, UserspaceShaper, netem_bridges, probe_netem
+from emu.shaping import PARTITION_GROUP, NetemShaper, Shaper, UserspaceShaper, probe_netem
+from testbed.fanout import on_each
+from testbed.interface import ALL_FAULTS, FaultResult, HostInfo, Testbed, TestbedError
+from testbed.profiles import DEFAULT_PROFILE, LinkProfile, load_profiles, profile_from_dict, profile_to_dict
+from testbed.shipping import CODE_ARCHIVE, payload_archive, unpack_command
+from testbed.ssh import SshAccess, SshShell, connect, in_workdir
 
 BACKENDS = ("auto", "userspace", "netem")
 OFFLOADS = ["tso", "off", "gso", "off", "gro", "off", "tx", "off"]
@@ -56,19 +55,20 @@ class EmuTestbed(Testbed):
     """The emulated testbed on this machine (root required)."""
 
     kind = "emu"
+    faults = ALL_FAULTS
 
     def __init__(self, prefix: str = "jv-emu", *, backend: str = "auto", preserve_order: bool = True,
                  seed: int | None = None, profiles_file: Path | str | None = None):
         if backend not in BACKENDS:
             raise TestbedError(f"unknown shaping backend {backend!r}; choose one of {BACKENDS}")
         self.prefix = check_prefix(prefix)
-        self.root = state.state_dir(prefix)
+        self.state_dir = state.state_dir(prefix)
         self.backend = backend
         self.preserve_order = preserve_order
         self.seed = seed
         self.profiles_file = profiles_file
         self._lock = threading.Lock()
-        self._shells: dict[str, FabricShell] = {}
+        self._shells: dict[str, SshShell] = {}
 
     # -- manifest ----------------------------------------------------------------------------
 
@@ -103,7 +103,7 @@ class EmuTestbed(Testbed):
         with state.registry_lock():
             if state.load(self.prefix) is not None:
                 self._teardown()
-            plan = make_plan(self.prefix, state.allocate_slot(self.prefix), nodes, self.root)
+            plan = make_plan(self.prefix, state.allocate_slot(self.prefix), nodes, self.state_dir)
             self._check_free(plan)
             manifest = {"prefix": self.prefix, "slot": plan.slot, "plan": plan.to_dict(), "ready": False,
                         "backend": None, "namespaces": [], "links": [], "processes": [],
@@ -146,7 +146,7 @@ class EmuTestbed(Testbed):
         manifest[key] += items
         state.save(self.prefix, manifest)
 
-    def _choose_backend(self, plan: Plan, manifest: dict) -> UserspaceShaper | NetemShaper:
+    def _choose_backend(self, plan: Plan, manifest: dict) -> Shaper:
         if self.backend == "userspace":
             return UserspaceShaper(plan, preserve_order=self.preserve_order, seed=self.seed)
         probe = f"{self.prefix}-probe"
@@ -162,16 +162,15 @@ class EmuTestbed(Testbed):
     def _build(self, plan: Plan, manifest: dict, profiles: dict[int, LinkProfile]) -> None:
         shaper = self._choose_backend(plan, manifest)
         manifest["backend"] = shaper.name
-        bridges = list(netem_bridges(plan)) if shaper.name == "netem" else []
         self._record(manifest, "namespaces", plan.namespaces)
-        self._record(manifest, "links", [*plan.root_links, *bridges])
+        self._record(manifest, "links", [*plan.root_links, *shaper.links()])
         self._wire(plan, shaper)
         self._start_sshd(plan, manifest)
         self._start_shaping(shaper, manifest, profiles)
         manifest["ready"] = True
         state.save(self.prefix, manifest)
 
-    def _wire(self, plan: Plan, shaper: UserspaceShaper | NetemShaper) -> None:
+    def _wire(self, plan: Plan, shaper: Shaper) -> None:
         """Namespaces, veth pairs, bridges and addresses: a handful of batched ``ip`` calls."""
         gw = plan.gateway_namespace
         system.ip_batch([f"netns add {ns}" for ns in plan.namespaces])
@@ -192,9 +191,7 @@ class EmuTestbed(Testbed):
         lines += [f"link set {plan.tag}h netns {gw} name {UPLINK_IF}",
                   f"addr add {plan.gateway_root_ip}/30 dev {plan.gateway_root_if}",
                   f"link set {plan.gateway_root_if} up"]
-        if isinstance(shaper, NetemShaper):
-            lines += shaper.wiring()
-        system.ip_batch(lines)
+        system.ip_batch(lines + shaper.wiring())
         system.ip_batch(["link set lo up", f"link add {MGMT_BRIDGE} type bridge", f"link set {MGMT_BRIDGE} up",
                          f"addr add {plan.gateway_mgmt_ip}/24 dev {MGMT_BRIDGE}",
                          f"addr add {plan.gateway_ip}/30 dev {UPLINK_IF}", f"link set {UPLINK_IF} up",
@@ -230,21 +227,16 @@ class EmuTestbed(Testbed):
         self._record(manifest, "processes", [{"pid": int(ep.pid_file.read_text()), "what": f"sshd {ep.alias}",
                                               "match": str(ep.config)} for ep in endpoints])
 
-    def _start_shaping(self, shaper: UserspaceShaper | NetemShaper, manifest: dict,
-                       profiles: dict[int, LinkProfile]) -> None:
-        if isinstance(shaper, NetemShaper):
-            shaper.apply(profiles, {})
-            return
-        proc = shaper.launch(profiles, {}, manifest["generation"])
-        self._record(manifest, "processes", [{"pid": proc.pid, "what": "shaper", "match": str(shaper.config_path)}])
-        shaper.wait_applied(manifest["generation"], proc)
+    def _start_shaping(self, shaper: Shaper, manifest: dict, profiles: dict[int, LinkProfile]) -> None:
+        shaper.start(profiles, {}, manifest["generation"], lambda procs: self._record(manifest, "processes", procs))
 
-    def _shaper(self, manifest: dict) -> UserspaceShaper | NetemShaper:
+    def _shaper(self, manifest: dict) -> Shaper:
         """The backend as it was set up (options from the manifest: another process may be asking)."""
         plan, options = self._plan(manifest), manifest["options"]
         if manifest["backend"] == "netem":
             return NetemShaper(plan, preserve_order=options["preserve_order"])
-        return UserspaceShaper(plan, preserve_order=options["preserve_order"], seed=options["seed"])
+        pid = next((p["pid"] for p in manifest["processes"] if p["what"] == "shaper"), None)
+        return UserspaceShaper(plan, preserve_order=options["preserve_order"], seed=options["seed"], pid=pid)
 
     # -- hosts and shells ----------------------------------------------------------------------
 
@@ -262,26 +254,25 @@ class EmuTestbed(Testbed):
                                 "link": profiles[str(n.index)], "payload_path": f"{n.workdir}/code"})
                 for n in plan.nodes]
 
-    def shell(self, host: HostInfo) -> FabricShell:
-        """A Fabric shell via the gateway; one per host, reused (Fabric connections are thread-safe per channel)."""
+    def shell(self, host: HostInfo) -> SshShell:
+        """An SSH shell via the gateway (the testbed's own key and known_hosts, no user ssh config); one per
+        host, reused (Fabric connections are thread-safe per channel)."""
         with self._lock:
             if host.name not in self._shells:
+                if host.ssh_host is None or host.ssh_port is None or host.ssh_user is None:
+                    raise TestbedError(f"{host.name} has no SSH endpoint")
                 plan = self._plan(self._manifest())
                 ssh_dir = Path(plan.state_dir) / "ssh"
-                self._shells[host.name] = FabricShell(host, gateway=(plan.gateway_ip, plan.gateway_port),
-                                                      identity=ssh_dir / "id_ed25519",
-                                                      known_hosts=ssh_dir / "known_hosts")
+                access = SshAccess(ssh_config=None, agent=False, key=str(ssh_dir / "id_ed25519"),
+                                   known_hosts=str(ssh_dir / "known_hosts"))
+                jump = connect(plan.gateway_ip, access, user=host.ssh_user, port=plan.gateway_port)
+                connection = connect(host.ssh_host, access, user=host.ssh_user, port=host.ssh_port, gateway=jump)
+                self._shells[host.name] = SshShell(host.name, connection, host.workdir)
             return self._shells[host.name]
 
     def ssh_argv(self, host: HostInfo, command: str) -> list[str]:
         """The system ``ssh`` client command that runs ``command`` in the host's workdir via ProxyJump."""
         return ["ssh", "-F", host.extra["ssh_config"], host.extra["ssh_alias"], in_workdir(host.workdir, command)]
-
-    def start_service(self, host: HostInfo, argv: list[str], log_name: str = "service.out") -> int:
-        """Start a long-running service on ``host`` over SSH, detached; return its pid."""
-        command = (f"PYTHONUNBUFFERED=1 nohup setsid {shlex.join(argv)} > {shlex.quote(log_name)} 2>&1 "
-                   f"< /dev/null & echo $!")
-        return int(self.shell(host).run(command).stdout.strip())
 
     def popen(self, host: HostInfo, argv: list[str]) -> subprocess.Popen:
         """Run ``argv`` on ``host`` over SSH with its stdout streamed back (text lines)."""
@@ -362,12 +353,7 @@ class EmuTestbed(Testbed):
         """Put the manifest's profiles and groups in force; return when they took effect."""
         profiles, groups = self._profiles(manifest), self._groups(manifest)
         manifest["generation"] += 1
-        shaper = self._shaper(manifest)
-        if isinstance(shaper, NetemShaper):
-            times = shaper.apply(profiles, groups, only=only)
-        else:
-            pid = next(p["pid"] for p in manifest["processes"] if p["what"] == "shaper")
-            times = shaper.apply(pid, profiles, groups, manifest["generation"])
+        times = self._shaper(manifest).apply(profiles, groups, manifest["generation"], only)
         state.save(self.prefix, manifest)
         return times
 
@@ -405,7 +391,7 @@ class EmuTestbed(Testbed):
         self._shells.clear()
         manifest = state.load(self.prefix)
         if manifest is None:
-            shutil.rmtree(self.root, ignore_errors=True)
+            shutil.rmtree(self.state_dir, ignore_errors=True)
             return
         for record in manifest["processes"]:
             _stop_recorded(record)
@@ -422,7 +408,7 @@ class EmuTestbed(Testbed):
         if left:
             raise TestbedError(f"emu down could not remove {left}; the manifest {state.manifest_path(self.prefix)} "
                                "is kept so `down` can be retried")
-        shutil.rmtree(self.root, ignore_errors=True)
+        shutil.rmtree(self.state_dir, ignore_errors=True)
 
 
 def _stop_recorded(record: dict) -> None:

@@ -13,17 +13,18 @@ from __future__ import annotations
 import json
 import secrets
 import shlex
-import sys
 import time
 from dataclasses import asdict, dataclass, field
 from functools import partial
 from pathlib import Path
 
-from payload.config import NodeConfig, Timing
+from payload.config import NodeConfig, Timing, UserConfig
 from payload.prepare import MANIFEST, load_manifest
 from payload.routing import Placement, Policy
-from experiment.fanout import on_each
-from experiment.testbed import HostInfo, Testbed, TestbedError
+from testbed.fanout import on_each
+from testbed.interface import HostInfo, Testbed, TestbedError
+from testbed.shipping import service_argv
+from testbed.state import write_private
 
 NODE_PORT = 7100
 
@@ -46,7 +47,8 @@ class Deployment:
     timing: dict = field(default_factory=dict)
 
     def save(self, path: Path) -> None:
-        path.write_text(json.dumps(asdict(self), indent=2))
+        """Write it readable by this user only: it holds the deployment key."""
+        write_private(path, json.dumps(asdict(self), indent=2))
 
     @classmethod
     def load(cls, path: Path) -> "Deployment":
@@ -55,15 +57,11 @@ class Deployment:
         return cls(**json.loads(path.read_text()))
 
     def placement_obj(self) -> Placement:
-        p = self.placement
-        return Placement(int(p["num_layers"]), {int(k): tuple(v) for k, v in p["slices"].items()},
-                         {int(k): tuple(v) for k, v in p.get("replicas", {}).items()})
+        return Placement.from_dict(self.placement)
 
-
-def placement_dict(placement: Placement) -> dict:
-    return {"num_layers": placement.num_layers,
-            "slices": {str(k): list(v) for k, v in placement.slices.items()},
-            "replicas": {str(k): list(v) for k, v in placement.replicas.items()}}
+    def public(self) -> dict:
+        """Everything but the key: what a run directory may keep."""
+        return {k: v for k, v in asdict(self).items() if k != "key_hex"}
 
 
 def files_for(manifest: dict, placement: Placement, index: int) -> list[str]:
@@ -128,19 +126,6 @@ def node_config(host: HostInfo, hosts: list[HostInfo], placement: Placement, *, 
     )
 
 
-def python_for(host: HostInfo) -> str:
-    """Interpreter that runs the payload on ``host`` (same machine: this venv's)."""
-    return host.extra.get("python", sys.executable)
-
-
-def payload_env(host: HostInfo) -> str:
-    return host.extra.get("payload_path", str(Path(__file__).resolve().parent.parent))
-
-
-def service_argv(host: HostInfo, module: str, *args: str) -> list[str]:
-    return ["env", f"PYTHONPATH={payload_env(host)}", "HF_HUB_OFFLINE=1", python_for(host), "-m", module, *args]
-
-
 def wait_ready(testbed: Testbed, host: HostInfo, timeout_s: float) -> None:
     shell = testbed.shell(host)
     deadline = time.monotonic() + timeout_s
@@ -153,12 +138,11 @@ def wait_ready(testbed: Testbed, host: HostInfo, timeout_s: float) -> None:
     raise TestbedError(f"{host.name}: node service not ready after {timeout_s:.0f}s; last output:\n{tail}")
 
 
-def stop_started(testbed: Testbed, started: dict[str, tuple[HostInfo, int]]) -> None:
+def stop_started(testbed: Testbed, started: dict[str, HostInfo]) -> None:
     """A failed deploy leaves nothing running: stop the services it did start (best effort per host)."""
-    for host, pid in started.values():
+    for host in started.values():
         try:
-            testbed.shell(host).run(f"kill -9 -- -{pid} 2>/dev/null || kill -9 {pid} 2>/dev/null || true",
-                                    check=False, timeout=15)
+            testbed.stop_service(host)
         except Exception as exc:  # the host may be the unreachable one; say so and go on
             print(f"[deploy] could not stop the service on {host.name}: {exc}")
 
@@ -179,25 +163,21 @@ def deploy(testbed: Testbed, prepared: Path, placement: Placement, *, model: str
         cfg = node_config(host, hosts, placement, key_hex=key_hex, wire_dtype=wire_dtype,
                           compute_dtype=compute_dtype, timing=timing)
         shell = testbed.shell(host)
-        local_cfg = Path(testbed.root if hasattr(testbed, "root") else "/tmp") / f"{host.name}.node.json"
+        local_cfg = testbed.state_dir / f"{host.name}.node.json"
         if host.index == 0:
-            local_cfg.write_text(json.dumps({"node": json.loads(cfg.to_json()),
-                                             "placement": placement_dict(placement), "policy": policy.value}))
+            write_private(local_cfg, UserConfig(cfg, placement, policy).to_json())
             shell.put(local_cfg, "user.json")
         else:
-            local_cfg.write_text(cfg.to_json())
+            write_private(local_cfg, cfg.to_json())
             shell.put(local_cfg, "node.json")
-            # A re-deploy replaces the running service (its pid file names it), then starts afresh.
-            shell.run("if [ -f service.pid ]; then kill -9 -- -$(cat service.pid) 2>/dev/null || "
-                      "kill -9 $(cat service.pid) 2>/dev/null; rm -f service.pid; sleep 0.2; fi; rm -f events.jsonl",
-                      check=False)
-            pid = testbed.start_service(host, service_argv(host, "payload.node", "--config", "node.json"))
-            shell.run(f"echo {pid} > service.pid")
-            started[host.name] = (host, pid)
+            testbed.stop_service(host)  # a re-deploy replaces the running service, then starts afresh
+            shell.run("rm -f events.jsonl", check=False)
+            testbed.start_service(host, service_argv(host, "payload.node", "--config", "node.json"))
+            started[host.name] = host
         progress(f"[deploy] {host.name}: {sent / 1e6:.1f} MB shipped, {skipped} files unchanged")
         return sent, skipped
 
-    started: dict[str, tuple[HostInfo, int]] = {}
+    started: dict[str, HostInfo] = {}
 
     try:
         results = on_each({h.name: partial(one, h) for h in hosts}, what="deploy", per_host=(Exception,))
@@ -208,7 +188,7 @@ def deploy(testbed: Testbed, prepared: Path, placement: Placement, *, model: str
         raise
     progress(f"[deploy] {len(hosts) - 1} layer nodes ready")
     return Deployment(
-        testbed=testbed.kind, model=model, prepared=str(prepared), placement=placement_dict(placement),
+        testbed=testbed.kind, model=model, prepared=str(prepared), placement=placement.to_dict(),
         policy=policy.value, hosts=[h.to_dict() for h in hosts],
         bytes_shipped={n: r[0] for n, r in results.items()}, files_skipped={n: r[1] for n, r in results.items()},
         key_hex=key_hex, wire_dtype=wire_dtype, compute_dtype=compute_dtype, timing=asdict(timing),

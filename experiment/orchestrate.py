@@ -1,60 +1,76 @@
 """The library behind the fab tasks: one function per task, testbed-agnostic.
 
-The fabfile only parses flags and calls these; every failure surfaces as a
-TestbedError, ScenarioError or PrepareError with a message meant for the user.
+The fabfile only parses flags and calls these.  Building a testbed from its
+name and finding what is deployed on it happen here, once; every failure meant
+for the user surfaces as a :class:`payload.errors.JarvisError`.
 """
 
 from __future__ import annotations
 
+import importlib
 import os
 import time
 from pathlib import Path
 
 from experiment.deploy import Deployment, deploy
-from experiment.local import LocalTestbed
 from experiment.run import Fault, run_job
-from experiment.scenario import Scenario, load_scenario
-from experiment.testbed import Testbed, TestbedError
+from experiment.scenario import Scenario, check_supported, load_scenario
 from payload.config import Timing
 from payload.prepare import load_manifest, prepare
 from payload.routing import Placement, Policy, even_placement, explicit_placement
+from testbed.interface import FaultKind, Testbed, TestbedError
+from testbed.profiles import resolve
 
-TESTBEDS = ("auto", "local", "emu", "colosseum", "rpi")
+# testbed name -> "module:class"; imported on demand (emu needs root, colosseum and rpi need inventories)
+TESTBEDS = {
+    "local": "local.testbed:LocalTestbed",
+    "emu": "emu.testbed:EmuTestbed",
+    "colosseum": "colosseum.testbed:ColosseumTestbed",
+    "rpi": "rpi.testbed:RpiTestbed",
+}
+CHOICES = ("auto", *TESTBEDS)
+INVENTORY_TESTBEDS = ("colosseum", "rpi")
+
+
+def resolve_kind(kind: str, *, announce: bool = True) -> str:
+    """``auto`` is the emulated testbed as root and the rootless local one otherwise (said when chosen)."""
+    if kind == "auto":
+        kind = "emu" if os.geteuid() == 0 else "local"
+        if announce:
+            print(f"[testbed] auto: using the {kind} testbed" + ("" if kind == "emu" else
+                  " (no root: namespaces and sshd need root; shaped links are not available)"))
+    if kind not in TESTBEDS:
+        raise TestbedError(f"unknown testbed {kind!r}; choose one of {', '.join(CHOICES)}")
+    return kind
+
+
+def testbed_class(kind: str) -> type[Testbed]:
+    module, name = TESTBEDS[resolve_kind(kind, announce=False)].split(":")
+    return getattr(importlib.import_module(module), name)
 
 
 def make_testbed(kind: str, *, prefix: str | None = None, inventory: str | None = None) -> Testbed:
-    """Instantiate the named testbed, with a clear error where it cannot run here.
-
-    ``auto`` picks the emulated testbed when running as root and the rootless
-    local testbed otherwise, and says which.
-    """
-    if kind == "auto":
-        kind = "emu" if os.geteuid() == 0 else "local"
-        print(f"[testbed] auto: using the {kind} testbed"
-              + ("" if kind == "emu" else " (no root: namespaces and sshd need root; shaped links are not available)"))
-    if kind == "local":
-        return LocalTestbed(prefix or "jv-local")
-    if kind == "emu":
-        if os.geteuid() != 0:
-            raise TestbedError("the emulated testbed needs root (network namespaces, sshd, like Mininet); "
-                               "run as root or use --testbed local")
-        from emu.testbed import EmuTestbed
-
-        return EmuTestbed(prefix or "jv-emu")
-    if kind == "colosseum":
-        from colosseum.testbed import ColosseumTestbed
-
-        return ColosseumTestbed(prefix or "jv-colosseum", inventory=inventory)
-    if kind == "rpi":
-        from rpi.testbed import RpiTestbed
-
-        return RpiTestbed(prefix or "jv-rpi", inventory=inventory)
-    raise TestbedError(f"unknown testbed {kind!r}; choose one of {', '.join(TESTBEDS)}")
+    """The named testbed, with a clear error where it cannot run here."""
+    kind = resolve_kind(kind)
+    if kind == "emu" and os.geteuid() != 0:
+        raise TestbedError("the emulated testbed needs root (network namespaces, sshd, like Mininet); "
+                           "run as root or use --testbed local")
+    cls = testbed_class(kind)
+    prefix = prefix or f"jv-{kind}"
+    if kind in INVENTORY_TESTBEDS:
+        return cls(prefix, inventory=inventory)
+    if inventory is not None:
+        raise TestbedError(f"--inventory is for the {' and '.join(INVENTORY_TESTBEDS)} testbeds, not {kind}")
+    return cls(prefix)
 
 
 def deployment_path(testbed: Testbed) -> Path:
-    root = Path(getattr(testbed, "root", Path("/tmp") / "jarvis-state" / testbed.kind))
-    return root / "deployment.json"
+    return testbed.state_dir / "deployment.json"
+
+
+def current_deployment(testbed: Testbed) -> Deployment:
+    """What ``fab deploy`` put on ``testbed`` (a clear error if nothing is)."""
+    return Deployment.load(deployment_path(testbed))
 
 
 def reported_memory(testbed: Testbed) -> dict[int, int]:
@@ -75,8 +91,10 @@ def placement_from(spec: str, num_layers: int, nodes: int, replicas: int) -> Pla
     if not path.exists():
         raise TestbedError(f"placement must be 'even' or a file of layer ranges; {spec} does not exist")
     ranges = []
-    for line in path.read_text().split():
-        first, last = line.split("-")
+    for number, line in enumerate(path.read_text().split(), start=1):
+        first, sep, last = line.partition("-")
+        if not (sep and first.isdigit() and last.isdigit()):
+            raise TestbedError(f"{path}: item {number} is {line!r}; write one first-last layer range per line")
         ranges.append((int(first), int(last) + 1))
     return explicit_placement(num_layers, ranges, replicas)
 
@@ -92,13 +110,33 @@ def do_deploy(testbed: Testbed, model: str, placement: Placement, *, policy: Pol
     return deployment
 
 
-def faults_from(scenario: Scenario) -> list[Fault]:
-    from emu.profiles import resolve  # profiles live with the emulated testbed's data
+def policy_of(name: str) -> Policy:
+    try:
+        return Policy(name)
+    except ValueError:
+        raise TestbedError(f"unknown failure policy {name!r}; choose one of "
+                           f"{', '.join(p.value for p in Policy)}") from None
 
+
+def deploy_model(testbed: Testbed, model: str, *, placement: str = "even", replicas: int = 0,
+                 on_failure: str = "skip", wire_dtype: str = "bfloat16") -> Deployment:
+    """``fab deploy``: place ``model`` over the testbed's layer nodes (``even`` or a ranges file) and deploy it."""
+    layers = load_manifest(prepare(model))["num_layers"]
+    plan = placement_from(placement, layers, len(testbed.hosts()) - 1, replicas)
+    return do_deploy(testbed, model, plan, policy=policy_of(on_failure), wire_dtype=wire_dtype)
+
+
+def generate(testbed: Testbed, prompt: str, *, max_new_tokens: int = 32, out: str | None = None) -> Path:
+    """``fab generate``: one prompt on what is deployed, streamed; return the run directory."""
+    return run_job(testbed, current_deployment(testbed), {"prompts": [prompt], "max_new_tokens": max_new_tokens}, [],
+                   Path(out) if out else default_out("generate"))
+
+
+def faults_from(scenario: Scenario) -> list[Fault]:
     faults = []
     for spec in scenario.faults:
         profile = resolve(spec.profile) if spec.profile else None
-        faults.append(Fault(spec.action, spec.targets, at_token=spec.at_token, at_seconds=spec.at_seconds,
+        faults.append(Fault(FaultKind(spec.action), spec.targets, at_token=spec.at_token, at_seconds=spec.at_seconds,
                             prompt_index=spec.prompt, repeat=spec.repeat, profile=profile, duration=spec.duration))
     return faults
 
@@ -113,18 +151,32 @@ def default_out(name: str) -> Path:
     return Path("runs") / f"{time.strftime('%Y%m%d-%H%M%S')}-{name}"
 
 
+def scenario_for(path: str, testbed: Testbed) -> Scenario:
+    """Load a scenario and refuse, before anything starts, faults that ``testbed`` cannot inject."""
+    scenario = load_scenario(path)
+    check_supported(scenario, Path(path), testbed.kind, testbed.faults)
+    return scenario
+
+
+def run_scenario(testbed: Testbed, scenario_path: str, *, out: str | None = None) -> Path:
+    """``fab run``: the scenario's prompts and faults on what is deployed; return the run directory."""
+    scenario = scenario_for(scenario_path, testbed)
+    deployment = current_deployment(testbed)
+    return run_job(testbed, deployment, job_from(scenario, Path(scenario_path).parent), faults_from(scenario),
+                   Path(out) if out else default_out(scenario.name), scenario=scenario.model_dump(mode="json"))
+
+
 def experiment(kind: str, scenario_path: str, *, out: str | None = None, prefix: str | None = None,
                inventory: str | None = None) -> Path:
     """up -> deploy -> run -> collect -> analyze -> down; return the run directory."""
-    scenario = load_scenario(scenario_path)
     testbed = make_testbed(kind, prefix=prefix, inventory=inventory)
+    scenario = scenario_for(scenario_path, testbed)
     prepared = prepare(scenario.model)
     run_dir = Path(out) if out else default_out(scenario.name)
-    print(f"[experiment] {scenario.name}: {scenario.nodes} layer nodes on the {testbed.kind} testbed, model {scenario.model}")
+    print(f"[experiment] {scenario.name}: {scenario.nodes} layer nodes on the {testbed.kind} testbed, "
+          f"model {scenario.model}")
     links = {}
-    if kind != "local" and scenario.links:
-        from emu.profiles import resolve
-
+    if testbed.kind != "local" and scenario.links:
         links = {k: resolve(p) for k in range(1, scenario.nodes + 1) if (p := scenario.profile_of(k))}
     try:
         testbed.up(scenario.nodes, links or None)

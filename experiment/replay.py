@@ -20,7 +20,9 @@ import pandas as pd
 import torch
 
 from payload.config import compute_threads
+from payload.events import read_events
 from payload.frames import WireDtype
+from payload.schema import TABLES, RunDirError
 from payload.slices import Head, LayerSlice, ModelSpec, SessionCache
 from payload.tensors import to_wire
 
@@ -155,17 +157,26 @@ def _replay_source(model: Monolith, ids: list[int], outputs: dict[int, list[torc
     return torch.cat(history, dim=1)
 
 
+def read_table(run_dir: Path, name: str) -> pd.DataFrame:
+    """One of the run directory's tables with the schema's columns (a table missing one is refused)."""
+    table = TABLES[name]
+    frame = pd.read_csv(run_dir / table.file, keep_default_na=False, dtype={c: "str" for c, d in table.dtypes.items()
+                                                                            if d == "str"})
+    missing = [c for c in table.names if c not in frame.columns]
+    if missing:
+        raise RunDirError(f"{run_dir / table.file} lacks column(s) {', '.join(missing)} (payload/schema.py)")
+    return frame
+
+
 def check_run(run_dir: Path, prepared: Path, *, model: Monolith | None = None) -> list[ReplayResult]:
     """Replay every session of a greedy run; return per-session expected vs replayed tokens.
 
     Prompt token ids come from the user node's log (``session_start``), so chat
     templates and tokenizer settings are replayed exactly as the run used them.
     """
-    from payload.events import read_events
-
     run_dir = Path(run_dir)
-    tokens = pd.read_csv(run_dir / "tokens.csv", keep_default_na=False)
-    nodes = pd.read_csv(run_dir / "nodes.csv", keep_default_na=False)
+    tokens = read_table(run_dir, "tokens")
+    nodes = read_table(run_dir, "nodes")
     deployment = json.loads((run_dir / "deployment.json").read_text())
     wire = WireDtype.from_name(deployment.get("wire_dtype", "bfloat16"))
     user = nodes.loc[nodes["index"] == 0, "name"].iloc[0]
@@ -183,6 +194,16 @@ def check_run(run_dir: Path, prepared: Path, *, model: Monolith | None = None) -
     finally:
         torch.set_num_threads(threads)
     return results
+
+
+def check_run_dir(run_dir: Path) -> list[ReplayResult]:
+    """``fab check-run``: replay ``run_dir`` with the model its deployment names (prepared if need be)."""
+    from payload.prepare import prepare
+
+    deployment = Path(run_dir) / "deployment.json"
+    if not deployment.is_file():
+        raise RunDirError(f"{run_dir} is not a run directory (no deployment.json)")
+    return check_run(Path(run_dir), prepare(json.loads(deployment.read_text())["model"]))
 
 
 def load_hf_model(prepared: Path, dtype: torch.dtype = torch.float32):

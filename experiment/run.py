@@ -16,15 +16,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from experiment.collect import write_run_dir
-from experiment.deploy import Deployment, service_argv
-from experiment.testbed import FaultResult, HostInfo, LinkProfile, Testbed, TestbedError
+from experiment.deploy import Deployment
+from testbed.interface import FaultKind, FaultResult, HostInfo, Testbed, TestbedError
+from testbed.profiles import LinkProfile
+from testbed.shipping import service_argv
 
 
 @dataclass(frozen=True)
 class Fault:
     """One scheduled fault: trigger (``at_token`` or ``at_seconds``), action and targets."""
 
-    action: str
+    action: FaultKind
     nodes: tuple[int, ...]
     at_token: int | None = None
     at_seconds: float | None = None
@@ -33,13 +35,12 @@ class Fault:
     profile: LinkProfile | None = None
     duration: float | None = None
 
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "action", FaultKind(self.action))  # "kill" or FaultKind.KILL alike
+
     @property
     def trigger(self) -> str:
         return f"token:{self.at_token}" if self.at_token is not None else f"seconds:{self.at_seconds}"
-
-
-ACTIONS = ("kill", "pause", "resume", "link_down", "link_up", "degrade", "partition")
-UNDO = {"pause": "resume", "link_down": "link_up"}
 
 
 @dataclass
@@ -50,38 +51,32 @@ class FaultRunner:
     hosts: dict[int, HostInfo]
     records: list[dict] = field(default_factory=list)
     _lock: threading.Lock = field(default_factory=threading.Lock)
-    _timers: list[tuple[threading.Timer, threading.Event, Fault, str | None]] = field(default_factory=list)
+    _timers: list[tuple[threading.Timer, threading.Event, Fault, FaultKind | None]] = field(default_factory=list)
     current: dict = field(default_factory=dict)
 
-    def fire(self, fault: Fault, action: str | None = None) -> None:
+    def fire(self, fault: Fault, action: FaultKind | None = None) -> None:
         action = action or fault.action
         requested = time.time_ns()
         targets = [self.hosts[n] for n in fault.nodes]
         try:
-            if action == "partition":
-                result = self.testbed.partition(targets)
-                results = [result]
-            elif action == "degrade":
-                results = [self.testbed.degrade(h, fault.profile) for h in targets]
-            else:
-                results = [getattr(self.testbed, action)(h) for h in targets]
+            results = self.testbed.inject(action, targets, profile=fault.profile)
             detail = "; ".join(r.detail for r in results)
             effective = results[-1]
         except TestbedError as exc:
-            effective = FaultResult.now(action, " ".join(h.name for h in targets), f"FAILED: {exc}")
+            effective = FaultResult.now(action.value, " ".join(h.name for h in targets), f"FAILED: {exc}")
             detail = effective.detail
         with self._lock:
             self.records.append({
-                "action": action, "target": " ".join(h.name for h in targets), "trigger": fault.trigger,
+                "action": action.value, "target": " ".join(h.name for h in targets), "trigger": fault.trigger,
                 "session": self.current.get("session", ""), "step": self.current.get("step", -1),
                 "requested_wall_ns": requested, "effective_wall_ns": effective.effective_wall_ns,
                 "effective_mono_ns": effective.effective_mono_ns, "detail": detail,
             })
-        print(f"[fault] {action} {' '.join(h.name for h in targets)} ({fault.trigger}): {detail}", flush=True)
-        if fault.duration and action in UNDO:
-            self.schedule(fault.duration, fault, UNDO[action])
+        print(f"[fault] {action.value} {' '.join(h.name for h in targets)} ({fault.trigger}): {detail}", flush=True)
+        if fault.duration and action.undo is not None:
+            self.schedule(fault.duration, fault, action.undo)
 
-    def schedule(self, delay: float, fault: Fault, action: str | None = None) -> None:
+    def schedule(self, delay: float, fault: Fault, action: FaultKind | None = None) -> None:
         started = threading.Event()
 
         def go() -> None:
@@ -101,7 +96,7 @@ class FaultRunner:
         """
         for timer, started, fault, action in self._timers:
             timer.cancel()
-            if action in UNDO.values() and not started.is_set():
+            if action is not None and action in (FaultKind.RESUME, FaultKind.LINK_UP) and not started.is_set():
                 self.fire(fault, action)
         for timer, *_ in self._timers:
             timer.join()
@@ -113,7 +108,7 @@ def run_job(testbed: Testbed, deployment: Deployment, job: dict, faults: list[Fa
     hosts = {h["index"]: HostInfo(**h) for h in deployment.hosts}
     user = hosts[0]
     shell = testbed.shell(user)
-    job_file = Path(getattr(testbed, "root", "/tmp")) / "job.json"
+    job_file = testbed.state_dir / "job.json"
     job_file.write_text(json.dumps(job))
     shell.put(job_file, "job.json")
     shell.run("rm -f events.jsonl", check=False)

@@ -5,19 +5,21 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from payload.errors import JarvisError
 from payload.routing import Placement, Policy, even_placement, explicit_placement, memory_weighted_placement
+from testbed.interface import FaultKind
+from testbed.yamlfile import describe_problems, load_validated, parse
 
 
-class ScenarioError(ValueError):
+class ScenarioError(JarvisError, ValueError):
     """A scenario file is missing, not YAML, or does not validate; the message names field and line."""
 
 
 class FaultSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    action: Literal["kill", "pause", "resume", "link_down", "link_up", "degrade", "partition"]
+    action: Literal[tuple(k.value for k in FaultKind)]  # type: ignore[valid-type]
     node: int | None = None
     nodes: list[int] | None = None
     at_token: int | None = Field(default=None, ge=0)
@@ -124,42 +126,16 @@ class Scenario(BaseModel):
         return self.links.get("all")
 
 
-def _line_of(root: yaml.Node, loc: tuple) -> int | None:
-    node = root
-    line = getattr(root, "start_mark", None)
-    for part in loc:
-        if isinstance(node, yaml.MappingNode):
-            match = next((v for k, v in node.value if k.value == str(part)), None)
-        elif isinstance(node, yaml.SequenceNode) and isinstance(part, int) and part < len(node.value):
-            match = node.value[part]
-        else:
-            match = None
-        if match is None:
-            break
-        node, line = match, match.start_mark
-    return line.line + 1 if line is not None else None
-
-
 def load_scenario(path: Path | str) -> Scenario:
     """Parse and validate a scenario file; every problem is reported with its field path and line."""
-    path = Path(path)
-    if not path.exists():
-        raise ScenarioError(f"scenario file {path} does not exist")
-    text = path.read_text()
-    try:
-        data = yaml.safe_load(text)
-        root = yaml.compose(text)
-    except yaml.YAMLError as exc:
-        raise ScenarioError(f"{path}: not valid YAML: {exc}") from None
-    if not isinstance(data, dict):
-        raise ScenarioError(f"{path}: a scenario is a mapping of fields (name, nodes, prompts, ...)")
-    try:
-        return Scenario.model_validate(data)
-    except ValidationError as exc:
-        lines = []
-        for err in exc.errors():
-            loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and p.startswith(("function-", "tuple["))))
-            field = ".".join(str(p) for p in loc) or "(scenario)"
-            line = _line_of(root, loc)
-            lines.append(f"  {field} (line {line}): {err['msg']}" if line else f"  {field}: {err['msg']}")
-        raise ScenarioError(f"{path}: invalid scenario:\n" + "\n".join(lines)) from None
+    return load_validated(path, Scenario, what="scenario", error=ScenarioError)
+
+
+def check_supported(scenario: Scenario, path: Path, testbed: str, supported: frozenset[FaultKind]) -> None:
+    """Refuse, naming each fault's line, faults that ``testbed`` cannot inject (before anything starts)."""
+    problems = [(("faults", i, "action"), f"the {testbed} testbed cannot {fault.action.replace('_', ' ')} "
+                 f"(it supports {', '.join(sorted(k.value for k in supported))})")
+                for i, fault in enumerate(scenario.faults) if FaultKind(fault.action) not in supported]
+    if problems:
+        raise ScenarioError(f"{path}: {len(problems)} fault(s) not possible here:\n"
+                            + describe_problems(problems, parse(Path(path).read_text(encoding="utf-8"))[1], "scenario"))

@@ -12,6 +12,8 @@ import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from payload.routing import Placement, Policy
+
 
 @dataclass(frozen=True)
 class Timing:
@@ -80,6 +82,25 @@ class NodeConfig:
     @classmethod
     def load(cls, path: Path | str) -> "NodeConfig":
         return cls.from_dict(json.loads(Path(path).read_text()))
+
+
+@dataclass(frozen=True)
+class UserConfig:
+    """The end-user node's config: its own NodeConfig plus the placement it routes over and the policy."""
+
+    node: NodeConfig
+    placement: Placement
+    policy: Policy = Policy.SKIP
+
+    @classmethod
+    def load(cls, path: Path | str) -> "UserConfig":
+        data = json.loads(Path(path).read_text())
+        return cls(NodeConfig.from_dict(data["node"]), Placement.from_dict(data["placement"]),
+                   Policy(data.get("policy", "skip")))
+
+    def to_json(self) -> str:
+        return json.dumps({"node": json.loads(self.node.to_json()), "placement": self.placement.to_dict(),
+                           "policy": self.policy.value})
 
 
 def compute_threads() -> int:

@@ -1,8 +1,10 @@
-"""Append-only JSON-lines event log, one ``write(2)`` per event.
+"""Append-only JSON-lines event log, one ``write(2)`` per event, checked against the run-data schema.
 
 Each event is written with a single ``os.write`` on an ``O_APPEND`` descriptor,
 so once ``log`` returns the line is in the kernel's page cache: a SIGKILL of the
-node a microsecond later cannot lose it (no user-space buffer to flush).
+node a microsecond later cannot lose it (no user-space buffer to flush).  Every
+event is checked against :mod:`payload.schema` before it is written, so what a
+node logs is what collection and analysis expect to read.
 """
 
 from __future__ import annotations
@@ -10,21 +12,41 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
+
+from payload.schema import check_event, emitter_of
+
+Clock = Callable[[], tuple[int, int]]
+
+
+def system_clock() -> tuple[int, int]:
+    """(wall ns, monotonic ns) now."""
+    return time.time_ns(), time.monotonic_ns()
 
 
 class EventLog:
-    """Per-node event log; every event carries wall-clock and monotonic nanoseconds."""
+    """Per-node event log; every event carries wall-clock and monotonic nanoseconds.
 
-    def __init__(self, path: Path | str, node: int):
+    ``clock`` gives those stamps: the system clocks on a node, simulated ones
+    when :mod:`experiment.synth` writes a run whose answers are known.
+    """
+
+    def __init__(self, path: Path | str, node: int, *, clock: Clock = system_clock):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.node = node
+        self.emitter = emitter_of(node)
+        self.clock = clock
+        self._encode = json.JSONEncoder(separators=(",", ":")).encode
         self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
 
     def log(self, ev: str, **fields) -> dict:
-        record = {"ev": ev, "node": self.node, "wall_ns": time.time_ns(), "mono_ns": time.monotonic_ns(), **fields}
-        os.write(self._fd, (json.dumps(record, separators=(",", ":")) + "\n").encode())
+        """Write one event of kind ``ev``; an undeclared kind or field is a bug (EventSchemaError)."""
+        check_event(ev, fields, self.emitter)
+        wall, mono = self.clock()
+        record = {"ev": ev, "node": self.node, "wall_ns": wall, "mono_ns": mono, **fields}
+        os.write(self._fd, (self._encode(record) + "\n").encode())
         return record
 
     def close(self) -> None:

@@ -2,13 +2,10 @@
 
 Per session the node keeps one KV cache per layer range it holds and the
 history of hidden states it sent downstream (at wire dtype), so a replica or a
-rejoining successor can rebuild its cache by replay.  Consistency rules:
-
-* a frame with an epoch below the session's highest seen epoch is stale: dropped;
-* a frame whose first position is below the cache length is a re-sent step:
-  the cache and history roll back to that position, then recompute;
-* a frame with ``pos_start == 0`` or a replay prefix rebuilds the range from scratch;
-* a frame whose first position is beyond the cache length (a gap) is refused.
+rejoining successor can rebuild its cache by replay.  What a frame does to
+those caches (drop it as stale, start afresh, roll back, extend, refuse a gap)
+is decided by the pure rules of :mod:`payload.cache_rules`; this module moves
+bytes, computes, and applies the decision.
 
 Failures of the successor are reported to the end-user node (node 0), which
 re-plans the route and re-sends; nodes never reroute on their own.
@@ -29,14 +26,15 @@ from dataclasses import dataclass, field
 
 import torch
 
+from payload.cache_rules import Action, admit, decide
 from payload.config import NodeConfig, compute_threads
 from payload.events import EventLog
 from payload.frames import DEFAULT_MAX_FRAME, Frame, FrameType, HopFlag, WireDtype, encode
+from payload.routing import USER_NODE
 from payload.slices import LayerSlice, ModelSpec, SessionCache, dtype_of, model_config
 from payload.tensors import from_bytes, to_bytes, to_wire
-from payload.transport import PeerFailed, PeerLink, PendingAck, serve_connection
+from payload.transport import FailureKind, PeerFailed, PeerLink, PendingAck, serve_connection
 
-USER_NODE = 0
 # Steps this short (decode: one position) are computed on the event loop itself: a few
 # milliseconds of blocking is cheaper than two thread hand-offs per hop, which add up over
 # an 18-hop chain.  Longer steps (prefill, replay) go to the compute thread so that acks
@@ -104,7 +102,7 @@ class LayerNode:
     def link(self, peer: int) -> PeerLink:
         if peer not in self.links:
             if peer not in self.config.peers:
-                raise PeerFailed(peer, "rejected", f"node {peer} is not in this node's peer table")
+                raise PeerFailed(peer, FailureKind.REJECTED, f"node {peer} is not in this node's peer table")
             self.links[peer] = PeerLink(
                 me=self.config.node, peer=peer, address=self.config.peers[peer], key=self.config.key,
                 timing=self.config.timing, log=self.log, on_lost=self._peer_lost,
@@ -115,14 +113,14 @@ class LayerNode:
         if peer == USER_NODE or self._stopping.is_set():
             return
         self.log.log("peer_lost", peer=peer, reason=reason)
-        self._spawn(self.report_failure(peer, "crashed", reason, None))
+        self._spawn(self.report_failure(peer, FailureKind.CRASHED, reason, None))
 
-    async def report_failure(self, peer: int, kind: str, reason: str, frame: Frame | None) -> None:
+    async def report_failure(self, peer: int, kind: FailureKind, reason: str, frame: Frame | None) -> None:
         detect_ns = time.time_ns()
-        self.log.log("peer_failed", peer=peer, kind=kind, reason=reason,
+        self.log.log("peer_failed", peer=peer, kind=kind.value, reason=reason,
                      session=str(frame.session) if frame else None,
                      step=frame.step if frame else None, epoch=frame.epoch if frame else None)
-        body = json.dumps({"failed": peer, "kind": kind, "reason": reason, "detect_wall_ns": detect_ns,
+        body = json.dumps({"failed": peer, "kind": kind.value, "reason": reason, "detect_wall_ns": detect_ns,
                            "reporter": self.config.node}).encode()
         report = Frame(FrameType.FAIL, frame.session if frame else uuid.UUID(int=0),
                        step=frame.step if frame else 0, epoch=frame.epoch if frame else 0,
@@ -172,10 +170,9 @@ class LayerNode:
             self.log.log("reject", reason=f"unexpected {frame.type.name} frame", peer=frame.src)
             return
         problem = self._validate(frame)
-        if problem is None and frame.pos_start > 0 and frame.replay_len == 0:
+        if problem is None:
             state = self.sessions.get(frame.session)
-            if state is None or frame.route[frame.hop].first not in state.ranges:
-                problem = f"unknown session {frame.session} (no cache for a step at position {frame.pos_start})"
+            problem = admit(frame.pos_start, state is not None and frame.route[frame.hop].first in state.ranges)
         if problem is not None:
             self.log.log("reject", reason=problem, peer=frame.src, session=str(frame.session), step=frame.step)
             writer.write(encode(frame.reply(FrameType.ERROR, problem.encode()), self.config.key))
@@ -253,31 +250,29 @@ class LayerNode:
         await state.lock.acquire()
         handed_over = False
         try:
-            if frame.epoch < state.max_epoch:
+            hop = frame.route[frame.hop]
+            sl = self.slices[hop.first]
+            rs = state.ranges.get(hop.first)
+            decision = decide(epoch=frame.epoch, pos_start=frame.pos_start, session_epoch=state.max_epoch,
+                              cached=rs.cache.length if rs is not None else None)
+            if decision.action == Action.DROP_STALE:
                 self.log.log("stale", session=str(frame.session), step=frame.step, epoch=frame.epoch,
                              current_epoch=state.max_epoch)
                 return
             state.max_epoch = frame.epoch
-            hop = frame.route[frame.hop]
-            sl = self.slices[hop.first]
-            rs = state.ranges.get(hop.first)
-            if frame.pos_start == 0 or rs is None:
-                if frame.pos_start != 0:
-                    await self._refuse(frame, f"gap: no cache, step starts at position {frame.pos_start}")
-                    return
+            if decision.action == Action.REFUSE_GAP:
+                await self._refuse(frame, decision.reason)
+                return
+            if decision.action == Action.START:
                 rs = state.ranges[hop.first] = RangeState(sl.new_cache())
                 if frame.replay_len:
                     self.log.log("replay", session=str(frame.session), step=frame.step, positions=frame.replay_len,
                                  layers=list(hop.layers))
-            elif frame.pos_start < rs.cache.length:
-                rolled = rs.cache.length - frame.pos_start
-                rs.cache.rollback(rolled)
+            elif decision.action == Action.ROLLBACK:
+                rs.cache.rollback(decision.rollback)
                 rs.truncate_history(frame.pos_start)
                 self.log.log("rollback", session=str(frame.session), step=frame.step, epoch=frame.epoch,
-                             positions=rolled)
-            elif frame.pos_start > rs.cache.length:
-                await self._refuse(frame, f"gap: cache has {rs.cache.length} positions, step starts at {frame.pos_start}")
-                return
+                             positions=decision.rollback)
             else:
                 rs.cache.commit()
             hidden = from_bytes(frame.payload, frame.dtype, frame.n_pos, frame.hidden)
@@ -301,7 +296,7 @@ class LayerNode:
 
     async def _refuse(self, frame: Frame, reason: str) -> None:
         self.log.log("reject", reason=reason, peer=frame.src, session=str(frame.session), step=frame.step)
-        await self.report_failure(self.config.node, "rejected", reason, frame)
+        await self.report_failure(self.config.node, FailureKind.REJECTED, reason, frame)
 
     async def forward(self, frame: Frame, rs: RangeState, wire: torch.Tensor, lock: asyncio.Lock, *,
                       computed: dict | None = None) -> bool:
@@ -334,7 +329,7 @@ class LayerNode:
         serialize_ns = time.monotonic_ns() - t_enc
         link = self.link(nxt)
         try:
-            sent = await link.send(out, encoded)
+            sent = await link.send(out, encoded, serialize_ns)
         except PeerFailed as exc:
             sent = exc
         if computed is not None:
@@ -343,20 +338,14 @@ class LayerNode:
             # Reported from a task so this session's lock is free by the time the user node asks to resume.
             self._spawn(self.report_failure(sent.peer, sent.kind, sent.reason, frame))
             return False
-        self._spawn(self._acked(frame, out, link, sent, serialize_ns, lock))
+        self._spawn(self._acked(frame, link, sent, lock))
         return True
 
-    async def _acked(self, frame: Frame, out: Frame, link: PeerLink, sent: PendingAck, serialize_ns: int,
-                     lock: asyncio.Lock) -> None:
-        """Wait for the next hop's ack of ``out``, log the hop, then free the session."""
+    async def _acked(self, frame: Frame, link: PeerLink, sent: PendingAck, lock: asyncio.Lock) -> None:
+        """Wait for the next hop's ack (the link logs the hop), then free the session."""
         failure: PeerFailed | None = None
         try:
-            timing = await link.wait_ack(sent)
-            self.log.log("ack", session=str(frame.session), step=frame.step, epoch=frame.epoch,
-                         src=self.config.node, dst=out.dst, positions=out.n_pos, bytes=timing.bytes,
-                         serialize_ns=serialize_ns, t1_wall_ns=timing.t1_wall_ns, t1_mono_ns=timing.t1_mono_ns,
-                         t2_wall_ns=timing.t2_wall_ns, t3_wall_ns=timing.t3_wall_ns, t4_wall_ns=timing.t4_wall_ns,
-                         t4_mono_ns=timing.t4_mono_ns, rtt_ns=timing.rtt_ns)
+            await link.wait_ack(sent)
         except PeerFailed as exc:
             failure = exc
         finally:

@@ -27,13 +27,15 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from payload.errors import JarvisError
+
 MANIFEST = "manifest.json"
 FORMAT_VERSION = 1
 DEFAULT_MODEL = "gemma3-270m"
 HEAD_FILE = "head.safetensors"
 
 
-class PrepareError(RuntimeError):
+class PrepareError(JarvisError, RuntimeError):
     """The model could not be found or converted; the message says what to do."""
 
 

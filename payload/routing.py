@@ -12,11 +12,18 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass, field
 
+from payload.errors import JarvisError
 from payload.frames import Hop, HopFlag
 
+USER_NODE = 0  # the end-user node: tokenizer, embeddings, head; the single authority for routes
 
-class RouteError(RuntimeError):
+
+class RouteError(JarvisError, RuntimeError):
     """No route can serve the model under the current policy (e.g. no live replica)."""
+
+
+class PlacementError(JarvisError, ValueError):
+    """A placement does not cover the model's layers in order, or names a replica it cannot hold."""
 
 
 class Policy(str, enum.Enum):
@@ -43,21 +50,38 @@ class Placement:
         for node in sorted(self.slices):
             first, end = self.slices[node]
             if first != expected or end <= first:
-                raise ValueError(
+                raise PlacementError(
                     f"node {node} holds layers [{first}, {end}) but the next uncovered layer is {expected}: "
                     "slices must be contiguous, non-empty and in node order"
                 )
             expected = end
         if expected != self.num_layers:
-            raise ValueError(f"slices cover layers [0, {expected}) of a {self.num_layers}-layer model")
+            raise PlacementError(f"slices cover layers [0, {expected}) of a {self.num_layers}-layer model")
         for holder, owners in self.replicas.items():
             for owner in owners:
                 if owner not in self.slices or owner == holder:
-                    raise ValueError(f"node {holder} cannot hold a replica of node {owner}")
+                    raise PlacementError(f"node {holder} cannot hold a replica of node {owner}")
 
     @property
     def nodes(self) -> list[int]:
         return sorted(self.slices)
+
+    def to_dict(self) -> dict:
+        """JSON form (node configs, deployment.json); :meth:`from_dict` reads it back."""
+        return {"num_layers": self.num_layers,
+                "slices": {str(k): list(v) for k, v in self.slices.items()},
+                "replicas": {str(k): list(v) for k, v in self.replicas.items()}}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "Placement":
+        """The placement :meth:`to_dict` wrote (keys are node indices as strings, as JSON has them)."""
+        try:
+            return cls(int(data["num_layers"]), {int(k): (int(v[0]), int(v[1])) for k, v in data["slices"].items()},
+                       {int(k): tuple(int(x) for x in v) for k, v in data.get("replicas", {}).items()})
+        except (KeyError, TypeError, ValueError, IndexError) as exc:
+            if isinstance(exc, PlacementError):
+                raise
+            raise PlacementError(f"invalid placement {data!r}: {exc!r}") from None
 
     def ranges_of(self, node: int) -> list[tuple[int, int]]:
         """Every layer range node ``node`` holds: its own slice, then its replicas."""
@@ -81,9 +105,9 @@ def even_placement(num_layers: int, nodes: int, replicas: int = 0) -> Placement:
     (cyclically), so every slice lives on K+1 nodes.
     """
     if nodes < 1 or nodes > num_layers:
-        raise ValueError(f"cannot split {num_layers} layers over {nodes} nodes")
+        raise PlacementError(f"cannot split {num_layers} layers over {nodes} nodes")
     if not 0 <= replicas < nodes:
-        raise ValueError(f"replicas={replicas} needs at least {replicas + 1} nodes")
+        raise PlacementError(f"replicas={replicas} needs at least {replicas + 1} nodes")
     base, extra = divmod(num_layers, nodes)
     slices, start = {}, 0
     for k in range(1, nodes + 1):
@@ -113,7 +137,7 @@ def memory_weighted_placement(num_layers: int, memory: dict[int, int], replicas:
     nodes = sorted(memory)
     total = sum(memory.values())
     if total <= 0:
-        raise ValueError("nodes reported no memory")
+        raise PlacementError("nodes reported no memory")
     sizes = [max(1, round(num_layers * memory[n] / total)) for n in nodes]
     while sum(sizes) > num_layers:
         sizes[sizes.index(max(sizes))] -= 1

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import enum
 import time
 from dataclasses import dataclass
 from typing import Awaitable, Callable
@@ -24,13 +25,22 @@ from payload.config import Timing
 READ_CHUNK = 1 << 16
 
 
+class FailureKind(str, enum.Enum):
+    """How a peer failed, as its predecessor (or the user node) saw it."""
+
+    CRASHED = "crashed"  # refused or reset the connection, or it closed: the process is gone
+    SILENT = "silent"  # no ack within the deadline, no heartbeat within the silence limit: stopped or cut off
+    REJECTED = "rejected"  # it answered, refusing the frame (e.g. it has no cache for the session)
+    TIMEOUT = "timeout"  # the user node's backstop: no result for a step at all
+
+
 class PeerFailed(Exception):
     """A peer did not take a frame: crashed (refused/reset/EOF), silent (deadline) or rejected it."""
 
-    def __init__(self, peer: int, kind: str, reason: str, reporter: int | None = None):
-        super().__init__(f"node {peer} {kind}: {reason}")
+    def __init__(self, peer: int, kind: FailureKind, reason: str, reporter: int | None = None):
+        super().__init__(f"node {peer} {kind.value}: {reason}")
         self.peer = peer
-        self.kind = kind  # "crashed" | "silent" | "rejected"
+        self.kind = kind
         self.reason = reason
         self.reporter = reporter  # the node that saw it (its predecessor), None when seen here
 
@@ -89,6 +99,8 @@ class PendingAck:
     key: tuple
     future: asyncio.Future
     writer: asyncio.StreamWriter
+    frame: Frame
+    serialize_ns: int
     t1_wall_ns: int
     t1_mono_ns: int
     bytes: int
@@ -120,9 +132,10 @@ class PeerLink:
                     asyncio.open_connection(*self.address), self.timing.connect_timeout_ms / 1000
                 )
             except asyncio.TimeoutError:
-                raise PeerFailed(self.peer, "silent", f"connect to {self.address} timed out") from None
+                raise PeerFailed(self.peer, FailureKind.SILENT, f"connect to {self.address} timed out") from None
             except OSError as exc:
-                raise PeerFailed(self.peer, "crashed", f"connect to {self.address}: {exc.strerror or exc}") from None
+                raise PeerFailed(self.peer, FailureKind.CRASHED,
+                                 f"connect to {self.address}: {exc.strerror or exc}") from None
             if not self.deadline.observed:
                 # The handshake took one round trip: the first frame's deadline then suits a slow (cellular)
                 # link instead of the loopback-sized floor.
@@ -152,7 +165,7 @@ class PeerLink:
             self._drop(writer)
             for fut in self._pending.values():
                 if not fut.done():
-                    fut.set_exception(PeerFailed(self.peer, "crashed", reason))
+                    fut.set_exception(PeerFailed(self.peer, FailureKind.CRASHED, reason))
             if self._on_lost is not None:
                 self._on_lost(self.peer, reason)
 
@@ -162,11 +175,12 @@ class PeerLink:
         if self._writer is writer:
             self._writer = None
 
-    async def send(self, frame: Frame, encoded: bytes) -> "PendingAck":
+    async def send(self, frame: Frame, encoded: bytes, serialize_ns: int = 0) -> "PendingAck":
         """Write a DATA (or RESUME) frame now; the returned handle waits for its ack.
 
         Splitting the write from the wait lets a node hand its output downstream
         and return to its socket at once, leaving the ack to a background task.
+        ``serialize_ns`` (the time ``encoded`` took to make) goes into the hop's ack event.
         """
         key = (frame.session, frame.step, frame.epoch)
         fut: asyncio.Future = asyncio.get_running_loop().create_future()
@@ -179,14 +193,15 @@ class PeerLink:
                 await writer.drain()
             except (ConnectionError, OSError) as exc:
                 self._drop(writer)
-                raise PeerFailed(self.peer, "crashed", f"send failed: {exc}") from None
+                raise PeerFailed(self.peer, FailureKind.CRASHED, f"send failed: {exc}") from None
         except BaseException:
             self._pending.pop(key, None)
             raise
-        return PendingAck(key, fut, writer, t1_wall, t1_mono, len(encoded))
+        return PendingAck(key, fut, writer, frame, serialize_ns, t1_wall, t1_mono, len(encoded))
 
     async def wait_ack(self, sent: "PendingAck") -> HopTiming:
-        """The hop's timing once its ack arrives; PeerFailed if it does not within the adaptive deadline."""
+        """The hop's timing once its ack arrives (logged as the hop's ``ack`` event); PeerFailed if it does
+        not arrive within the adaptive deadline."""
         # Time on the wire grows with the frame: a prompt's hidden states cross a 2.5 Mbit/s uplink slowly.
         deadline = self.deadline.value() + self.timing.wire_time_s(sent.bytes)
         try:
@@ -194,19 +209,25 @@ class PeerLink:
                 reply: Frame = await asyncio.wait_for(asyncio.shield(sent.future), deadline)
             except asyncio.TimeoutError:
                 self._drop(sent.writer)
-                raise PeerFailed(self.peer, "silent", f"no ack within {deadline * 1000:.0f} ms") from None
+                raise PeerFailed(self.peer, FailureKind.SILENT, f"no ack within {deadline * 1000:.0f} ms") from None
             t4_wall, t4_mono = time.time_ns(), time.monotonic_ns()
             if reply.type == FrameType.ERROR:
-                raise PeerFailed(self.peer, "rejected", reply.payload.decode("utf-8", "replace"))
+                raise PeerFailed(self.peer, FailureKind.REJECTED, reply.payload.decode("utf-8", "replace"))
             timing = HopTiming(sent.t1_wall_ns, sent.t1_mono_ns, reply.t_a, reply.t_b, t4_wall, t4_mono, sent.bytes)
             self.deadline.observe(max(timing.rtt_ns, 0) / 1e9)
+            frame = sent.frame
+            self.log.log("ack", session=str(frame.session), step=frame.step, epoch=frame.epoch, src=frame.src,
+                         dst=frame.dst, positions=frame.n_pos, bytes=timing.bytes, serialize_ns=sent.serialize_ns,
+                         t1_wall_ns=timing.t1_wall_ns, t1_mono_ns=timing.t1_mono_ns, t2_wall_ns=timing.t2_wall_ns,
+                         t3_wall_ns=timing.t3_wall_ns, t4_wall_ns=timing.t4_wall_ns, t4_mono_ns=timing.t4_mono_ns,
+                         rtt_ns=timing.rtt_ns)
             return timing
         finally:
             self._pending.pop(sent.key, None)
 
-    async def send_data(self, frame: Frame, encoded: bytes) -> HopTiming:
+    async def send_data(self, frame: Frame, encoded: bytes, serialize_ns: int = 0) -> HopTiming:
         """Send a DATA (or RESUME) frame and wait for its ack within the adaptive deadline."""
-        return await self.wait_ack(await self.send(frame, encoded))
+        return await self.wait_ack(await self.send(frame, encoded, serialize_ns))
 
     async def send_control(self, frame: Frame) -> bool:
         """Best-effort control frame (heartbeat, failure report, session end); False if undeliverable."""

@@ -10,6 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from quality.errors import StudyError, StudyFileMissing
+
 BUNDLED_CORPUS = Path(__file__).parent / "data" / "corpus.txt"
 
 
@@ -25,10 +27,10 @@ def read_corpus(path: Path | None) -> str:
     """The corpus text: the user's file, or the bundled one."""
     path = Path(path) if path is not None else BUNDLED_CORPUS
     if not path.is_file():
-        raise FileNotFoundError(f"corpus file {path} does not exist")
+        raise StudyFileMissing(f"corpus file {path} does not exist")
     text = path.read_text(encoding="utf-8")
     if not text.strip():
-        raise ValueError(f"corpus file {path} is empty")
+        raise StudyError(f"corpus file {path} is empty")
     return text
 
 
@@ -40,9 +42,9 @@ def windows(token_ids: list[int], *, tokens: int, window: int, bos: int | None) 
     context.  Each corpus token is a target at most once.
     """
     if window < 1:
-        raise ValueError(f"window must be at least 1 token, got {window}")
+        raise StudyError(f"window must be at least 1 token, got {window}")
     if tokens < 1:
-        raise ValueError(f"need at least 1 evaluated token, got {tokens}")
+        raise StudyError(f"need at least 1 evaluated token, got {tokens}")
     prefix = [bos] if bos is not None else []
     context_only = 1 - len(prefix)  # tokens per window that are context but never targets
     out: list[Window] = []
@@ -51,7 +53,7 @@ def windows(token_ids: list[int], *, tokens: int, window: int, bos: int | None) 
         take = min(window, tokens - scored)
         chunk = token_ids[start : start + take + context_only]
         if len(chunk) < take + context_only:
-            raise ValueError(
+            raise StudyError(
                 f"the corpus has {len(token_ids)} tokens, too few for {tokens} evaluated tokens "
                 f"in windows of {window}; give a longer corpus or fewer tokens"
             )

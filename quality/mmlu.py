@@ -27,6 +27,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from quality.errors import StudyError
 from quality.mmlu_data import LETTERS, MMLUData, MMLUDataError, Question
 from quality.model import SkipModel
 from quality.progress import Bar
@@ -54,7 +55,7 @@ def context(question: Question, exemplars: list[Question]) -> str:
 def split(data: MMLUData, shots: int) -> tuple[list[Question], dict[str, list[Question]]]:
     """Scored questions and each subject's exemplars for ``shots``-shot prompts."""
     if shots < 0:
-        raise ValueError(f"shots must be 0 or more, got {shots}")
+        raise StudyError(f"shots must be 0 or more, got {shots}")
     by_subject: dict[str, list[Question]] = defaultdict(list)
     for q in data.dev if data.dev is not None else data.test:
         by_subject[q.subject].append(q)
@@ -82,7 +83,7 @@ def spread(questions: list[Question], limit: int | None) -> list[Question]:
     if limit is None or limit >= len(questions):
         return list(questions)
     if limit < 1:
-        raise ValueError(f"limit must be at least 1, got {limit}")
+        raise StudyError(f"limit must be at least 1, got {limit}")
     queues: dict[str, list[Question]] = defaultdict(list)
     for q in questions:
         queues[q.subject].append(q)

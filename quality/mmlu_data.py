@@ -22,10 +22,12 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from quality.errors import StudyError
+
 LETTERS = ("A", "B", "C", "D")
 
 
-class MMLUDataError(ValueError):
+class MMLUDataError(StudyError):
     """MMLU data is missing or malformed; the message names the file and what is wrong."""
 
 

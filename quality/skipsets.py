@@ -13,12 +13,14 @@ import re
 from itertools import combinations
 from pathlib import Path
 
+from quality.errors import StudyError
+
 SkipSet = tuple[int, ...]
 
 FULL: SkipSet = ()
 
 
-class SetsFileError(ValueError):
+class SetsFileError(StudyError):
     """A sets file is missing or malformed; the message names the file and line."""
 
 

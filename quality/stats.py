@@ -15,6 +15,8 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.stats import binomtest
 
+from quality.errors import StudyError
+
 Z95 = 1.959963984540054
 RESAMPLES = 10_000
 SEED = 0
@@ -76,7 +78,7 @@ class BlockBootstrap:
         ids, self._index = np.unique(blocks, return_inverse=True)
         n = ids.size
         if n < 2:
-            raise ValueError("the block bootstrap needs at least 2 blocks; evaluate more tokens")
+            raise StudyError("the block bootstrap needs at least 2 blocks; evaluate more tokens")
         rng = np.random.default_rng(seed)
         self._weights = rng.multinomial(n, np.full(n, 1.0 / n), size=resamples).T.astype(np.float64)
         self._counts = np.bincount(self._index, minlength=n).astype(np.float64) @ self._weights

@@ -23,6 +23,7 @@ from scipy.stats import spearmanr
 from payload.prepare import prepare
 from quality import examples as ex
 from quality.corpus import read_corpus, windows
+from quality.errors import StudyError
 from quality.figures import double_skip_figures, single_skip_figure
 from quality.mmlu import MMLUScores, encode, mmlu_work, score, split, spread
 from quality.mmlu_data import load_mmlu
@@ -44,9 +45,9 @@ def check_metrics(metrics: list[str]) -> list[str]:
     names = [m.strip().lower() for item in metrics for m in str(item).split(",") if m.strip()]
     unknown = [m for m in names if m not in METRICS]
     if unknown:
-        raise ValueError(f"unknown metric {unknown[0]!r}; choose from {', '.join(METRICS)}")
+        raise StudyError(f"unknown metric {unknown[0]!r}; choose from {', '.join(METRICS)}")
     if not names:
-        raise ValueError(f"no metrics given; choose from {', '.join(METRICS)}")
+        raise StudyError(f"no metrics given; choose from {', '.join(METRICS)}")
     return list(dict.fromkeys(names))
 
 
@@ -78,9 +79,9 @@ def run_skip_study(
     """
     metrics = check_metrics(metrics)
     if shots < 0:
-        raise ValueError(f"shots must be 0 or more, got {shots}")
+        raise StudyError(f"shots must be 0 or more, got {shots}")
     if limit is not None and limit < 1:
-        raise ValueError(f"limit must be at least 1, got {limit}")
+        raise StudyError(f"limit must be at least 1, got {limit}")
     requested = read_sets_file(Path(sets_file)) if sets_file is not None else []
     proxies_wanted = [m for m in metrics if m in PROXY_METRICS]
     text = read_corpus(corpus) if proxies_wanted else None

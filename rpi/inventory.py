@@ -14,7 +14,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from colosseum.yamlfile import load_validated
+from testbed.interface import TestbedError
+from testbed.yamlfile import load_validated
 
 DEFAULT_PACKAGES = ["python3-venv", "python3-pip", "chrony", "network-manager", "iputils-ping"]
 
@@ -102,4 +103,5 @@ class RpiInventory(BaseModel):
 
 def load_inventory(path: Path | str) -> RpiInventory:
     """Read and validate a Raspberry Pi inventory; every problem is reported with its field and line."""
-    return load_validated(path, RpiInventory, what="Raspberry Pi inventory")
+    return load_validated(path, RpiInventory, what="Raspberry Pi inventory", error=TestbedError,
+                          forbid_secrets=True)

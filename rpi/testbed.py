@@ -17,84 +17,51 @@ from __future__ import annotations
 
 import os
 import shlex
-import threading
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
-from experiment.fanout import on_each
-from colosseum.network import Address, address_command, parse_address, reach_command
-from colosseum.remote import RemoteProcess, SshAccess, SshShell, connect
-from experiment.payload_code import CODE_ARCHIVE, payload_archive, unpack_command
-from colosseum.state import StateFile
-from experiment.testbed import FaultResult, HostInfo, LinkProfile, Testbed, TestbedError
-
 from rpi import clock, provision, units
 from rpi.inventory import RpiInventory, load_inventory
+from testbed.addresses import Address, address_command, parse_address, reach_command
+from testbed.fanout import on_each
+from testbed.interface import LINK_FAULTS, PROCESS_FAULTS, FaultResult, HostInfo, TestbedError
+from testbed.profiles import LinkProfile
+from testbed.remote import InventoryTestbed
+from testbed.shipping import CODE_ARCHIVE, payload_archive, unpack_command
+from testbed.ssh import RemoteProcess, SshAccess, SshShell, connect
 
 ADDRESS_POLL_S = 1.0
 LINK = "wifi"
 
 
-class RpiTestbed(Testbed):
+class RpiTestbed(InventoryTestbed):
     """Pis of one inventory; ``inventory`` is needed for ``up`` (later calls find it in the state)."""
 
     kind = "rpi"
+    title = "Raspberry Pi"
+    guide = "inventories/rpi.example.yaml and docs/rpi.md"
+    faults = PROCESS_FAULTS | LINK_FAULTS  # the links are the real Wi-Fi: no shaping, degrade or partition
 
     def __init__(self, prefix: str = "jv-rpi", *, inventory: str | Path | None = None,
                  progress: Callable[[str], None] = print) -> None:
-        self.prefix = prefix
-        self.state = StateFile("rpi", prefix)
-        self.root = self.state.root
-        self.inventory_path = Path(inventory).expanduser().resolve() if inventory else None
-        self.progress = progress
-        self._lock = threading.Lock()
-        self._shells: dict[str, SshShell] = {}
-        self._loaded: tuple[tuple[Path, int], RpiInventory] | None = None
+        super().__init__(prefix, inventory=inventory, progress=progress)
 
-    # -- inventory and shells --------------------------------------------------------------------
-
-    def inventory_file(self) -> Path:
-        """The inventory given, else the one the running testbed was brought up with."""
-        path = self.inventory_path or self.state.load().get("inventory")
-        if path is None:
-            raise TestbedError("the Raspberry Pi testbed needs an inventory: pass --inventory FILE "
-                               "(see inventories/rpi.example.yaml and docs/rpi.md)")
-        return Path(path)
-
-    def inventory(self) -> RpiInventory:
-        """The validated inventory, read once per file version (deploy asks for shells many times)."""
-        path = self.inventory_file()
-        key = (path, path.stat().st_mtime_ns if path.exists() else 0)
-        if self._loaded is None or self._loaded[0] != key:
-            self._loaded = (key, load_inventory(path))
-        return self._loaded[1]
-
-    def _ready(self) -> dict:
-        data = self.state.load()
-        if not data.get("ready"):
-            raise TestbedError(f"Raspberry Pi testbed {self.prefix!r} is not up: run "
-                               "`fab up --testbed rpi --inventory FILE --nodes N`")
-        return data
+    def load_inventory(self, path: Path) -> RpiInventory:
+        return load_inventory(path)
 
     @staticmethod
     def workdir(inv: RpiInventory, name: str, run: str) -> str:
         return f"{inv.base_of(name)}/runs/{run}"
 
     def _shell(self, inv: RpiInventory, name: str, run: str) -> SshShell:
-        with self._lock:
-            if name not in self._shells:
-                access = SshAccess(inv.ssh_config, inv.agent, None, inv.key)
-                connection = connect(inv.by_name(name).ssh_host, access, user=inv.user)
-                self._shells[name] = SshShell(name, connection, self.workdir(inv, name, run),
-                                              path_prepend=inv.path_prepend, record=self.state.record)
-            return self._shells[name]
+        def make() -> SshShell:
+            access = SshAccess(inv.ssh_config, inv.agent, None, inv.key)
+            connection = connect(inv.by_name(name).ssh_host, access, user=inv.user)
+            return SshShell(name, connection, self.workdir(inv, name, run), path_prepend=inv.path_prepend,
+                            record=self.state.record)
 
-    def _close_shells(self) -> None:
-        with self._lock:
-            for shell in self._shells.values():
-                shell.close()
-            self._shells.clear()
+        return self._cached_shell(name, make)
 
     def _on_chain(self, inv: RpiInventory, data: dict, work: Callable[[SshShell, str], object], *, what: str) -> dict:
         return on_each({name: (lambda n=name: work(self._shell(inv, n, data["run"]), n)) for name in data["chain"]},
@@ -119,17 +86,17 @@ class RpiTestbed(Testbed):
         data = {"inventory": str(inventory_file), "run": f"{self.prefix}-{time.strftime('%Y%m%d-%H%M%S')}",
                 "chain": [inv.user_pi.name] + [p.name for p in layers[:nodes]], "ready": False, "units": {},
                 "addresses": {}, "versions": {}, "clock": {"before": {}, "after": {}}}
-        self.root.mkdir(parents=True, exist_ok=True)
+        self.state_dir.mkdir(parents=True, exist_ok=True)
         self.state.transcript.unlink(missing_ok=True)
         self.state.save(data)
-        try:
+        with self.torn_down_on_failure():
             self.progress(f"[rpi] checking {len(data['chain'])} Pis")
             self._on_chain(inv, data, lambda s, n: self._check(inv, s), what="checking the Pis")
             self.progress("[rpi] provisioning (packages, chrony, Wi-Fi, venv)")
             versions = self._on_chain(inv, data, lambda s, n: self._provision(inv, s, n, wifi_env),
                                       what="provisioning")
             self.state.update(lambda d: d.update(versions=versions))
-            archive = payload_archive(self.root)
+            archive = payload_archive(self.state_dir)
             self._on_chain(inv, data, lambda s, n: self._prepare(inv, s, n, data["run"], archive),
                            what="preparing the run directories")
             addresses = self._on_chain(inv, data, lambda s, n: str(self._wait_address(inv, s)),
@@ -137,13 +104,6 @@ class RpiTestbed(Testbed):
             self.state.update(lambda d: d.update(addresses=addresses))
             self._on_chain(inv, data, lambda s, n: self._reach(data["chain"], addresses, s, n),
                            what="the reachability check")
-        except BaseException as failure:
-            self.progress("[rpi] setup failed; tearing down what was started")
-            try:
-                self.down()
-            except TestbedError as teardown:
-                failure.add_note(str(teardown))
-            raise
         self.state.update(lambda d: d.update(ready=True))
         return self.hosts()
 
@@ -238,7 +198,7 @@ class RpiTestbed(Testbed):
         """Run ``argv`` as a systemd unit (Restart=no) from the run directory; return its main pid."""
         inv = self.inventory()
         unit = host.extra["unit"]
-        local = self.root / unit
+        local = self.state_dir / unit
         local.write_text(units.unit_text(description=f"JARVIS {host.name} ({self.prefix})", argv=argv,
                                          workdir=host.workdir, user=inv.user, log_name=log_name))
         shell = self.shell(host)
@@ -246,6 +206,15 @@ class RpiTestbed(Testbed):
         self.state.update(lambda d: d["units"].update({host.name: {"pi": host.ssh_host, "unit": unit}}))
         results = shell.run_many(units.start_commands(inv.sudo, f"{host.workdir}/{unit}", unit))
         return int(results[-1].stdout.strip())
+
+    def stop_service(self, host: HostInfo) -> None:
+        """Stop (and unlink) the systemd unit this testbed started for ``host``; none started is fine."""
+        service = self._ready()["units"].get(host.name)
+        if service is None:
+            return
+        self.shell(host).run_many(units.stop_commands(self.inventory().sudo, service["unit"]), keep_going=True,
+                                  cwd="/")
+        self.state.update(lambda d: d["units"].pop(host.name, None))
 
     def popen(self, host: HostInfo, argv: list[str]) -> RemoteProcess:
         """Stream the user node's output; first read every Pi's clock (the run starts now)."""
@@ -279,21 +248,13 @@ class RpiTestbed(Testbed):
 
     def _signal(self, host: HostInfo, signal: str, until: str, action: str) -> FaultResult:
         unit = host.extra["unit"]
-        result = self.shell(host).run(units.signal_command(self.inventory().sudo, unit, signal, until), check=False)
+        result = self.shell(host).run(units.signal_command(self.inventory().sudo, unit, f"SIG{signal}", until),
+                                      check=False)
         if result.exit_code == units.NOT_RUNNING:
             raise TestbedError(f"{host.name}: {unit} has no running process")
         if not result.ok:
-            raise TestbedError(f"{host.name}: {unit} did not take {signal} within 5 s")
-        return FaultResult.now(action, host.name, f"systemctl kill --signal={signal} {unit} on {host.ssh_host}")
-
-    def kill(self, host: HostInfo) -> FaultResult:
-        return self._signal(host, "SIGKILL", "gone", "kill")
-
-    def pause(self, host: HostInfo) -> FaultResult:
-        return self._signal(host, "SIGSTOP", "stopped", "pause")
-
-    def resume(self, host: HostInfo) -> FaultResult:
-        return self._signal(host, "SIGCONT", "running", "resume")
+            raise TestbedError(f"{host.name}: {unit} did not take SIG{signal} within 5 s")
+        return FaultResult.now(action, host.name, f"systemctl kill --signal=SIG{signal} {unit} on {host.ssh_host}")
 
     def link_down(self, host: HostInfo) -> FaultResult:
         """The Wi-Fi interface down (SSH must reach the Pi another way, e.g. Ethernet)."""
@@ -312,12 +273,8 @@ class RpiTestbed(Testbed):
 
     # -- down ------------------------------------------------------------------------------------
 
-    def down(self) -> None:
-        """Stop and unlink every unit this testbed started; safe to repeat.  Provisioning and logs stay."""
-        data = self.state.load()
-        if not data:
-            self._close_shells()
-            return
+    def _teardown(self, data: dict) -> list[str]:
+        """Stop and unlink every unit this testbed started.  Provisioning and logs stay."""
         inv = self.inventory()
         by_pi: dict[str, list[str]] = {}
         for service in data["units"].values():
@@ -327,8 +284,5 @@ class RpiTestbed(Testbed):
                                                                                                cwd="/"))
                      for pi, commands in by_pi.items()}, what="stopping the node units")
         except TestbedError as exc:
-            self._close_shells()
-            raise TestbedError(f"Raspberry Pi teardown incomplete (state kept; run `fab down --testbed rpi` "
-                               f"again):\n{exc}") from None
-        self._close_shells()
-        self.state.remove()
+            return [str(exc)]
+        return []

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 
 from experiment.run import Fault, FaultRunner
-from experiment.testbed import FaultResult, HostInfo, Testbed
+from testbed.interface import FaultResult, HostInfo, Testbed
 
 
 class RecordingTestbed(Testbed):

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from analysis.synth import Kill, Spec, Truth, write_run
+from experiment.synth import Kill, Spec, Truth, write_run
 
 FAULTED = Spec(nodes=4, layers=8, prompts=2, tokens=12, profiles=("wifi", "lte", "server"),
                kills=(Kill(node=2, token=4),), seed=7)

@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from emu.profiles import load_profiles
+from testbed.profiles import load_profiles
 from tests.colosseum.emulated import STANDINS, EmulatedHosts, emulate
 from tests.emu.conftest import emu_testbed, root_missing_reason
 

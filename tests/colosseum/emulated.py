@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from emu.testbed import EmuTestbed
-from experiment.testbed import HostInfo
+from testbed.interface import HostInfo
 from tests.colosseum.standins import standin
 
 STANDINS = Path(__file__).parent / "standins"

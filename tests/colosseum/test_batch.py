@@ -16,9 +16,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from colosseum.batch import collect, write_bundle
+from experiment.batch import collect, write_bundle
 from colosseum.inventory import load_inventory
-from experiment.testbed import TestbedError
+from testbed.interface import TestbedError
 
 from tests.colosseum.conftest import SRNS, write_inventory
 

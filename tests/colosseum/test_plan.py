@@ -11,10 +11,12 @@ import yaml
 
 from colosseum import plan, rf
 from colosseum.inventory import load_inventory
-from colosseum.network import Address, Route, SrnAddresses, parse_address, plan_routes
+from testbed.addresses import Address, parse_address
+from colosseum.network import Route, SrnAddresses, plan_routes
 from colosseum.testbed import ColosseumTestbed
 from experiment.orchestrate import make_testbed
-from experiment.testbed import LinkProfile, TestbedError
+from testbed.profiles import LinkProfile
+from testbed.interface import TestbedError
 from rpi.testbed import RpiTestbed
 
 REPO = Path(__file__).resolve().parents[2]

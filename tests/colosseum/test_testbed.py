@@ -18,11 +18,13 @@ from pathlib import Path
 import pytest
 
 from colosseum import plan
-from colosseum.network import Address, SrnAddresses
+from testbed.addresses import Address
+from colosseum.network import SrnAddresses
 from colosseum.testbed import ColosseumTestbed
-from experiment.deploy import deploy, service_argv
+from experiment.deploy import deploy
+from testbed.shipping import service_argv
 from experiment.run import Fault, run_job
-from experiment.testbed import TestbedError
+from testbed.interface import TestbedError
 from payload.prepare import load_manifest
 from payload.routing import even_placement
 
@@ -185,7 +187,7 @@ class TestFailures:
         assert all(srns.log(alias) == [] for alias in SRNS if alias != "jvtest-101")
         nothing_running(srns, testbed, [f"{testbed.prefix}-{a}" for a in SRNS])
 
-        stopped = json.loads((testbed.root.parent / "rf-last-stop-jvtest.json").read_text())["stopped_wall"]
+        stopped = json.loads((testbed.state_dir.parent / "rf-last-stop-jvtest.json").read_text())["stopped_wall"]
         with pytest.raises(TestbedError, match="did not start"):
             testbed.up(3)  # right away: the next rf start waits out the settle time after rf stop
         started = next(r["wall_ns"] for r in transcript(testbed) if r["command"].startswith("colosseumcli rf start"))

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from experiment.testbed import TestbedError
+from testbed.interface import TestbedError
 from emu import state, system
 from emu.plan import Plan
 from emu.shaping import probe_netem
@@ -85,7 +85,7 @@ def test_two_prefixes_coexist_on_distinct_subnets(require_root):
 
 def test_without_root_the_error_points_to_the_local_testbed():
     script = ("from emu.testbed import EmuTestbed\n"
-              "from experiment.testbed import TestbedError\n"
+              "from testbed.interface import TestbedError\n"
               "try:\n    EmuTestbed('jv-rootless').up(1)\n"
               "except TestbedError as exc:\n    print(exc)\n")
     nobody = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"] if os.geteuid() == 0 else []

@@ -7,10 +7,10 @@ import io
 import pytest
 from rich.console import Console
 
-from experiment.testbed import LinkProfile
+from testbed.profiles import LinkProfile
 from emu.linkcheck import (binomial_interval, expected_goodput_mbit, expected_jitter_ms, expected_loss,
                            expected_rtt_ms, links_check, parse_ping, print_rows)
-from emu.profiles import load_profiles, profile_from_dict
+from testbed.profiles import load_profiles, profile_from_dict
 
 from tests.emu.conftest import unique_prefix
 

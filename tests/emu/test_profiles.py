@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from experiment.testbed import LinkProfile
-from emu.profiles import (DuplexProfile, ProfileError, directions, load_profiles, parse_links_spec,
-                          profile_from_dict, profile_to_dict, resolve)
+from testbed.profiles import LinkProfile
+from testbed.profiles import DuplexProfile, ProfileError, directions, load_profiles, parse_links_spec, profile_from_dict, profile_to_dict, resolve
 
 
 class TestShipped:

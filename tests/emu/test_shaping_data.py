@@ -7,9 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from experiment.testbed import LinkProfile, TestbedError
+from testbed.profiles import LinkProfile
+from testbed.interface import TestbedError
 from emu.plan import make_plan, tag_for
-from emu.profiles import load_profiles, profile_from_dict
+from testbed.profiles import load_profiles, profile_from_dict
 from emu.shaper import Direction, DirectionConfig
 from emu.shaping import netem_argv, netem_commands, netem_limit, shaper_config
 from emu.sshd import client_config, endpoints, sshd_config

@@ -10,9 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from experiment.testbed import HostInfo, LinkProfile, TestbedError
+from testbed.interface import HostInfo, TestbedError
+from testbed.profiles import LinkProfile
 from emu import system
-from emu.profiles import load_profiles
+from testbed.profiles import load_profiles
 
 from tests.emu.conftest import emu_testbed
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from experiment.deploy import deploy
-from experiment.local import LocalTestbed
+from local.testbed import LocalTestbed
 from payload.config import Timing
 from payload.prepare import load_manifest
 from payload.routing import Policy, even_placement

@@ -14,7 +14,7 @@ import pytest
 from emu import system
 from experiment.replay import Monolith, check_run
 from experiment.run import Fault, run_job
-from experiment.testbed import TestbedError
+from testbed.interface import TestbedError
 import payload.node
 from tests.emu.conftest import emu_testbed, require_root  # noqa: F401  (fixture)
 from tests.integration.conftest import deploy_even

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from experiment.local import LocalTestbed
-from experiment.testbed import TestbedError
+from local.testbed import LocalTestbed
+from testbed.interface import TestbedError
 from tests.integration.conftest import local_testbed
 
 
@@ -33,8 +33,8 @@ def parent_and_session(pid: int) -> tuple[int, int]:
 
 def test_down_stops_every_service_started_in_parallel(tiny_prepared, chain):
     with chain(tiny_prepared("llama"), 6) as (tb, dep):
-        root = tb.root
-        state = json.loads(tb.manifest.read_text())
+        root = tb.state_dir
+        state = tb.store.load()
         nodes, spawner = set(state["pids"].values()), state["spawner"]["pid"]
         assert len(nodes) == 6
         assert set(processes_under(root)) == nodes | {spawner}
@@ -64,9 +64,9 @@ def test_collect_again_is_idempotent(tiny_prepared, chain, tmp_path):
 
 
 def test_payload_service_commands_are_forked_and_others_are_not():
-    from experiment.deploy import service_argv
-    from experiment.local_spawner import ModuleCall
-    from experiment.testbed import HostInfo
+    from testbed.shipping import service_argv
+    from local.spawner import ModuleCall
+    from testbed.interface import HostInfo
 
     host = HostInfo(name="node1", index=1, address="127.0.0.1", workdir="/tmp")
     call = ModuleCall.parse(service_argv(host, "payload.node", "--config", "node.json"))
@@ -83,17 +83,17 @@ def test_an_edited_payload_gets_a_fresh_spawner(tmp_path):
 
     repo = Path(__file__).resolve().parents[2]
     tree = tmp_path / "tree"
-    for package in ("payload", "experiment"):
+    for package in ("payload", "local"):
         shutil.copytree(repo / package, tree / package, ignore=shutil.ignore_patterns("__pycache__"))
     with local_testbed(1) as tb:
         assert tb._spawner(str(tree)) is not None
-        first = json.loads(tb.manifest.read_text())["spawner"]["pid"]
+        first = tb.store.load()["spawner"]["pid"]
         tb._spawner(str(tree))
-        assert json.loads(tb.manifest.read_text())["spawner"]["pid"] == first, "unchanged code: same spawner"
+        assert tb.store.load()["spawner"]["pid"] == first, "unchanged code: same spawner"
         config = tree / "payload" / "config.py"
         config.write_text(config.read_text() + "\n# edited\n")
         tb._spawner(str(tree))
-        second = json.loads(tb.manifest.read_text())["spawner"]["pid"]
+        second = tb.store.load()["spawner"]["pid"]
         assert second != first and not Path(f"/proc/{first}").exists()
         assert tb._spawner(str(repo)) is None, "another source tree is started afresh, not from this spawner"
     assert not Path(f"/proc/{second}").exists()
@@ -101,16 +101,16 @@ def test_an_edited_payload_gets_a_fresh_spawner(tmp_path):
 
 def test_a_bad_service_command_is_refused_and_the_spawner_serves_on():
     """argparse exits on a bad flag while the spawner prewarms; that must be an error reply, not its death."""
-    from experiment.deploy import service_argv
+    from testbed.shipping import service_argv
 
     with local_testbed(1) as tb:
         host = tb.hosts()[1]
         for _ in range(2):
             with pytest.raises(RuntimeError, match="could not start payload.node: SystemExit"):
                 tb.start_service(host, service_argv(host, "payload.node", "--no-such-flag"))
-        spawner = json.loads(tb.manifest.read_text())["spawner"]["pid"]
+        spawner = tb.store.load()["spawner"]["pid"]
         assert Path(f"/proc/{spawner}").exists()
-        assert json.loads(tb.manifest.read_text())["pids"] == {}, "nothing was started"
+        assert tb.store.load()["pids"] == {}, "nothing was started"
 
 
 def test_fab_experiment_runs_the_demo_scenario_end_to_end(tmp_path):
@@ -131,4 +131,4 @@ def test_fab_experiment_runs_the_demo_scenario_end_to_end(tmp_path):
     figures = sorted(p.relative_to(run) for p in (run / "figures").glob("*.png"))
     assert figures and f"figures ({len(figures)}): " in out.stdout
     assert all(str(figure) in out.stdout for figure in figures), "the terminal names every plot"
-    assert not (LocalTestbed(prefix).root).exists(), "experiment must bring the testbed down"
+    assert not (LocalTestbed(prefix).state_dir).exists(), "experiment must bring the testbed down"

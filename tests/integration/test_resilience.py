@@ -132,7 +132,7 @@ def test_ctrl_c_mid_run_stops_the_user_node_cancels_faults_and_keeps_what_exists
                   [Fault("pause", (2,), at_seconds=30.0)], tmp_path / "run", stream=stream)
     assert not summary(run)["complete"]
     assert read_tokens(run)["step"].tolist()[:3] == [0, 1, 2]
-    pids = json.loads(testbed.manifest.read_text())["pids"]
+    pids = testbed.store.load()["pids"]
     assert not Path(f"/proc/{pids['user']}").exists(), "the user node must stop with the run"
     assert (run / "faults.csv").read_text().count("\n") <= 1, "a fault still pending must not fire"
     state = Path(f"/proc/{pids['node2']}/stat").read_text().rsplit(")", 1)[1].split()[0]

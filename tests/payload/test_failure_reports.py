@@ -19,7 +19,8 @@ from payload.events import read_events
 from payload.frames import Frame, FrameType
 from payload.routing import Placement
 from payload.transport import PeerFailed
-from payload.user import Attempt, UserConfig, UserNode
+from payload.config import UserConfig
+from payload.user_node import Attempt, UserNode
 
 
 @pytest.fixture
@@ -47,7 +48,7 @@ async def deliver(user: UserNode, frame: Frame, attempt_epoch: int | None, sessi
 def test_a_report_about_a_superseded_attempt_marks_nobody_out(user):
     sid = uuid.uuid4()
     attempt = asyncio.run(deliver(user, report(sid, epoch=1, failed=2, reporter=1), attempt_epoch=2, session=sid))
-    assert 2 not in user.dead
+    assert 2 not in user.liveness.dead
     assert not attempt.result.done()
     assert [e["kind"] for e in read_events(user.node.log_path) if e["ev"] == "stale"] == ["fail_report"]
 
@@ -55,13 +56,13 @@ def test_a_report_about_a_superseded_attempt_marks_nobody_out(user):
 def test_a_report_about_a_finished_session_marks_nobody_out(user):
     asyncio.run(deliver(user, report(uuid.uuid4(), epoch=3, failed=2, reporter=1), attempt_epoch=None,
                         session=uuid.uuid4()))
-    assert not user.dead
+    assert not user.liveness.dead
 
 
 def test_a_report_about_the_current_attempt_fails_it(user):
     sid = uuid.uuid4()
     attempt = asyncio.run(deliver(user, report(sid, epoch=2, failed=2, reporter=1), attempt_epoch=2, session=sid))
-    assert 2 in user.dead
+    assert 2 in user.liveness.dead
     with pytest.raises(PeerFailed):
         attempt.result.result()
 
@@ -69,7 +70,7 @@ def test_a_report_about_the_current_attempt_fails_it(user):
 def test_a_report_tied_to_no_session_counts(user):
     asyncio.run(deliver(user, report(uuid.UUID(int=0), epoch=0, failed=1, reporter=2), attempt_epoch=None,
                         session=uuid.uuid4()))
-    assert 1 in user.dead
+    assert 1 in user.liveness.dead
 
 
 def test_heartbeat_silence_allows_for_the_largest_frame_in_flight(user):

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from emu.profiles import load_profiles
+from testbed.profiles import load_profiles
 from tests.colosseum.conftest import require_root  # noqa: F401  (fixture)
 from tests.colosseum.emulated import EmulatedHosts, emulate
 from tests.emu.conftest import emu_testbed

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from experiment.testbed import TestbedError
+from testbed.interface import TestbedError
 from rpi import clock, provision, units
 from rpi.inventory import load_inventory
 

@@ -17,7 +17,7 @@ import pytest
 
 from experiment.deploy import deploy
 from experiment.run import Fault, run_job
-from experiment.testbed import TestbedError
+from testbed.interface import TestbedError
 from payload.prepare import load_manifest
 from payload.routing import even_placement
 from rpi.testbed import RpiTestbed

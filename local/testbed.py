@@ -8,7 +8,6 @@ so ``down`` kills exactly the processes this testbed started and nothing else.
 
 from __future__ import annotations
 
-import json
 import os
 import random
 import shutil
@@ -20,12 +19,11 @@ import threading
 import time
 from pathlib import Path
 
-from experiment.local_spawner import ModuleCall, SpawnerClient, code_fingerprint
-from experiment.testbed import CommandResult, FaultResult, HostInfo, LinkProfile, Testbed, TestbedError
-
-
-def state_root() -> Path:
-    return Path(os.environ.get("JARVIS_STATE", "/tmp/jarvis-state"))
+from local.spawner import ModuleCall, SpawnerClient, code_fingerprint
+from testbed.interface import FaultResult, HostInfo, Testbed, TestbedError
+from testbed.profiles import LinkProfile
+from testbed.shell import LocalShell
+from testbed.state import StateStore, state_root
 
 
 def _ephemeral_range() -> tuple[int, int]:
@@ -60,65 +58,37 @@ def free_ports(count: int) -> list[int]:
     raise TestbedError(f"no {count} free TCP ports on 127.0.0.1 between {floor} and {ceiling}")
 
 
-class LocalShell:
-    """Run commands in a host's work directory on this machine; put/get are plain copies."""
-
-    def __init__(self, host: HostInfo):
-        self.host = host
-
-    def run(self, command: str, *, timeout: float = 60.0, check: bool = True) -> CommandResult:
-        proc = subprocess.run(command, shell=True, cwd=self.host.workdir, capture_output=True, text=True,
-                              timeout=timeout)
-        result = CommandResult(self.host.name, command, proc.returncode, proc.stdout, proc.stderr)
-        if check and not result.ok:
-            raise TestbedError(f"{self.host.name}: `{command}` exited {proc.returncode}: {proc.stderr.strip()}")
-        return result
-
-    def put(self, local: Path, remote: str) -> None:
-        target = Path(self.host.workdir) / remote
-        target.parent.mkdir(parents=True, exist_ok=True)
-        target.unlink(missing_ok=True)
-        try:
-            os.link(local, target)  # same machine: a hard link ships a GB model in no time
-        except OSError:
-            shutil.copyfile(local, target)
-
-    def get(self, remote: str, local: Path) -> None:
-        local.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(Path(self.host.workdir) / remote, local)
-
-
 class LocalTestbed(Testbed):
+    """Nodes as processes of this machine; faults are signals to their process groups."""
+
     kind = "local"
 
     def __init__(self, prefix: str = "jv-local"):
         self.prefix = prefix
-        self.root = state_root() / "local" / prefix
-        self.manifest = self.root / "manifest.json"
+        self.state_dir = state_root() / "local" / prefix
+        self.store = StateStore(self.state_dir / "manifest.json", what="local testbed manifest")
         self._lock = threading.Lock()  # deploy starts services from parallel threads
         self._spawner_lock = threading.Lock()
 
     def _load(self) -> dict:
-        if not self.manifest.exists():
+        state = self.store.load()
+        if state is None:
             raise TestbedError(f"local testbed {self.prefix!r} is not up: run `fab up --testbed local --nodes N`")
-        return json.loads(self.manifest.read_text())
+        return state
 
     def _save(self, state: dict) -> None:
-        self.root.mkdir(parents=True, exist_ok=True)
-        tmp = self.manifest.with_suffix(".tmp")
-        tmp.write_text(json.dumps(state, indent=2))
-        os.replace(tmp, self.manifest)
+        self.store.save(state)
 
     def up(self, nodes: int, links: dict[int, LinkProfile] | None = None) -> list[HostInfo]:
         if nodes < 1:
             raise TestbedError("a chain needs at least one layer node")
-        if self.manifest.exists():
+        if self.store.exists():
             self.down()
         hosts = []
         ports = free_ports(nodes + 1)
         for index in range(nodes + 1):
             name = "user" if index == 0 else f"node{index}"
-            workdir = self.root / name
+            workdir = self.state_dir / name
             workdir.mkdir(parents=True, exist_ok=True)
             hosts.append(HostInfo(name=name, index=index, address="127.0.0.1", workdir=str(workdir),
                                   profile="loopback", extra={"port": ports[index]}))
@@ -139,7 +109,7 @@ class LocalTestbed(Testbed):
         """Start a node service in its own process group; the pid is recorded for faults and down.
 
         A payload module run by this interpreter is forked from the warm spawner
-        (see experiment/local_spawner.py); any other command is started afresh.
+        (see local/spawner.py); any other command is started afresh.
         """
         log = Path(host.workdir) / log_name
         warm = self._warm_start(argv)
@@ -165,7 +135,7 @@ class LocalTestbed(Testbed):
         One spawner serves one source tree: a service from another tree (None
         here) is started afresh rather than run with the wrong code.
         """
-        client = SpawnerClient(self.root / "spawner.sock", self.root / "spawner.out")
+        client = SpawnerClient(self.state_dir / "spawner.sock", self.state_dir / "spawner.out")
         code = code_fingerprint(Path(pythonpath))
         with self._spawner_lock:
             spawner = self._load().get("spawner")
@@ -185,7 +155,7 @@ class LocalTestbed(Testbed):
 
     def _stop_spawner(self) -> None:
         """Kill the spawner (services it forked run on: they are processes of their own)."""
-        if not self.manifest.exists():
+        if not self.store.exists():
             return
         spawner = self._load().get("spawner")
         if spawner and _alive(spawner["pid"]):
@@ -245,31 +215,46 @@ class LocalTestbed(Testbed):
     def resume(self, host: HostInfo) -> FaultResult:
         return self._signal(host, signal.SIGCONT, "resume")
 
+    def stop_service(self, host: HostInfo) -> None:
+        """SIGKILL the service recorded for ``host`` (a re-deploy replaces it at once); none is fine."""
+        with self._lock:
+            state = self._load()
+            pid = state["pids"].pop(host.name, None)
+            self._save(state)
+        if pid is not None:
+            _stop(pid, grace_s=0.0)
+
     def stop_services(self) -> None:
         """Stop every service this testbed started (SIGTERM, then SIGKILL); already gone is fine."""
-        if not self.manifest.exists():
+        if not self.store.exists():
             return
         state = self._load()
-        for name, pid in state["pids"].items():
-            for sig in (signal.SIGCONT, signal.SIGTERM):
-                try:
-                    os.killpg(pid, sig)
-                except ProcessLookupError:
-                    break
-            if not _wait_gone(pid, 5.0):
-                try:
-                    os.killpg(pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-                _wait_gone(pid)
-            _reap(pid)
+        for pid in state["pids"].values():
+            _stop(pid, grace_s=5.0)
         state["pids"] = {}
         self._save(state)
 
     def down(self) -> None:
         self.stop_services()
         self._stop_spawner()
-        shutil.rmtree(self.root, ignore_errors=True)
+        shutil.rmtree(self.state_dir, ignore_errors=True)
+
+
+def _stop(pid: int, *, grace_s: float) -> None:
+    """End process group ``pid``: continue it and SIGTERM it, then SIGKILL after ``grace_s``; reap it if ours."""
+    signals = (signal.SIGCONT, signal.SIGTERM) if grace_s > 0 else ()
+    for sig in signals:
+        try:
+            os.killpg(pid, sig)
+        except ProcessLookupError:
+            break
+    if not signals or not _wait_gone(pid, grace_s):
+        try:
+            os.killpg(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        _wait_gone(pid)
+    _reap(pid)
 
 
 def _alive(pid: int) -> bool:

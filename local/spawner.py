@@ -15,7 +15,7 @@ service writing there; answered by ``{"pid"}``) or ``"attach": true`` with the
 caller's stdin/stdout/stderr passed along (SCM_RIGHTS): a waiter process then
 answers ``{"pid"}`` and, when the service ends, ``{"exit"}`` (negative: the
 signal that killed it), so the caller can stand in for it as a child process
-(``python -m experiment.local_spawner --attach``; the user node runs so).
+(``python -m local.spawner --attach``; the user node runs so).
 Errors are answered ``{"error"}``.  The module must define ``main(argv)``; it
 may define ``prewarm(argv)``, run in the spawner before forking, to import
 what ``main`` will need (for a node: the model family's transformers code).
@@ -46,7 +46,7 @@ def code_fingerprint(pythonpath: Path) -> str:
     testbed must start a new one, or nodes would run the old code.
     """
     digest = hashlib.sha256()
-    for path in sorted([*pythonpath.glob("payload/*.py"), pythonpath / "experiment" / "local_spawner.py"]):
+    for path in sorted([*pythonpath.glob("payload/*.py"), pythonpath / "local" / "spawner.py"]):
         if path.exists():
             digest.update(path.relative_to(pythonpath).as_posix().encode() + b"\0" + path.read_bytes())
     return digest.hexdigest()
@@ -104,7 +104,7 @@ class SpawnerClient:
         env = {**os.environ, "PYTHONPATH": pythonpath, "PYTHONUNBUFFERED": "1", "OPENBLAS_NUM_THREADS": "1",
                "HF_HUB_OFFLINE": "1"}
         with open(self.log_path, "ab") as out:
-            proc = subprocess.Popen([sys.executable, "-m", "experiment.local_spawner", "--socket",
+            proc = subprocess.Popen([sys.executable, "-m", "local.spawner", "--socket",
                                      str(self.socket_path)], stdout=out, stderr=subprocess.STDOUT,
                                     stdin=subprocess.DEVNULL, start_new_session=True, env=env,
                                     cwd=self.socket_path.parent)
@@ -120,7 +120,7 @@ class SpawnerClient:
         """
         pid_file = Path(cwd) / ".attached.pid"
         pid_file.unlink(missing_ok=True)
-        proc = subprocess.Popen([sys.executable, "-m", "experiment.local_spawner", "--socket", str(self.socket_path),
+        proc = subprocess.Popen([sys.executable, "-m", "local.spawner", "--socket", str(self.socket_path),
                                  "--attach", "--pid-file", str(pid_file), call.module, *call.args],
                                 cwd=cwd, stdout=subprocess.PIPE, text=True, start_new_session=True,
                                 env={**os.environ, "PYTHONUNBUFFERED": "1", **call.env})

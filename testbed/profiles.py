@@ -1,11 +1,27 @@
 """Link profiles: the shipped data file, user files, inline dicts, and the ``--links`` spec.
 
-A profile is data with a citation (``source``), never a constant in code, so a
-reader can check every number against where it came from and a user can
-calibrate their own from ``ping``/``iperf3``.  The flat fields of a
-:class:`~experiment.testbed.LinkProfile` describe the uplink (node -> network);
+Every testbed speaks of links by profile (emu shapes them, Colosseum and the Pis
+check that the scenario's profiles match the real radios), so they live in the
+shared toolkit.  A profile is data with a citation (``source``), never a
+constant in code, so a reader can check every number against where it came from
+and a user can calibrate their own from ``ping``/``iperf3``.  The flat fields
+of a :class:`LinkProfile` describe the uplink (node -> network);
 :class:`DuplexProfile` adds a separate downlink because Wi-Fi and cellular
 links are asymmetric.
+
+``--links SPEC`` assigns a profile to each node's access link.  SPEC is a
+comma-separated list of items, applied left to right:
+
+* ``NAME``: the profile of every node not named by an index item
+  (default ``wifi``);
+* ``I=NAME``: node ``I`` (0 is the user node, 1..N the layer nodes);
+* ``A-B=NAME``: nodes ``A`` to ``B`` inclusive.
+
+Examples: ``wifi`` (all Wi-Fi), ``1=wifi,2=cellular,3-5=server`` (user node
+gets the default ``wifi``), ``server,0=cellular`` (a cellular user in front of
+wired servers).  NAME is a shipped profile (``wifi``, ``cellular``,
+``server``, ``ideal``; see ``testbed/profiles.yaml`` with the source of every
+number) or one from the user's profile file (same format).
 """
 
 from __future__ import annotations
@@ -19,7 +35,7 @@ from pathlib import Path
 
 import yaml
 
-from experiment.testbed import LinkProfile, TestbedError
+from payload.errors import JarvisError
 
 SHIPPED = Path(__file__).with_name("profiles.yaml")
 DISTRIBUTIONS = ("normal", "uniform")
@@ -28,8 +44,25 @@ _DIRECTION_KEYS = ("delay_ms", "jitter_ms", "distribution", "loss_pct", "rate_mb
 _PROFILE_KEYS = (*_DIRECTION_KEYS, "source", "uplink", "downlink")
 
 
-class ProfileError(TestbedError):
+class ProfileError(JarvisError, ValueError):
     """A profile, profile file or ``--links`` spec given by the user is invalid."""
+
+
+@dataclass(frozen=True)
+class LinkProfile:
+    """One direction-aware access-link profile.  Units: ms, percent, Mbit/s, packets."""
+
+    name: str
+    delay_ms: float = 0.0
+    jitter_ms: float = 0.0
+    distribution: str = "normal"
+    loss_pct: float = 0.0
+    rate_mbit: float | None = None
+    queue_pkts: int = 1000
+    source: str = ""
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
 
 
 @dataclass(frozen=True)
@@ -151,7 +184,7 @@ _ITEM = re.compile(r"^(?:(\d+)(?:-(\d+))?=)?([A-Za-z0-9_.-]+)$")
 
 def parse_links_spec(spec: str | None, nodes: int, profiles: Mapping[str, LinkProfile] | None = None
                      ) -> dict[int, LinkProfile]:
-    """Profiles for nodes 0..``nodes`` from a ``--links`` spec (format in the emu package docstring)."""
+    """Profiles for nodes 0..``nodes`` from a ``--links`` spec (format in this module's docstring)."""
     known = load_profiles() if profiles is None else profiles
     default = DEFAULT_PROFILE
     chosen: dict[int, str] = {}

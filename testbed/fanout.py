@@ -10,7 +10,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
 
-from experiment.testbed import TestbedError
+from testbed.interface import TestbedError
 
 T = TypeVar("T")
 

@@ -1,15 +1,20 @@
-"""Fabric shells for hosts JARVIS does not own: Colosseum SRNs (through the gateway) and Raspberry Pis.
+"""The one SSH shell over Fabric that every SSH-reached testbed uses (emu namespaces, Colosseum SRNs, Pis).
 
-Unlike the emu shell, which makes its own keys, these log in the way the
-user's ``ssh`` does: host names, users, ports, keys, jump hosts and host-key
-policy come from the user's ssh config, keys from the agent or ~/.ssh, and a
-password (for images that have one) from an environment variable the
+How to log in is data (:class:`SshAccess`).  Hosts JARVIS does not own
+(SRNs through the Colosseum gateway, Raspberry Pis) are reached the way the
+user's ``ssh`` reaches them: host names, users, ports, keys, jump hosts and
+host-key policy from the user's ssh config, keys from the agent or ~/.ssh,
+and a password (for images that have one) from an environment variable the
 inventory names.  ``StrictHostKeyChecking no`` is honoured because
 Colosseum's documented ssh config uses it for SRNs (containers get new host
-keys every reservation); otherwise unknown host keys are refused.
+keys every reservation); otherwise unknown host keys are refused.  The emu
+testbed, which makes its own keys, reads no ssh config and checks host keys
+strictly against its own known_hosts file (``SshAccess.known_hosts``).
+Every connection, the gateway hop included, has a connect timeout.
 
-Every command run is reported to a ``record`` callback (host, command,
-exit code) so a testbed can keep a transcript of exactly what it did.
+Relative remote paths are relative to the host's work directory.  Every
+command run is reported to a ``record`` callback (host, command, exit code)
+so a testbed can keep a transcript of exactly what it did.
 """
 
 from __future__ import annotations
@@ -30,7 +35,7 @@ import paramiko
 from fabric import Config, Connection
 from invoke.exceptions import CommandTimedOut
 
-from experiment.testbed import CommandResult, TestbedError
+from testbed.interface import CommandResult, TestbedError
 
 CONNECT_TIMEOUT_S = 15
 SSH_ERRORS = (paramiko.SSHException, socket.error, EOFError)
@@ -39,12 +44,17 @@ Recorder = Callable[[str, str, int], None]
 
 @dataclass(frozen=True)
 class SshAccess:
-    """How to log in: an ssh config file (or none), agent and default keys, a key file, a password env var."""
+    """How to log in: an ssh config file (or none), agent and default keys, a key file, a password env var.
+
+    ``known_hosts`` names a file of the testbed's own: host keys are then
+    checked strictly against it alone, whatever any ssh config says.
+    """
 
     ssh_config: str | None = "~/.ssh/config"
     agent: bool = True
     password_env: str | None = None
     key: str | None = None
+    known_hosts: str | None = None
 
     def config(self) -> tuple[Config, paramiko.SSHConfig]:
         """A Fabric config reading only ``ssh_config`` (as ``ssh -F``), and the parsed file for lookups."""
@@ -80,9 +90,14 @@ def _apply_host_key_policy(connection: Connection, parsed: paramiko.SSHConfig, a
     connection.client.set_missing_host_key_policy(paramiko.RejectPolicy())
 
 
-def connect(alias: str, access: SshAccess, *, user: str | None = None, gateway: Connection | None = None,
-            with_password: bool = False) -> Connection:
-    """A Fabric Connection to ``alias`` as the ssh config describes it (optionally through ``gateway``)."""
+def _strict(connection: Connection, known_hosts: str) -> None:
+    connection.client.load_host_keys(str(Path(known_hosts).expanduser()))
+    connection.client.set_missing_host_key_policy(paramiko.RejectPolicy())
+
+
+def connect(alias: str, access: SshAccess, *, user: str | None = None, port: int | None = None,
+            gateway: Connection | None = None, with_password: bool = False) -> Connection:
+    """A Fabric Connection to ``alias`` as ``access`` describes it (optionally through ``gateway``)."""
     config, parsed = access.config()
     kwargs: dict = {"allow_agent": access.agent, "look_for_keys": access.agent}
     if access.key is not None:
@@ -93,8 +108,11 @@ def connect(alias: str, access: SshAccess, *, user: str | None = None, gateway: 
     password = access.password() if with_password else None
     if password is not None:
         kwargs["password"] = password
-    connection = Connection(alias, user=user, gateway=gateway, config=config, connect_timeout=CONNECT_TIMEOUT_S,
-                            connect_kwargs=kwargs)
+    connection = Connection(alias, user=user, port=port, gateway=gateway, config=config,
+                            connect_timeout=CONNECT_TIMEOUT_S, connect_kwargs=kwargs)
+    if access.known_hosts is not None:
+        _strict(connection, access.known_hosts)
+        return connection
     _apply_host_key_policy(connection, parsed, alias)
     if isinstance(connection.gateway, Connection) and gateway is None:  # a ProxyJump from the ssh config
         _apply_host_key_policy(connection.gateway, parsed, connection.gateway.original_host)
@@ -111,6 +129,11 @@ def describe_ssh_error(exc: BaseException) -> str:
     if isinstance(exc, paramiko.SSHException) and "known_hosts" in str(exc):
         return f"unknown host key ({exc}); ssh to it once to check and record its key"
     return f"{type(exc).__name__}: {exc}"
+
+
+def in_workdir(workdir: str, command: str) -> str:
+    """``command`` run in ``workdir`` unchanged: a separate line, so ``cd X && cmd &`` can't background the cd too."""
+    return f"cd {shlex.quote(workdir)} || exit 1\n{command}"
 
 
 def _split(text: str, marker: str) -> dict[int, tuple[str, int]]:
@@ -152,8 +175,7 @@ class SshShell:
         lines = [f"export {name}={shlex.quote(value)}" for name, value in (env or {}).items()]
         if self.path_prepend:
             lines.append(f"export PATH={':'.join(shlex.quote(d) for d in self.path_prepend)}:\"$PATH\"")
-        lines.append(f"cd {shlex.quote(cwd or self.workdir)} || exit 1")
-        lines.append(command)
+        lines.append(in_workdir(cwd or self.workdir, command))
         return "\n".join(lines)
 
     def run(self, command: str, *, timeout: float = 60.0, check: bool = True, cwd: str | None = None,

@@ -1,0 +1,332 @@
+"""End-user node sessions: tokenizer, embeddings, head; plans routes and owns epochs.
+
+The user node is the single authority for a session's route and epoch.  Layer
+nodes detect failures (refused/reset connections at once, silent peers by the
+ack deadline) and report them here; :mod:`payload.liveness` keeps that
+knowledge and adds heartbeats.  On any failure touching the step in flight the
+user node marks the node out, re-plans (skip, replica, or replica-then-skip),
+bumps the epoch and re-sends the step; nodes roll their caches back to the
+step's start, so no position is ever cached twice or from a stale route.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import uuid
+from dataclasses import dataclass, field
+
+import torch
+
+from payload.config import UserConfig
+from payload.events import EventLog
+from payload.frames import DEFAULT_MAX_FRAME, Frame, FrameType, HopFlag, WireDtype, encode
+from payload.liveness import Liveness
+from payload.routing import USER_NODE, RouteError, RoutePlan, plan_route
+from payload.sampling import Sampling, sample
+from payload.slices import Head, ModelSpec, dtype_of
+from payload.tensors import from_bytes, to_bytes, to_wire
+from payload.transport import FailureKind, PeerFailed, PeerLink, serve_connection
+
+
+class SessionError(RuntimeError):
+    """A session could not complete (no route left, attempts exhausted)."""
+
+
+@dataclass
+class Attempt:
+    """The step attempt in flight: its epoch, the nodes it visits, the result future, and its largest frame."""
+
+    epoch: int
+    nodes: frozenset[int]
+    result: asyncio.Future
+    frame_bytes: int = 0
+
+
+@dataclass
+class SessionResult:
+    session: str
+    prompt: str
+    text: str
+    token_ids: list[int] = field(default_factory=list)
+    error: str | None = None
+
+
+def resume_hop(failed: RoutePlan | None, plan: RoutePlan, reporter: int | None) -> int | None:
+    """Hop from which a failed step can resume instead of restarting at the first hop.
+
+    The node that reported its successor's failure (``reporter``) already holds
+    the step's output; if the new route reaches it through exactly the same
+    hops, with no cache to rebuild, it can re-forward that output.
+    """
+    if failed is None or reporter in (None, USER_NODE):
+        return None
+    for index, hop in enumerate(failed.hops):
+        if hop.node == reporter:
+            same_prefix = plan.hops[: index + 1] == failed.hops[: index + 1]
+            clean = all(not (h.flags & HopFlag.REPLAY) for h in plan.hops[: index + 1])
+            return index if same_prefix and clean else None
+    return None
+
+
+class UserNode:
+    """The end-user node's sessions over one deployment: serve, wait for the layer nodes, generate."""
+
+    def __init__(self, config: UserConfig, *, emit=None):
+        from transformers import AutoTokenizer
+
+        self.config = config
+        self.node = config.node
+        self.log = EventLog(self.node.log_path, USER_NODE)
+        self.spec = ModelSpec(self.node.model_dir)
+        self.head = Head(self.spec, dtype_of(self.node.compute_dtype))
+        self.tokenizer = AutoTokenizer.from_pretrained(self.node.model_dir)
+        self.wire_dtype = WireDtype.from_name(self.node.wire_dtype)
+        self.attempts: dict[uuid.UUID, Attempt] = {}
+        self.cold: dict[uuid.UUID, set[int]] = {}
+        self.liveness = Liveness(self.node.timing, config.placement, self.log, on_out=self._failed,
+                                 on_back=self._cool, in_flight_bytes=self._in_flight_bytes)
+        self.links: dict[int, PeerLink] = {}
+        self.emit = emit or (lambda record: None)
+        self._tasks: set[asyncio.Task] = set()
+
+    def link(self, peer: int) -> PeerLink:
+        if peer not in self.links:
+            self.links[peer] = PeerLink(me=USER_NODE, peer=peer, address=self.node.peers[peer], key=self.node.key,
+                                        timing=self.node.timing, log=self.log)
+        return self.links[peer]
+
+    # -- what liveness tells the sessions --------------------------------------------------------
+    def _failed(self, failure: PeerFailed) -> None:
+        """End every attempt in flight that visits the failed node; a rejection cools its caches."""
+        if failure.kind == FailureKind.REJECTED:
+            self._cool(failure.peer)
+        for attempt in self.attempts.values():
+            if failure.peer in attempt.nodes and not attempt.result.done():
+                attempt.result.set_exception(failure)
+
+    def _cool(self, peer: int) -> None:
+        """``peer``'s caches can no longer be trusted by any session: its next hop rebuilds them by replay."""
+        for cold in self.cold.values():
+            cold.add(peer)
+
+    def _in_flight_bytes(self) -> int:
+        return max((a.frame_bytes for a in self.attempts.values() if not a.result.done()), default=0)
+
+    def silence_limit_s(self, peer: int) -> float:
+        return self.liveness.silence_limit_s(peer)
+
+    async def on_frame(self, frame: Frame, writer: asyncio.StreamWriter, t2: int) -> None:
+        if frame.type == FrameType.HEARTBEAT:
+            self.liveness.heartbeat(frame.src)
+            return
+        if frame.type == FrameType.FAIL:
+            if self._stale_report(frame):
+                self.log.log("stale", kind="fail_report", session=str(frame.session), step=frame.step,
+                             epoch=frame.epoch, src=frame.src)
+                return
+            try:
+                report = json.loads(frame.payload)
+                kind = FailureKind(report["kind"])
+                self.liveness.mark_failed(int(report["failed"]), kind, str(report["reason"]), int(report["reporter"]))
+            except (ValueError, KeyError, TypeError) as exc:
+                self.log.log("reject", reason=f"malformed failure report: {exc}", peer=frame.src)
+            return
+        if frame.type != FrameType.DATA:
+            self.log.log("reject", reason=f"unexpected {frame.type.name} frame", peer=frame.src)
+            return
+        if frame.hidden != self.spec.hidden_size or frame.n_pos != 1 or frame.dtype == WireDtype.NONE:
+            reason = f"result frame must carry 1 x {self.spec.hidden_size} hidden values"
+            self.log.log("reject", reason=reason, peer=frame.src)
+            writer.write(encode(frame.reply(FrameType.ERROR, reason.encode()), self.node.key))
+            return
+        t3 = time.time_ns()
+        writer.write(encode(frame.reply(FrameType.ACK, t_a=t2, t_b=t3), self.node.key))
+        attempt = self.attempts.get(frame.session)
+        current = attempt is not None and attempt.epoch == frame.epoch and not attempt.result.done()
+        if current:
+            attempt.result.set_result(frame)
+        self.log.log("recv", session=str(frame.session), step=frame.step, epoch=frame.epoch, src=frame.src,
+                     positions=frame.n_pos, pos_start=frame.pos_start, replay_len=frame.replay_len,
+                     bytes=len(frame.payload), t2_wall_ns=t2, t3_wall_ns=t3)
+        if not current:
+            self.log.log("stale", session=str(frame.session), step=frame.step, epoch=frame.epoch, src=frame.src)
+
+    def _stale_report(self, frame: Frame) -> bool:
+        """A failure report about an attempt that is no longer the session's current one.
+
+        A node whose own link was cut can only report its successor "silent"
+        once the link is back, long after the user node re-planned around the
+        reporter itself: believing it would mark a live node out.  The current
+        attempt finds a real failure again; reports tied to no session (a
+        connection reset seen between steps) always count.
+        """
+        if frame.session.int == 0:
+            return False
+        attempt = self.attempts.get(frame.session)
+        return attempt is None or attempt.epoch != frame.epoch
+
+    # -- generation ------------------------------------------------------------------
+    def _max_attempts(self) -> int:
+        return self.node.timing.max_attempts or len(self.config.placement.nodes) + 2
+
+    async def _attempt(self, sid: uuid.UUID, step: int, epoch: int, plan: RoutePlan, ids: list[int],
+                       positions: int, resume_hop: int | None = None) -> Frame:
+        """Send one attempt of a step along ``plan`` and wait for the final hidden state.
+
+        With ``resume_hop`` the step is not recomputed from the start: the node at
+        that hop re-forwards the output it already computed, under the new epoch.
+        """
+        if resume_hop is not None:
+            first = plan.hops[resume_hop]
+            frame = Frame(FrameType.RESUME, sid, step=step, epoch=epoch, pos_start=positions,
+                          n_pos=len(ids) - positions, hop=resume_hop, route=plan.hops, src=USER_NODE, dst=first.node)
+        else:
+            first = plan.hops[0]
+            if first.flags & HopFlag.REPLAY:
+                new_ids, pos_start, replay_len = ids, 0, positions
+            else:
+                new_ids, pos_start, replay_len = ids[positions:], positions, 0
+            hidden = to_wire(self.head.embed_ids(torch.tensor([new_ids])), self.wire_dtype)
+            frame = Frame(FrameType.DATA, sid, step=step, epoch=epoch, pos_start=pos_start, n_pos=len(new_ids),
+                          replay_len=replay_len, hidden=self.spec.hidden_size, dtype=self.wire_dtype, hop=0,
+                          route=plan.hops, src=USER_NODE, dst=first.node, payload=to_bytes(hidden))
+        # A hop that rebuilds a cache receives the whole history; other hops get this step's positions.
+        frame_positions = len(ids) if any(h.flags & HopFlag.REPLAY for h in plan.hops) else len(ids) - positions
+        attempt = Attempt(epoch, frozenset(h.node for h in plan.hops), asyncio.get_running_loop().create_future(),
+                          frame_positions * self.spec.hidden_size * self.wire_dtype.itemsize)
+        self.attempts[sid] = attempt
+        t_enc = time.monotonic_ns()
+        encoded = encode(frame, self.node.key)
+        serialize_ns = time.monotonic_ns() - t_enc
+        sending = asyncio.ensure_future(self.link(first.node).send_data(frame, encoded, serialize_ns))
+        try:
+            # The attempt can end while the first hop's ack is still awaited: a failure heard meanwhile
+            # (heartbeats, a report) ends it at once instead of after a whole ack deadline, and a result that
+            # overtook the ack is used as it is.
+            await asyncio.wait({sending, attempt.result}, return_when=asyncio.FIRST_COMPLETED)
+            if not sending.done():
+                return attempt.result.result()
+            sending.result()  # the first hop's ack (PeerFailed if it never came)
+            return await asyncio.wait_for(asyncio.shield(attempt.result), self.node.timing.step_timeout_s)
+        finally:
+            # The attempt is over: later reports about it change nothing (and leave no unretrieved exception).
+            if not sending.done():
+                sending.cancel()
+            if not attempt.result.done():
+                attempt.result.cancel()
+            elif not attempt.result.cancelled():
+                attempt.result.exception()
+
+    def prompt_ids(self, prompt: str, *, chat: bool = False) -> list[int]:
+        """Token ids of a prompt; ``chat`` wraps it in the tokenizer's chat template as a user turn."""
+        if chat:
+            if not getattr(self.tokenizer, "chat_template", None):
+                raise SessionError("this model's tokenizer has no chat template; set chat: false")
+            text = self.tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
+                                                      add_generation_prompt=True)
+            return self.tokenizer(text, add_special_tokens=False).input_ids
+        return self.tokenizer(prompt).input_ids
+
+    async def generate(self, prompt: str, *, max_new_tokens: int, sampling: Sampling = Sampling(),
+                       prompt_index: int = 0, repeat: int = 0, stream=None, chat: bool = False) -> SessionResult:
+        """Run one session to EOS or ``max_new_tokens``; every token is logged as it is emitted."""
+        sid = uuid.uuid4()
+        ids = self.prompt_ids(prompt, chat=chat)
+        self.cold[sid] = set()
+        generator = torch.Generator().manual_seed(sampling.seed + repeat)
+        warm: set[tuple[int, int]] = set()
+        positions, epoch, emitted = 0, 0, []
+        result = SessionResult(str(sid), prompt, "")
+        self.log.log("session_start", session=str(sid), prompt_index=prompt_index, repeat=repeat,
+                     prompt_tokens=len(ids), prompt_ids=ids)
+        eos = self.tokenizer.eos_token_id
+        try:
+            for step in range(max_new_tokens):
+                t_start = time.monotonic_ns()
+                failed_plan: RoutePlan | None = None
+                resume_at: int | None = None
+                for attempts in range(1, self._max_attempts() + 1):
+                    epoch += 1
+                    cold = self.cold[sid]
+                    warm -= {pair for pair in warm if pair[0] in cold}
+                    cold.clear()
+                    out = sorted(self.liveness.dead)  # the nodes this attempt routes around, recorded with its token
+                    try:
+                        plan = plan_route(self.config.placement, set(out), policy=self.config.policy,
+                                          warm=warm, positions=positions)
+                    except RouteError as exc:
+                        raise SessionError(str(exc)) from None
+                    hop = resume_hop(failed_plan, plan, resume_at)
+                    try:
+                        final = await self._attempt(sid, step, epoch, plan, ids, positions, resume_hop=hop)
+                        break
+                    except PeerFailed as exc:
+                        refused_resume = (hop is not None and exc.kind == FailureKind.REJECTED
+                                          and exc.peer == plan.hops[hop].node)
+                        if not refused_resume:
+                            self.liveness.mark_failed(exc.peer, exc.kind, exc.reason, USER_NODE)
+                        failed_plan, resume_at = plan, (None if refused_resume else exc.reporter)
+                        self.log.log("retry", session=str(sid), step=step, epoch=epoch, peer=exc.peer,
+                                     kind=exc.kind.value, reason=exc.reason, resumed_at=hop)
+                    except asyncio.TimeoutError:
+                        self.log.log("retry", session=str(sid), step=step, epoch=epoch, peer=-1,
+                                     kind=FailureKind.TIMEOUT.value,
+                                     reason=f"no result within {self.node.timing.step_timeout_s}s")
+                else:
+                    raise SessionError(f"step {step} failed after {self._max_attempts()} attempts")
+                hidden = from_bytes(final.payload, final.dtype, 1, final.hidden)
+                logits = await asyncio.get_running_loop().run_in_executor(None, self.head.logits, hidden)
+                token = sample(logits[0, -1], sampling, generator)
+                warm = {(h.node, h.first) for h in plan.hops}
+                positions = len(ids)
+                ids.append(token)
+                emitted.append(token)
+                text = self.tokenizer.decode(emitted, skip_special_tokens=True)
+                piece, result.text = text[len(result.text):], text
+                record = dict(
+                    session=str(sid), prompt_index=prompt_index, repeat=repeat, step=step, token_id=token,
+                    text=self.tokenizer.decode([token]), t_emit_ns=time.time_ns(), t_emit_mono_ns=time.monotonic_ns(),
+                    latency_ns=time.monotonic_ns() - t_start, layers=" ".join(map(str, plan.layers)),
+                    route=" ".join(map(str, [USER_NODE, *(h.node for h in plan.hops), USER_NODE])), epoch=epoch,
+                    attempts=attempts, nodes_out=" ".join(map(str, out)),
+                    rebuilt=" ".join(str(i) for h in plan.hops if h.flags & HopFlag.REPLAY for i in h.layers),
+                )
+                self.log.log("token", **record)  # the schema's token fields: one row of tokens.csv
+                self.emit(record)
+                if stream:
+                    stream(piece)
+                result.token_ids.append(token)
+                if eos is not None and token == eos:
+                    break
+        except SessionError as exc:
+            result.error = str(exc)
+            self.log.log("session_error", session=str(sid), error=str(exc))
+        finally:
+            self.attempts.pop(sid, None)
+            self.cold.pop(sid, None)
+            for peer in self.config.placement.nodes:
+                if peer not in self.liveness.dead:
+                    await self.link(peer).send_control(Frame(FrameType.END, sid, src=USER_NODE, dst=peer))
+        self.log.log("session_end", session=str(sid), tokens=len(result.token_ids), error=result.error,
+                     text=result.text)
+        return result
+
+    async def serve(self):
+        server = await asyncio.start_server(
+            lambda r, w: serve_connection(r, w, key=self.node.key, max_frame=DEFAULT_MAX_FRAME,
+                                          handler=self.on_frame, log=self.log),
+            self.node.listen[0], self.node.listen[1], reuse_address=True)
+        watcher = asyncio.create_task(self.liveness.watch())
+        self._tasks.add(watcher)
+        return server
+
+    async def wait_for_nodes(self, timeout_s: float) -> None:
+        """Wait until every layer node has sent a heartbeat (so failures are detectable from step 0)."""
+        wanted = set(self.config.placement.nodes) | set(self.config.placement.replicas)
+        missing = await self.liveness.wait_for(wanted, timeout_s)
+        if missing:
+            raise SessionError(f"layer nodes {missing} did not report within {timeout_s:.0f}s")
+
+

@@ -1,0 +1,230 @@
+"""The one Testbed interface that the local, emu, Colosseum and Raspberry Pi testbeds implement.
+
+Shaped like Mininet (nodes that run commands, links with shaping you can read
+as data before it is applied) and Fabric's Group (per-host results, failures
+reported, not hidden).  Orchestration (deploy, run, collect) only ever talks
+to this interface, so a scenario runs unchanged on every testbed.  What a
+caller may rely on is stated here rather than probed: where a testbed keeps
+its state (``state_dir``), which faults it can inject (``faults``, checked
+when a scenario is loaded, before anything starts), how a node service is
+started and stopped, and whether it can print a dry run.
+"""
+
+from __future__ import annotations
+
+import abc
+import enum
+import shlex
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import ClassVar, Protocol
+
+from payload.errors import JarvisError
+from testbed.profiles import LinkProfile
+
+
+class TestbedError(JarvisError):
+    """A testbed could not do what was asked (unreachable host, missing root, failed command)."""
+
+    __test__ = False  # not a pytest test class despite the name
+
+
+class FaultKind(str, enum.Enum):
+    """Fault primitives; a testbed declares the ones it supports in ``Testbed.faults``."""
+
+    KILL = "kill"
+    PAUSE = "pause"
+    RESUME = "resume"
+    LINK_DOWN = "link_down"
+    LINK_UP = "link_up"
+    DEGRADE = "degrade"
+    PARTITION = "partition"
+
+    @property
+    def undo(self) -> "FaultKind | None":
+        """The action that ends this one when it has a duration (a pause is resumed, a cut link restored)."""
+        return {FaultKind.PAUSE: FaultKind.RESUME, FaultKind.LINK_DOWN: FaultKind.LINK_UP}.get(self)
+
+
+PROCESS_FAULTS = frozenset({FaultKind.KILL, FaultKind.PAUSE, FaultKind.RESUME})
+LINK_FAULTS = frozenset({FaultKind.LINK_DOWN, FaultKind.LINK_UP})
+ALL_FAULTS = frozenset(FaultKind)
+
+
+@dataclass(frozen=True)
+class HostInfo:
+    """What orchestration needs to know about one node of a testbed.
+
+    ``index`` 0 is the end-user node, 1..N are layer nodes.  ``address`` is the
+    data-plane IP that other nodes connect to; ``ssh`` is how the control side
+    reaches the host (None for the rootless local testbed).
+    """
+
+    name: str
+    index: int
+    address: str
+    workdir: str
+    ssh_host: str | None = None
+    ssh_port: int | None = None
+    ssh_user: str | None = None
+    namespace: str | None = None
+    profile: str | None = None
+    extra: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class FaultResult:
+    """When a fault primitive took effect (wall-clock and monotonic ns), for faults.csv."""
+
+    action: str
+    target: str
+    effective_wall_ns: int
+    effective_mono_ns: int
+    detail: str = ""
+
+    @classmethod
+    def now(cls, action: str, target: str, detail: str = "") -> "FaultResult":
+        return cls(action, target, time.time_ns(), time.monotonic_ns(), detail)
+
+
+@dataclass(frozen=True)
+class CommandResult:
+    """Outcome of a command on a host."""
+
+    host: str
+    command: str
+    exit_code: int
+    stdout: str
+    stderr: str
+
+    @property
+    def ok(self) -> bool:
+        return self.exit_code == 0
+
+
+class Shell(Protocol):
+    """How orchestration runs commands and moves files on one host (local process or SSH)."""
+
+    def run(self, command: str, *, timeout: float = 60.0, check: bool = True) -> CommandResult: ...
+
+    def put(self, local: Path, remote: str) -> None: ...
+
+    def get(self, remote: str, local: Path) -> None: ...
+
+
+SERVICE_PID = "service.pid"  # in a host's work directory: the running node service's pid (its process group)
+
+
+def service_command(argv: list[str], log_name: str) -> str:
+    """Start ``argv`` detached in its own session (pgid = pid, for faults), output to ``log_name``; print the pid."""
+    return (f"PYTHONUNBUFFERED=1 setsid nohup {shlex.join(argv)} > {shlex.quote(log_name)} 2>&1 < /dev/null "
+            "& echo $!")
+
+
+def stop_pid_command(pid_file: str = SERVICE_PID) -> str:
+    """Kill the process group named by ``pid_file`` and remove the file; nothing to stop is fine."""
+    q = shlex.quote(pid_file)
+    return (f"if [ -f {q} ]; then kill -9 -- -$(cat {q}) 2>/dev/null || kill -9 $(cat {q}) 2>/dev/null; "
+            f"rm -f {q}; sleep 0.2; fi; true")
+
+
+class Testbed(abc.ABC):
+    """A set of hosts plus the faults that can be injected into them.
+
+    Implementations make ``down`` exact and safe to repeat (everything they
+    create is named with their prefix and recorded in ``state_dir``), and every
+    fault primitive returns only once the fault has taken effect.
+    """
+
+    kind: ClassVar[str] = "abstract"
+    faults: ClassVar[frozenset[FaultKind]] = PROCESS_FAULTS
+    state_dir: Path  # where this testbed's state (manifest, deployment, job files) lives on the control machine
+
+    @abc.abstractmethod
+    def up(self, nodes: int, links: dict[int, LinkProfile] | None = None) -> list[HostInfo]:
+        """Create or attach to ``nodes`` layer nodes plus the user node; return them in index order."""
+
+    @abc.abstractmethod
+    def hosts(self) -> list[HostInfo]:
+        """The hosts of the testbed as it stands (after ``up``)."""
+
+    @abc.abstractmethod
+    def shell(self, host: HostInfo) -> Shell:
+        """A Shell on ``host`` for deploy, service start and collection."""
+
+    @abc.abstractmethod
+    def down(self) -> None:
+        """Remove everything this testbed created; succeed if it is already gone."""
+
+    # -- node services ------------------------------------------------------------------------------
+
+    def start_service(self, host: HostInfo, argv: list[str], log_name: str = "service.out") -> int:
+        """Start a detached service on ``host`` (own session, output to ``log_name``); return its pid.
+
+        The pid is kept in ``service.pid`` in the host's work directory, where
+        :meth:`stop_service` finds it.
+        """
+        shell = self.shell(host)
+        pid = int(shell.run(service_command(argv, log_name), timeout=30).stdout.strip().splitlines()[-1])
+        shell.run(f"echo {pid} > {SERVICE_PID}")
+        return pid
+
+    def stop_service(self, host: HostInfo) -> None:
+        """Stop the node service running on ``host`` (a re-deploy replaces it); none running is fine."""
+        self.shell(host).run(stop_pid_command(), check=False, timeout=15)
+
+    def popen(self, host: HostInfo, argv: list[str]):
+        """Start ``argv`` on ``host`` with its stdout piped back here (a ``subprocess.Popen``-like object)."""
+        raise TestbedError(f"the {self.kind} testbed cannot stream a command's output")
+
+    def describe(self) -> dict:
+        """Testbed description written into the run directory."""
+        return {"kind": self.kind, "hosts": [h.to_dict() for h in self.hosts()]}
+
+    def dry_run(self, nodes: int) -> str:
+        """Every remote command ``up`` would run for ``nodes`` layer nodes, per host, without connecting."""
+        raise TestbedError(f"--dry-run is not available for the {self.kind} testbed (it runs on this machine: "
+                           "try it for real, `fab down` undoes it)")
+
+    # -- faults --------------------------------------------------------------------------------------
+
+    def inject(self, action: FaultKind, hosts: list[HostInfo], *, profile: LinkProfile | None = None
+               ) -> list[FaultResult]:
+        """Apply one fault primitive to ``hosts``; return when each took effect (a partition is one result)."""
+        if action not in self.faults:
+            raise TestbedError(f"the {self.kind} testbed cannot {action.value.replace('_', ' ')} "
+                               f"(it supports {', '.join(sorted(f.value for f in self.faults))})")
+        if action == FaultKind.PARTITION:
+            return [self.partition(hosts)]
+        if action == FaultKind.DEGRADE:
+            if profile is None:
+                raise TestbedError("degrade needs a link profile")
+            return [self.degrade(h, profile) for h in hosts]
+        primitive = {FaultKind.KILL: self.kill, FaultKind.PAUSE: self.pause, FaultKind.RESUME: self.resume,
+                     FaultKind.LINK_DOWN: self.link_down, FaultKind.LINK_UP: self.link_up}[action]
+        return [primitive(h) for h in hosts]
+
+    @abc.abstractmethod
+    def kill(self, host: HostInfo) -> FaultResult: ...
+
+    @abc.abstractmethod
+    def pause(self, host: HostInfo) -> FaultResult: ...
+
+    @abc.abstractmethod
+    def resume(self, host: HostInfo) -> FaultResult: ...
+
+    def link_down(self, host: HostInfo) -> FaultResult:
+        raise TestbedError(f"the {self.kind} testbed cannot cut links")
+
+    def link_up(self, host: HostInfo) -> FaultResult:
+        raise TestbedError(f"the {self.kind} testbed cannot restore links")
+
+    def degrade(self, host: HostInfo, profile: LinkProfile) -> FaultResult:
+        raise TestbedError(f"the {self.kind} testbed cannot shape links")
+
+    def partition(self, hosts: list[HostInfo]) -> FaultResult:
+        raise TestbedError(f"the {self.kind} testbed cannot partition nodes")
