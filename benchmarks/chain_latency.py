@@ -4,9 +4,12 @@ Prints the ratio (target <= 1.10 for 18 nodes) and the decode wire bytes per hop
 per token (target <= hidden_size x 2 + 256).  Usage:
 
     .venv/bin/python benchmarks/chain_latency.py [--model gemma3-270m] [--nodes 18] [--tokens 32] [--rounds 3]
+                                                 [--sealed]
 
 It also splits a decode step into layer compute, the gaps between layer nodes
-(what the chain adds per hop) and the user node's share.
+(what the chain adds per hop) and the user node's share.  ``--sealed`` also
+runs the chain with every payload sealed (ChaCha20-Poly1305) in each round, and
+prints what sealing costs per token and per hop beside the plain chain.
 """
 
 from __future__ import annotations
@@ -62,6 +65,7 @@ def main() -> None:
                         help="alternate chain and monolith this many times (a shared machine drifts)")
     parser.add_argument("--wire-dtype", default="bfloat16")
     parser.add_argument("--keep", type=Path, help="also copy the last round's chain run directory here")
+    parser.add_argument("--sealed", action="store_true", help="also measure the chain with sealed payloads")
     args = parser.parse_args()
     prompt = "The three most important inventions of the twentieth century are"
     prepared = prepare(args.model)
@@ -70,26 +74,38 @@ def main() -> None:
     monolith = Monolith(prepared, prompt)
     testbed = LocalTestbed("jv-bench-chain")
     testbed.up(args.nodes)
-    rounds = []
+    rounds, sealed_rounds = [], []
     try:
-        dep = deploy(testbed, prepared, even_placement(layers, args.nodes), model=args.model,
-                     wire_dtype=args.wire_dtype, progress=lambda m: None)
+        variants = [False, True] if args.sealed else [False]
+        deployments = {}
         for index in range(args.rounds):
-            with tempfile.TemporaryDirectory() as tmp:
-                run = run_job(testbed, dep, {"prompts": [prompt], "max_new_tokens": args.tokens + 1}, [],
-                              Path(tmp) / "run", stream=lambda line: None)
-                tokens = pd.read_csv(run / "tokens.csv")
-                hops = pd.read_csv(run / "hops.csv")
-                computes = compute_events(run)
-                if args.keep and index == args.rounds - 1:
-                    shutil.copytree(run, args.keep, dirs_exist_ok=True)
-            chain_ms = tokens["latency_ns"].iloc[1:].median() / 1e6
+            for sealed in variants:
+                if sealed not in deployments or len(variants) > 1:  # one chain at a time: redeploy to switch
+                    deployments[sealed] = deploy(testbed, prepared, even_placement(layers, args.nodes),
+                                                 model=args.model, wire_dtype=args.wire_dtype, encrypt=sealed,
+                                                 progress=lambda m: None)
+                with tempfile.TemporaryDirectory() as tmp:
+                    run = run_job(testbed, deployments[sealed], {"prompts": [prompt], "max_new_tokens": args.tokens + 1},
+                                  [], Path(tmp) / "run", stream=lambda line: None)
+                    tokens = pd.read_csv(run / "tokens.csv")
+                    hops = pd.read_csv(run / "hops.csv")
+                    computes = compute_events(run)
+                    if args.keep and index == args.rounds - 1 and not sealed:
+                        shutil.copytree(run, args.keep, dirs_exist_ok=True)
+                chain_ms = tokens["latency_ns"].iloc[1:].median() / 1e6
+                (sealed_rounds if sealed else rounds).append((chain_ms, None, critical_path(tokens, hops, computes)))
+                if not sealed:
+                    plain_hops = hops
             mono_ms = monolith.ms_per_token(args.tokens)
-            rounds.append((chain_ms, mono_ms, critical_path(tokens, hops, computes)))
-            print(f"round {index + 1}: chain {chain_ms:.2f} ms/token, monolith {mono_ms:.2f} ms/token, "
-                  f"ratio {chain_ms / mono_ms:.3f}", flush=True)
+            rounds[-1] = (rounds[-1][0], mono_ms, rounds[-1][2])
+            line = (f"round {index + 1}: chain {rounds[-1][0]:.2f} ms/token, monolith {mono_ms:.2f} ms/token, "
+                    f"ratio {rounds[-1][0] / mono_ms:.3f}")
+            if args.sealed:
+                line += f"; sealed chain {sealed_rounds[-1][0]:.2f} ms/token ({sealed_rounds[-1][0] / rounds[-1][0]:.3f}x plain)"
+            print(line, flush=True)
     finally:
         testbed.down()
+    hops = plain_hops
     chain_ms = statistics.median(r[0] for r in rounds)
     mono_ms = statistics.median(r[1] for r in rounds)
     path = pd.DataFrame([r[2] for r in rounds]).median()
@@ -102,6 +118,14 @@ def main() -> None:
     print(f"ratio chain/monolith: {chain_ms / mono_ms:8.3f}  (target <= 1.10)")
     print(f"decode wire bytes per hop per token: {bytes_per_hop} (target <= {hidden * 2 + 256})")
     print("per decode step (median ms): " + ", ".join(f"{k} {v:.2f}" for k, v in path.items()))
+    if sealed_rounds:
+        sealed_ms = statistics.median(r[0] for r in sealed_rounds)
+        sealed_path = pd.DataFrame([r[2] for r in sealed_rounds]).median()
+        gap = "gaps between layer nodes"
+        per_hop = (sealed_path[gap] - path[gap]) / max(1, args.nodes - 1)
+        spread = [s[0] / p[0] for s, p in zip(sealed_rounds, rounds)]
+        print(f"sealed payloads (ChaCha20-Poly1305): {sealed_ms:8.2f} ms/token, {sealed_ms / chain_ms:.3f}x the plain "
+              f"chain (rounds {min(spread):.3f}-{max(spread):.3f}); {per_hop * 1000:+.0f} us per hop")
 
 
 def critical_path(tokens: pd.DataFrame, hops: pd.DataFrame, computes: pd.DataFrame) -> dict[str, float]:

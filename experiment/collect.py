@@ -23,7 +23,7 @@ import yaml
 
 from experiment.deploy import Deployment
 from payload.events import read_events
-from payload.schema import SESSION_KEYS, TABLES
+from payload.schema import SESSION_KEYS, TABLES, RunDirError
 from testbed.interface import HostInfo, Testbed, TestbedError
 
 Events = dict[int, list[dict]]  # node index -> its events, in log order
@@ -192,9 +192,28 @@ def write_tables(run: Path, deployment: Deployment, *, testbed_desc: dict, versi
     return summary
 
 
+def is_run_dir(path: Path) -> bool:
+    """Whether ``path`` is a run directory JARVIS wrote (complete or not): the only kind it ever replaces."""
+    return (path / "summary.json").is_file() or (path / "nodes").is_dir()
+
+
+def start_partial(out: Path) -> Path:
+    """A fresh ``<out>.partial`` to build a run directory in; refuses to touch directories that are not runs."""
+    for path in (out, out.with_name(out.name + ".partial")):
+        if path.exists() and (not path.is_dir() or (any(path.iterdir()) and not is_run_dir(path))):
+            raise RunDirError(f"refusing to replace {path}: it is not a run directory (no summary.json or "
+                              "nodes/); choose another --out")
+    partial = out.with_name(out.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    partial.mkdir(parents=True)
+    return partial
+
+
 def publish(partial: Path, out: Path) -> Path:
-    """Move a complete ``<out>.partial`` into place (replacing an older ``out``); return ``out``."""
+    """Move a complete ``<out>.partial`` into place (replacing an older run at ``out``); return ``out``."""
     if out.exists():
+        if not is_run_dir(out):
+            raise RunDirError(f"refusing to replace {out}: it is not a run directory")
         shutil.rmtree(out)
     os.replace(partial, out)
     return out
@@ -204,9 +223,7 @@ def write_run_dir(testbed: Testbed, deployment: Deployment, out: Path, *, faults
                   started_wall_ns: int, complete: bool, user_exit: int | None = None) -> Path:
     """Collect logs and write the complete run directory atomically; return its path."""
     out = Path(out)
-    partial = out.with_name(out.name + ".partial")
-    shutil.rmtree(partial, ignore_errors=True)
-    partial.mkdir(parents=True)
+    partial = start_partial(out)
     fetch_logs(testbed, [HostInfo(**h) for h in deployment.hosts], partial)
     write_tables(partial, deployment, testbed_desc=testbed.describe(), versions_info=versions(), faults=faults,
                  scenario=scenario, started_wall_ns=started_wall_ns, complete=complete, user_exit=user_exit)

@@ -45,6 +45,7 @@ class Deployment:
     wire_dtype: str = "bfloat16"
     compute_dtype: str = "float32"
     timing: dict = field(default_factory=dict)
+    encrypt: bool = False
 
     def save(self, path: Path) -> None:
         """Write it readable by this user only: it holds the deployment key."""
@@ -109,20 +110,32 @@ def ship_model(testbed: Testbed, host: HostInfo, prepared: Path, files: list[str
     return sent, skipped
 
 
+def key_path(host: HostInfo) -> str | None:
+    """Where ``host`` keeps the deployment key, when its work directory is copied off it (Colosseum's /logs
+    goes to the team NAS): a file in its ``secrets_dir``.  None: the key travels in the (private) config."""
+    secrets_dir = host.extra.get("secrets_dir")
+    return f"{secrets_dir}/{host.name}.key" if secrets_dir else None
+
+
 def node_config(host: HostInfo, hosts: list[HostInfo], placement: Placement, *, key_hex: str, wire_dtype: str,
-                compute_dtype: str, timing: Timing) -> NodeConfig:
+                compute_dtype: str, timing: Timing, encrypt: bool = False) -> NodeConfig:
+    """A node's config; it listens on the address the testbed assigned it (``extra["listen"]`` overrides),
+    never on every interface, and names its key file instead of holding the key where one is set."""
     ranges = [] if host.index == 0 else placement.ranges_of(host.index)
+    key_file = key_path(host)
     return NodeConfig(
         node=host.index,
-        listen=("0.0.0.0" if host.address != "127.0.0.1" else "127.0.0.1", node_port(host)),
+        listen=(host.extra.get("listen", host.address), node_port(host)),
         peers={h.index: (h.address, node_port(h)) for h in hosts},
         model_dir=f"{host.workdir}/model",
         ranges=ranges,
-        key_hex=key_hex,
+        key_hex="" if key_file else key_hex,
+        key_file=key_file or "",
         log_path=f"{host.workdir}/events.jsonl",
         compute_dtype=compute_dtype,
         wire_dtype=wire_dtype,
         timing=timing,
+        encrypt=encrypt,
     )
 
 
@@ -149,7 +162,7 @@ def stop_started(testbed: Testbed, started: dict[str, HostInfo]) -> None:
 
 def deploy(testbed: Testbed, prepared: Path, placement: Placement, *, model: str, policy: Policy = Policy.SKIP,
            wire_dtype: str = "bfloat16", compute_dtype: str = "float32", timing: Timing = Timing(),
-           ready_timeout_s: float = 600.0, progress=print) -> Deployment:
+           encrypt: bool = False, ready_timeout_s: float = 600.0, progress=print) -> Deployment:
     """Ship, configure and start every node; return the Deployment (also saved by the caller)."""
     hosts = testbed.hosts()
     if len(hosts) - 1 != len(placement.nodes):
@@ -161,8 +174,14 @@ def deploy(testbed: Testbed, prepared: Path, placement: Placement, *, model: str
         files = files_for(manifest, placement, host.index)
         sent, skipped = ship_model(testbed, host, prepared, files)
         cfg = node_config(host, hosts, placement, key_hex=key_hex, wire_dtype=wire_dtype,
-                          compute_dtype=compute_dtype, timing=timing)
+                          compute_dtype=compute_dtype, timing=timing, encrypt=encrypt)
         shell = testbed.shell(host)
+        if cfg.key_file:
+            local_key = testbed.state_dir / f"{host.name}.key"
+            write_private(local_key, key_hex)
+            shell.run(f"mkdir -p -m 700 {shlex.quote(str(Path(cfg.key_file).parent))}")
+            shell.put(local_key, cfg.key_file)
+            shell.run(f"chmod 600 {shlex.quote(cfg.key_file)}")
         local_cfg = testbed.state_dir / f"{host.name}.node.json"
         if host.index == 0:
             write_private(local_cfg, UserConfig(cfg, placement, policy).to_json())
@@ -191,5 +210,5 @@ def deploy(testbed: Testbed, prepared: Path, placement: Placement, *, model: str
         testbed=testbed.kind, model=model, prepared=str(prepared), placement=placement.to_dict(),
         policy=policy.value, hosts=[h.to_dict() for h in hosts],
         bytes_shipped={n: r[0] for n, r in results.items()}, files_skipped={n: r[1] for n, r in results.items()},
-        key_hex=key_hex, wire_dtype=wire_dtype, compute_dtype=compute_dtype, timing=asdict(timing),
+        key_hex=key_hex, wire_dtype=wire_dtype, compute_dtype=compute_dtype, timing=asdict(timing), encrypt=encrypt,
     )

@@ -1,16 +1,41 @@
-"""Scenario files: YAML validated with pydantic, errors naming the field and its line."""
+"""Scenario files: YAML validated with pydantic, errors naming the field and its line, before anything starts.
+
+Beyond each field's own type and range, :func:`problems` checks what spans
+fields, because a scenario that loads but cannot do what it says wastes a
+run (or a reservation): a fault at a token never generated, a resume of a
+node never paused, a pause nothing ends, a second kill of a dead node, a
+prompt index past the prompts, a link for a node that does not exist, an
+unknown link profile, a prompts file that is not there, placement ranges
+with gaps or overlaps, timing knobs out of range.
+"""
 
 from __future__ import annotations
 
+import re
+from dataclasses import fields
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, StrictBool, StrictFloat, StrictInt, field_validator, \
+    model_validator
 
+from payload.config import Timing
 from payload.errors import JarvisError
 from payload.routing import Placement, Policy, even_placement, explicit_placement, memory_weighted_placement
 from testbed.interface import FaultKind
-from testbed.yamlfile import describe_problems, load_validated, parse
+from testbed.profiles import ProfileError, load_profiles, profile_from_dict
+from testbed.yamlfile import Problem, describe_problems, load_validated, parse
+
+NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"  # a scenario's name becomes a directory name under runs/
+Count = Annotated[StrictInt, Field(ge=1)]
+Index = Annotated[StrictInt, Field(ge=0)]
+Seconds = Annotated[StrictInt | StrictFloat, Field(ge=0)]
+_LINK_KEY = re.compile(r"^(all|\d+|\d+-\d+)$")
+# Per node and action: the state it acts on (its process or its link), the states it needs, the state it leaves.
+_STATES = {"kill": ("process", {"running", "paused"}, "dead"), "pause": ("process", {"running"}, "paused"),
+           "resume": ("process", {"paused"}, "running"), "link_down": ("link", {"up"}, "cut"),
+           "link_up": ("link", {"cut"}, "up")}
+_INITIAL = {"process": "running", "link": "up"}
 
 
 class ScenarioError(JarvisError, ValueError):
@@ -20,14 +45,14 @@ class ScenarioError(JarvisError, ValueError):
 class FaultSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
     action: Literal[tuple(k.value for k in FaultKind)]  # type: ignore[valid-type]
-    node: int | None = None
-    nodes: list[int] | None = None
-    at_token: int | None = Field(default=None, ge=0)
-    at_seconds: float | None = Field(default=None, ge=0)
-    prompt: int = Field(default=0, ge=0, description="index of the prompt during which the fault fires")
-    repeat: int = Field(default=0, ge=0)
-    duration: float | None = Field(default=None, gt=0)
-    profile: str | None = None
+    node: Index | None = None
+    nodes: list[Index] | None = None
+    at_token: Index | None = None
+    at_seconds: Seconds | None = None
+    prompt: Index = Field(default=0, description="index of the prompt during which the fault fires")
+    repeat: Index = 0
+    duration: Annotated[StrictInt | StrictFloat, Field(gt=0)] | None = None
+    profile: str | dict | None = None
 
     @model_validator(mode="after")
     def _check(self) -> "FaultSpec":
@@ -37,58 +62,64 @@ class FaultSpec(BaseModel):
             raise ValueError("give exactly one of node or nodes")
         if self.action == "degrade" and not self.profile:
             raise ValueError("degrade needs a profile")
+        if self.duration is not None and FaultKind(self.action).undo is None:
+            raise ValueError(f"duration is for pause and link_down (undone after it), not {self.action}")
         return self
 
     @property
     def targets(self) -> tuple[int, ...]:
         return tuple(self.nodes) if self.nodes is not None else (int(self.node),)
 
+    def order(self) -> tuple:
+        """When it fires relative to the others: prompt, repeat, then its trigger (tokens before seconds)."""
+        return (self.prompt, self.repeat, self.at_token is None, self.at_token or self.at_seconds)
+
 
 class Sampling(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    temperature: float = Field(default=0.0, ge=0)
-    top_k: int = Field(default=0, ge=0)
-    top_p: float = Field(default=1.0, gt=0, le=1)
+    temperature: Annotated[StrictInt | StrictFloat, Field(ge=0)] = 0.0
+    top_k: Index = 0
+    top_p: Annotated[StrictInt | StrictFloat, Field(gt=0, le=1)] = 1.0
 
 
 class Scenario(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    name: str
+    name: Annotated[str, Field(pattern=NAME, description="letters, digits, '.', '_', '-'; it names the run")]
     description: str = ""
     model: str = "gemma3-270m"
-    nodes: int = Field(ge=1, le=250)
-    placement: Literal["even", "memory"] | list[tuple[int, int]] = "even"
-    replicas: int = Field(default=0, ge=0)
+    nodes: Annotated[StrictInt, Field(ge=1, le=250)]
+    placement: Literal["even", "memory"] | list[tuple[Index, Index]] = "even"
+    replicas: Index = 0
     on_failure: Policy = Policy.SKIP
     links: dict[str, str | dict] = Field(default_factory=dict, description="node index, range 'a-b' or 'all' -> profile")
     prompts: list[str] = Field(default_factory=list)
     prompts_file: str | None = None
-    max_new_tokens: int = Field(default=32, ge=1)
+    max_new_tokens: Annotated[StrictInt, Field(ge=1, le=8192)] = 32
     sampling: Sampling = Field(default_factory=Sampling)
-    seed: int = 0
-    repeats: int = Field(default=1, ge=1)
-    concurrency: int = Field(default=1, ge=1)
-    chat: bool = Field(default=False, description="wrap prompts in the model's chat template (instruct models)")
+    seed: StrictInt = 0
+    repeats: Count = 1
+    concurrency: Count = 1
+    chat: StrictBool = Field(default=False, description="wrap prompts in the model's chat template (instruct models)")
     wire_dtype: Literal["float32", "bfloat16", "float16"] = "bfloat16"
     compute_dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    encrypt: StrictBool = Field(default=False, description="seal every frame's payload (ChaCha20-Poly1305)")
     faults: list[FaultSpec] = Field(default_factory=list)
-    timing: dict[str, float] = Field(default_factory=dict, description="failure-detection knobs (payload.config.Timing)")
+    timing: dict[str, StrictInt | StrictFloat] = Field(default_factory=dict,
+                                                       description="failure-detection knobs (payload.config.Timing)")
+    _source: Path | None = PrivateAttr(default=None)
+
+    @field_validator("links", mode="before")
+    @classmethod
+    def _link_keys_as_text(cls, links: object) -> object:
+        """YAML gives ``2: cellular`` an integer key; users write it so, and mean node 2."""
+        if isinstance(links, dict):
+            return {str(k) if isinstance(k, int) and not isinstance(k, bool) else k: v for k, v in links.items()}
+        return links
 
     @model_validator(mode="after")
     def _check(self) -> "Scenario":
         if not self.prompts and not self.prompts_file:
             raise ValueError("give prompts or prompts_file")
-        for fault in self.faults:
-            for target in fault.targets:
-                if not 1 <= target <= self.nodes:
-                    raise ValueError(f"fault targets node {target}, but layer nodes are 1..{self.nodes}")
-        from dataclasses import fields
-
-        from payload.config import Timing
-
-        unknown = set(self.timing) - {f.name for f in fields(Timing)}
-        if unknown:
-            raise ValueError(f"unknown timing keys {sorted(unknown)}; known: {[f.name for f in fields(Timing)]}")
         if self.replicas >= self.nodes:
             raise ValueError(f"replicas={self.replicas} needs more than {self.replicas} nodes")
         return self
@@ -101,18 +132,30 @@ class Scenario(BaseModel):
             if memory is None:
                 raise ScenarioError("placement: memory needs the nodes' reported memory (after `up`)")
             return memory_weighted_placement(num_layers, memory, self.replicas)
-        if len(self.placement) != self.nodes:
-            raise ScenarioError(f"placement lists {len(self.placement)} ranges for {self.nodes} nodes")
+        end = self.placement[-1][1]
+        if end != num_layers:
+            raise self.error(("placement", len(self.placement) - 1),
+                             f"the ranges end at layer {end}, but model {self.model} has {num_layers} layers")
         return explicit_placement(num_layers, list(self.placement), self.replicas)
+
+    def error(self, loc: tuple, message: str) -> ScenarioError:
+        """A ScenarioError about field ``loc`` of the file this scenario came from, with its line."""
+        root = parse(self._source.read_text(encoding="utf-8"))[1] if self._source else None
+        return ScenarioError(f"{self._source or 'scenario'}: invalid scenario:\n"
+                             + describe_problems([(loc, message)], root, "scenario"))
 
     def prompt_list(self, base: Path) -> list[str]:
         prompts = list(self.prompts)
         if self.prompts_file:
-            path = (base / self.prompts_file) if not Path(self.prompts_file).is_absolute() else Path(self.prompts_file)
-            if not path.exists():
+            path = self.prompts_path(base)
+            if not path.is_file():
                 raise ScenarioError(f"prompts_file {path} does not exist")
             prompts += [line.strip() for line in path.read_text().splitlines() if line.strip()]
         return prompts
+
+    def prompts_path(self, base: Path) -> Path:
+        path = Path(self.prompts_file)
+        return path if path.is_absolute() else base / path
 
     def profile_of(self, node: int) -> str | dict | None:
         """Link profile for ``node`` from ``links`` (exact index, then 'a-b' ranges, then 'all')."""
@@ -126,16 +169,129 @@ class Scenario(BaseModel):
         return self.links.get("all")
 
 
+def problems(scenario: Scenario, base: Path) -> list[Problem]:
+    """What spans fields, as (field path, message): see the module docstring."""
+    found: list[Problem] = []
+    known = set(load_profiles())
+    for key, profile in scenario.links.items():
+        found += _link_problems(key, profile, scenario.nodes, known)
+    prompts = None
+    if scenario.prompts_file and not scenario.prompts_path(base).is_file():
+        found.append((("prompts_file",), f"{scenario.prompts_path(base)} does not exist"))
+    else:
+        prompts = scenario.prompt_list(base)
+    found += _fault_problems(scenario, prompts, known)
+    found += _placement_problems(scenario)
+    timing = {f.name for f in fields(Timing)}
+    for name in scenario.timing:
+        if name not in timing:
+            found.append((("timing", name), f"unknown timing knob; known: {', '.join(sorted(timing))}"))
+    if not found:
+        try:
+            Timing(**scenario.timing)
+        except ValueError as exc:
+            name = str(exc).split()[0].removeprefix("timing.")
+            found.append((("timing", name), str(exc).split(" ", 1)[1]))
+    return found
+
+
+def _link_problems(key: str, profile: str | dict, nodes: int, known: set[str]) -> list[Problem]:
+    found: list[Problem] = []
+    if not _LINK_KEY.match(key):
+        return [(("links", key), "a link key is a node index, a range 'a-b' or 'all'")]
+    indices = [int(x) for x in key.split("-")] if key != "all" else []
+    if any(i > nodes for i in indices) or (len(indices) == 2 and indices[0] > indices[1]):
+        found.append((("links", key), f"nodes are 0 (the user node) to {nodes}"))
+    if isinstance(profile, str) and profile not in known:
+        found.append((("links", key), f"unknown link profile {profile!r}; known: {', '.join(sorted(known))}"))
+    elif isinstance(profile, dict):
+        try:
+            profile_from_dict(str(profile.get("name", "inline")), profile)
+        except ProfileError as exc:
+            found.append((("links", key), str(exc)))
+    return found
+
+
+def _fault_problems(scenario: Scenario, prompts: list[str] | None, known: set[str]) -> list[Problem]:
+    found: list[Problem] = []
+    for i, fault in enumerate(scenario.faults):
+        here = ("faults", i)
+        for target in fault.targets:
+            if not 1 <= target <= scenario.nodes:
+                found.append(((*here, "node" if fault.node is not None else "nodes"),
+                              f"fault targets node {target}, but layer nodes are 1..{scenario.nodes}"))
+        if fault.at_token is not None and fault.at_token >= scenario.max_new_tokens:
+            found.append(((*here, "at_token"), f"token {fault.at_token} is never generated (max_new_tokens "
+                                               f"{scenario.max_new_tokens}): the fault would never fire"))
+        if prompts is not None and fault.prompt >= len(prompts):
+            found.append(((*here, "prompt"), f"prompt {fault.prompt} does not exist ({len(prompts)} prompts)"))
+        if fault.repeat >= scenario.repeats:
+            found.append(((*here, "repeat"), f"repeat {fault.repeat} does not exist (repeats {scenario.repeats})"))
+        if isinstance(fault.profile, str) and fault.profile not in known:
+            found.append(((*here, "profile"), f"unknown link profile {fault.profile!r}"))
+    if not found:
+        found += _sequence_problems(scenario)
+    return found
+
+
+def _sequence_problems(scenario: Scenario) -> list[Problem]:
+    """Faults in firing order must make sense for each node: no resume without a pause, nothing after a kill,
+    and no pause or cut that nothing ends (the node would stay stopped or cut after the run)."""
+    state: dict[tuple[int, str], tuple[str, int]] = {}  # (node, process|link) -> (state, fault that left it so)
+    found: list[Problem] = []
+    for i, fault in sorted(enumerate(scenario.faults), key=lambda item: item[1].order()):
+        if fault.action not in _STATES:
+            continue
+        machine, allowed, after = _STATES[fault.action]
+        for node in fault.targets:
+            now, by = state.get((node, machine), (_INITIAL[machine], -1))
+            if now not in allowed:
+                cause = f" (by fault {by})" if by >= 0 else ""
+                found.append((("faults", i, "action"), f"{fault.action} of node {node}, whose {machine} is "
+                                                       f"{now}{cause}: it cannot take effect"))
+                continue
+            if fault.duration is None:
+                state[(node, machine)] = (after, i)
+    for (node, machine), (now, by) in sorted(state.items()):
+        if now in ("paused", "cut"):
+            undo = "resume" if now == "paused" else "link_up"
+            found.append((("faults", by, "action"), f"node {node} would stay {now} after the run: give the "
+                                                    f"fault a duration, or add a later {undo}"))
+    return found
+
+
+def _placement_problems(scenario: Scenario) -> list[Problem]:
+    if not isinstance(scenario.placement, list):
+        return []
+    found: list[Problem] = []
+    if len(scenario.placement) != scenario.nodes:
+        found.append((("placement",), f"lists {len(scenario.placement)} ranges for {scenario.nodes} nodes"))
+    expected = 0
+    for i, (first, end) in enumerate(scenario.placement):
+        if end <= first:
+            found.append((("placement", i), f"range [{first}, {end}) holds no layer"))
+        elif first != expected:
+            what = "a gap" if first > expected else "an overlap"
+            found.append((("placement", i), f"starts at layer {first} but the previous range ends at {expected}: "
+                                            f"{what}"))
+        expected = max(expected, end)
+    return found
+
+
 def load_scenario(path: Path | str) -> Scenario:
     """Parse and validate a scenario file; every problem is reported with its field path and line."""
-    return load_validated(path, Scenario, what="scenario", error=ScenarioError)
+    path = Path(path)
+    scenario = load_validated(path, Scenario, what="scenario", error=ScenarioError,
+                              checks=lambda s: problems(s, path.parent))
+    scenario._source = path
+    return scenario
 
 
 def check_supported(scenario: Scenario, path: Path, testbed: str, supported: frozenset[FaultKind]) -> None:
     """Refuse, naming each fault's line, faults that ``testbed`` cannot inject (before anything starts)."""
-    problems = [(("faults", i, "action"), f"the {testbed} testbed cannot {fault.action.replace('_', ' ')} "
-                 f"(it supports {', '.join(sorted(k.value for k in supported))})")
-                for i, fault in enumerate(scenario.faults) if FaultKind(fault.action) not in supported]
-    if problems:
-        raise ScenarioError(f"{path}: {len(problems)} fault(s) not possible here:\n"
-                            + describe_problems(problems, parse(Path(path).read_text(encoding="utf-8"))[1], "scenario"))
+    found = [(("faults", i, "action"), f"the {testbed} testbed cannot {fault.action.replace('_', ' ')} "
+              f"(it supports {', '.join(sorted(k.value for k in supported))})")
+             for i, fault in enumerate(scenario.faults) if FaultKind(fault.action) not in supported]
+    if found:
+        raise ScenarioError(f"{path}: {len(found)} fault(s) not possible here:\n"
+                            + describe_problems(found, parse(Path(path).read_text(encoding="utf-8"))[1], "scenario"))

@@ -17,13 +17,12 @@ to the first degraded token.
 
 from __future__ import annotations
 
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from experiment.collect import publish, write_tables
+from experiment.collect import publish, start_partial, write_tables
 from experiment.deploy import Deployment
 from payload.events import EventLog
 from payload.routing import explicit_placement
@@ -140,8 +139,7 @@ def token_id(prompt: int, step: int, degraded: bool) -> int:
 def write_run(path: str | Path, spec: Spec = Spec()) -> Truth:
     """Write a complete run directory at ``path`` (replaced if it exists) and return its known answers."""
     path = Path(path)
-    partial = path.with_name(path.name + ".partial")
-    shutil.rmtree(partial, ignore_errors=True)
+    partial = start_partial(path)
     sim = _new_sim(spec, partial)
     sessions = [(p, r) for p in range(spec.prompts) for r in range(spec.repeats)]
     now = T0_NS + 50_000_000

@@ -15,9 +15,12 @@ from pathlib import Path
 from payload.routing import Placement, Policy
 
 
+ZERO_OK = {"retransmit_ms", "rejoin_after_s", "max_attempts"}  # Timing fields for which 0 means something
+
+
 @dataclass(frozen=True)
 class Timing:
-    """Failure-detection knobs (per deployment)."""
+    """Failure-detection and resource knobs (per deployment); every one must be a positive number."""
 
     ack_floor_ms: float = 250.0  # never declare a peer silent sooner than this
     ack_multiplier: float = 4.0  # deadline = max(floor, multiplier x p99 observed ack RTT, 2 x p99 + retransmit)
@@ -29,6 +32,23 @@ class Timing:
     step_timeout_s: float = 60.0  # backstop per attempt at the user node (compute of long prefills)
     rejoin_after_s: float = 1.0  # a failed node heard from again after this long rejoins
     max_attempts: int = 0  # per step; 0 = number of layer nodes + 2
+    first_frame_timeout_s: float = 10.0  # an inbound connection with no authentic frame by then is closed
+    idle_timeout_s: float = 600.0  # an authenticated connection idle this long is closed (with a BYE)
+    max_unproven_per_address: int = 16  # inbound connections not yet authenticated, per peer address ...
+    max_unproven_connections: int = 64  # ... and in all
+    max_connections: int = 1024  # authenticated inbound connections
+    session_ttl_s: float = 900.0  # a session idle this long is evicted (its END may never come)
+    max_sessions: int = 256  # sessions a layer node holds at once (the least recently used idle one goes first)
+    log_interval_s: float = 5.0  # a refusal is logged at most once per peer and kind in this interval, with a count
+
+    def __post_init__(self) -> None:
+        for name, value in asdict(self).items():
+            integer = name.startswith("max_")
+            kind_ok = isinstance(value, int) if integer else isinstance(value, (int, float))
+            zero_ok = name in ZERO_OK
+            if isinstance(value, bool) or not kind_ok or value < 0 or (value == 0 and not zero_ok):
+                want = "a whole number" if integer else "a number"
+                raise ValueError(f"timing.{name} must be {want} {'>= 0' if zero_ok else '> 0'}, got {value!r}")
 
     def wire_time_s(self, frame_bytes: int) -> float:
         """Time ``frame_bytes`` may take on the slowest link: added to ack deadlines and heartbeat silence."""
@@ -50,10 +70,13 @@ class NodeConfig:
     wire_dtype: str = "bfloat16"
     max_positions: int = 8192
     timing: Timing = field(default_factory=Timing)
+    encrypt: bool = False  # seal every payload with ChaCha20-Poly1305 (frames are authenticated either way)
+    key_file: str = ""  # where the key is instead of key_hex: a private file outside anything copied off the node
 
     @property
     def key(self) -> bytes:
-        return bytes.fromhex(self.key_hex)
+        """The deployment key (from ``key_file`` when the config names one)."""
+        return bytes.fromhex(Path(self.key_file).read_text().strip() if self.key_file else self.key_hex)
 
     def to_json(self) -> str:
         data = asdict(self)
@@ -63,21 +86,27 @@ class NodeConfig:
     @classmethod
     def from_dict(cls, data: dict) -> "NodeConfig":
         try:
-            return cls(
+            config = cls(
                 node=int(data["node"]),
                 listen=(str(data["listen"][0]), int(data["listen"][1])),
                 peers={int(k): (str(v[0]), int(v[1])) for k, v in data["peers"].items()},
                 model_dir=str(data["model_dir"]),
                 ranges=[(int(a), int(b)) for a, b in data.get("ranges", [])],
-                key_hex=str(data["key_hex"]),
+                key_hex=str(data.get("key_hex", "")),
+                key_file=str(data.get("key_file", "")),
                 log_path=str(data["log_path"]),
                 compute_dtype=data.get("compute_dtype", "float32"),
                 wire_dtype=data.get("wire_dtype", "bfloat16"),
                 max_positions=int(data.get("max_positions", 8192)),
                 timing=Timing(**data.get("timing", {})),
+                encrypt=bool(data.get("encrypt", False)),
             )
         except (KeyError, TypeError, ValueError, IndexError) as exc:
             raise ValueError(f"invalid node config: {exc!r}") from exc
+        if not config.key_file and len(config.key_hex) < 64:
+            raise ValueError("invalid node config: key_hex must hold at least 32 bytes (64 hex digits), "
+                             "or key_file name a file that does")
+        return config
 
     @classmethod
     def load(cls, path: Path | str) -> "NodeConfig":

@@ -38,15 +38,28 @@ class EventLog:
         self.node = node
         self.emitter = emitter_of(node)
         self.clock = clock
+        self.failed: str | None = None  # why the log could not be written, once it could not
+        self.on_failure: Callable[[str], None] | None = None  # told once, when that happens
         self._encode = json.JSONEncoder(separators=(",", ":")).encode
         self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
 
     def log(self, ev: str, **fields) -> dict:
-        """Write one event of kind ``ev``; an undeclared kind or field is a bug (EventSchemaError)."""
+        """Write one event of kind ``ev``; an undeclared kind or field is a bug (EventSchemaError).
+
+        A write that fails (a full disk, a file size limit) is not retried or
+        looped over: the log records why in ``failed`` and tells ``on_failure``
+        once; what was written before stays.
+        """
         check_event(ev, fields, self.emitter)
         wall, mono = self.clock()
         record = {"ev": ev, "node": self.node, "wall_ns": wall, "mono_ns": mono, **fields}
-        os.write(self._fd, (self._encode(record) + "\n").encode())
+        if self.failed is None:
+            try:
+                os.write(self._fd, (self._encode(record) + "\n").encode())
+            except OSError as exc:
+                self.failed = f"cannot write its event log {self.path}: {exc.strerror or exc}"
+                if self.on_failure is not None:
+                    self.on_failure(self.failed)
         return record
 
     def close(self) -> None:

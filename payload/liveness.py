@@ -36,13 +36,14 @@ class Liveness:
 
     def __init__(self, timing: Timing, placement: Placement, log: EventLog, *,
                  on_out: Callable[[PeerFailed], None], on_back: Callable[[int], None],
-                 in_flight_bytes: Callable[[], int]):
+                 in_flight_bytes: Callable[[], int], on_tick: Callable[[], None] = lambda: None):
         self.timing = timing
         self.placement = placement
         self.log = log
         self.on_out = on_out
         self.on_back = on_back
         self.in_flight_bytes = in_flight_bytes
+        self.on_tick = on_tick  # called every heartbeat interval (the user node flushes its refusal counts)
         self.dead: dict[int, int] = {}  # node -> monotonic ns when declared failed
         self.last_heartbeat: dict[int, int] = {}
         self.heartbeat_gaps: dict[int, AdaptiveDeadline] = {}
@@ -94,6 +95,7 @@ class Liveness:
         last_tick = time.monotonic_ns()
         while True:
             await asyncio.sleep(interval)
+            self.on_tick()
             now = time.monotonic_ns()
             late_ns = now - last_tick - int(interval * 1e9)
             last_tick = now

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
 import json
 import resource
 import signal
@@ -29,11 +30,12 @@ import torch
 from payload.cache_rules import Action, admit, decide
 from payload.config import NodeConfig, compute_threads
 from payload.events import EventLog
-from payload.frames import DEFAULT_MAX_FRAME, Frame, FrameType, HopFlag, WireDtype, encode
+from payload.frames import Frame, FrameType, HopFlag, Sealing, WireDtype
 from payload.routing import USER_NODE
 from payload.slices import LayerSlice, ModelSpec, SessionCache, dtype_of, model_config
 from payload.tensors import from_bytes, to_bytes, to_wire
-from payload.transport import FailureKind, PeerFailed, PeerLink, PendingAck, serve_connection
+from payload.transport import (NO_SESSION, ConnectionGate, FailureKind, PeerFailed, PeerLink, PendingAck, Wire,
+                               frame_cap, serve_connection)
 
 # Steps this short (decode: one position) are computed on the event loop itself: a few
 # milliseconds of blocking is cheaper than two thread hand-offs per hop, which add up over
@@ -79,6 +81,53 @@ class SessionState:
     max_epoch: int = 0
     ranges: dict[int, RangeState] = field(default_factory=dict)  # keyed by first layer
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    used: float = field(default_factory=time.monotonic)  # last frame for it (for idle eviction)
+
+
+class SessionTable:
+    """A node's sessions, bounded: idle ones expire after ``ttl_s``, at most ``limit`` are held, and a session
+    that ended (or was evicted) is remembered so that a late or replayed frame never recreates it."""
+
+    def __init__(self, *, ttl_s: float, limit: int, log: EventLog, remembered: int = 4096):
+        self.ttl_s, self.limit, self.log = ttl_s, limit, log
+        self.live: dict[uuid.UUID, SessionState] = {}
+        self.ended: collections.OrderedDict[uuid.UUID, None] = collections.OrderedDict()
+        self._remembered = remembered
+
+    def get(self, session: uuid.UUID) -> SessionState | None:
+        state = self.live.get(session)
+        if state is not None:
+            state.used = time.monotonic()
+        return state
+
+    def open(self, session: uuid.UUID) -> SessionState | str:
+        """The session's state, created if need be; or why it cannot be (ended here, or the node is full)."""
+        state = self.get(session)
+        if state is not None:
+            return state
+        if session in self.ended:
+            return f"session {session} has ended on this node"
+        self.expire()
+        if len(self.live) >= self.limit:
+            idle = [(s.used, sid) for sid, s in self.live.items() if not s.lock.locked()]
+            if not idle:
+                return f"this node holds {len(self.live)} sessions, all busy (max_sessions)"
+            self.close(min(idle)[1], "evicted: max_sessions reached")
+        state = self.live[session] = SessionState()
+        return state
+
+    def close(self, session: uuid.UUID, why: str) -> None:
+        """Forget a session's caches and history (END, expiry, eviction); later frames for it are refused."""
+        self.live.pop(session, None)
+        self.ended[session] = None
+        while len(self.ended) > self._remembered:
+            self.ended.popitem(last=False)
+        self.log.log("session_end", session=str(session), reason=why)
+
+    def expire(self) -> None:
+        now = time.monotonic()
+        for sid in [sid for sid, s in self.live.items() if now - s.used > self.ttl_s and not s.lock.locked()]:
+            self.close(sid, f"expired: idle for more than {self.ttl_s:.0f} s")
 
 
 class LayerNode:
@@ -91,10 +140,14 @@ class LayerNode:
         self.spec = ModelSpec(config.model_dir)
         compute = dtype_of(config.compute_dtype)
         self.slices = {a: LayerSlice.load(self.spec, a, b, compute) for a, b in config.ranges}
-        self.sessions: dict[uuid.UUID, SessionState] = {}
+        self.sessions = SessionTable(ttl_s=config.timing.session_ttl_s, limit=config.timing.max_sessions, log=self.log)
         self.links: dict[int, PeerLink] = {}
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="compute")
-        self.max_frame = max(DEFAULT_MAX_FRAME, 2 * config.max_positions * self.spec.hidden_size * 4)
+        # The largest legitimate frame is a replay of every position at the wire dtype.
+        self.wire = Wire(config.key, self.log, frame_cap(config.max_positions, self.spec.hidden_size,
+                                                         self.wire_dtype.itemsize),
+                         sealing=Sealing(config.key) if config.encrypt else None, timing=config.timing)
+        self.gate = ConnectionGate(config.timing)
         self._tasks: set[asyncio.Task] = set()
         self._stopping = asyncio.Event()
 
@@ -103,10 +156,8 @@ class LayerNode:
         if peer not in self.links:
             if peer not in self.config.peers:
                 raise PeerFailed(peer, FailureKind.REJECTED, f"node {peer} is not in this node's peer table")
-            self.links[peer] = PeerLink(
-                me=self.config.node, peer=peer, address=self.config.peers[peer], key=self.config.key,
-                timing=self.config.timing, log=self.log, on_lost=self._peer_lost,
-            )
+            self.links[peer] = PeerLink(me=self.config.node, peer=peer, address=self.config.peers[peer],
+                                        wire=self.wire, timing=self.config.timing, on_lost=self._peer_lost)
         return self.links[peer]
 
     def _peer_lost(self, peer: int, reason: str) -> None:
@@ -122,7 +173,7 @@ class LayerNode:
                      step=frame.step if frame else None, epoch=frame.epoch if frame else None)
         body = json.dumps({"failed": peer, "kind": kind.value, "reason": reason, "detect_wall_ns": detect_ns,
                            "reporter": self.config.node}).encode()
-        report = Frame(FrameType.FAIL, frame.session if frame else uuid.UUID(int=0),
+        report = Frame(FrameType.FAIL, frame.session if frame else NO_SESSION,
                        step=frame.step if frame else 0, epoch=frame.epoch if frame else 0,
                        src=self.config.node, dst=USER_NODE, payload=body)
         await self.link(USER_NODE).send_control(report)
@@ -153,14 +204,13 @@ class LayerNode:
 
     async def on_frame(self, frame: Frame, writer: asyncio.StreamWriter, t2: int) -> None:
         if frame.type == FrameType.END:
-            self.sessions.pop(frame.session, None)
-            self.log.log("session_end", session=str(frame.session))
+            self.sessions.close(frame.session, "END from the user node")
             return
         if frame.type == FrameType.RESUME:
             problem = self._resumable(frame)
             reply = frame.reply(FrameType.ERROR, problem.encode()) if problem else frame.reply(
                 FrameType.ACK, t_a=t2, t_b=time.time_ns())
-            writer.write(encode(reply, self.config.key))
+            writer.write(self.wire.encode(reply))
             if problem is None:
                 self._spawn(self.resume(frame))
             else:
@@ -170,22 +220,23 @@ class LayerNode:
             self.log.log("reject", reason=f"unexpected {frame.type.name} frame", peer=frame.src)
             return
         problem = self._validate(frame)
+        state: SessionState | str | None = None
         if problem is None:
-            state = self.sessions.get(frame.session)
-            problem = admit(frame.pos_start, state is not None and frame.route[frame.hop].first in state.ranges)
+            known = self.sessions.get(frame.session)
+            problem = admit(frame.pos_start, known is not None and frame.route[frame.hop].first in known.ranges)
+        if problem is None:
+            state = self.sessions.open(frame.session)
+            problem = state if isinstance(state, str) else None
         if problem is not None:
-            self.log.log("reject", reason=problem, peer=frame.src, session=str(frame.session), step=frame.step)
-            writer.write(encode(frame.reply(FrameType.ERROR, problem.encode()), self.config.key))
+            self.wire.reject(frame.src, problem, session=str(frame.session), step=frame.step)
+            writer.write(self.wire.encode(frame.reply(FrameType.ERROR, problem.encode())))
             return
         t3 = time.time_ns()
-        writer.write(encode(frame.reply(FrameType.ACK, t_a=t2, t_b=t3), self.config.key))
+        writer.write(self.wire.encode(frame.reply(FrameType.ACK, t_a=t2, t_b=t3)))
         recv_mono = time.monotonic_ns()
         received = dict(session=str(frame.session), step=frame.step, epoch=frame.epoch, src=frame.src,
                         positions=frame.n_pos, pos_start=frame.pos_start, replay_len=frame.replay_len,
                         bytes=len(frame.payload), t2_wall_ns=t2, t3_wall_ns=t3)
-        state = self.sessions.get(frame.session)
-        if state is None:
-            state = self.sessions[frame.session] = SessionState()
         if frame.n_pos <= INLINE_POSITIONS and not state.lock.locked():
             # Nothing here waits on the network: this returns once the output is written downstream, and the
             # step's receipt is logged only then (its times are in the event), off the decode critical path.
@@ -219,7 +270,7 @@ class LayerNode:
         Upstream nodes computed the step once with the same inputs, so their
         caches stay valid: only the nodes from here on see the new epoch.
         """
-        state = self.sessions[frame.session]
+        state = self.sessions.live[frame.session]
         await state.lock.acquire()
         handed_over = False
         try:
@@ -325,7 +376,7 @@ class LayerNode:
                     hop=frame.hop + 1 if not last else 0, route=frame.route, src=self.config.node, dst=nxt,
                     payload=to_bytes(payload))
         t_enc = time.monotonic_ns()
-        encoded = encode(out, self.config.key)
+        encoded = self.wire.encode(out)
         serialize_ns = time.monotonic_ns() - t_enc
         link = self.link(nxt)
         try:
@@ -362,18 +413,37 @@ class LayerNode:
             body = json.dumps({"seq": seq, "peak_rss_bytes": peak_rss_bytes(), "started_wall_ns": self.started,
                                "ranges": self.config.ranges}).encode()
             await self.link(USER_NODE).send_control(
-                Frame(FrameType.HEARTBEAT, uuid.UUID(int=0), step=seq, src=self.config.node, dst=USER_NODE,
+                Frame(FrameType.HEARTBEAT, NO_SESSION, step=seq, src=self.config.node, dst=USER_NODE,
                       payload=body))
+            self.sessions.expire()
+            self.wire.flush()
             try:
-                await asyncio.wait_for(self._stopping.wait(), interval)
+                async with asyncio.timeout(interval):
+                    await self._stopping.wait()
             except asyncio.TimeoutError:
                 pass
 
+    def _log_failed(self, reason: str) -> None:
+        """The event log cannot be written (a full disk): say so to the user node and stop, rather than serve
+        on without a record.  Called by the log, on the event loop."""
+        print(f"node {self.config.node}: {reason}; stopping", file=sys.stderr, flush=True)
+        self.exit_reason = reason
+
+        async def report_and_stop() -> None:
+            body = json.dumps({"failed": self.config.node, "kind": FailureKind.CRASHED.value, "reason": reason,
+                               "reporter": self.config.node}).encode()
+            await self.link(USER_NODE).send_control(Frame(FrameType.FAIL, NO_SESSION, src=self.config.node,
+                                                          dst=USER_NODE, payload=body))
+            self._stopping.set()
+
+        self._spawn(report_and_stop())
+
     async def run(self) -> None:
         self.started = time.time_ns()
+        self.exit_reason: str | None = None
+        self.log.on_failure = self._log_failed
         server = await asyncio.start_server(
-            lambda r, w: serve_connection(r, w, key=self.config.key, max_frame=self.max_frame,
-                                          handler=self.on_frame, log=self.log),
+            lambda r, w: serve_connection(r, w, wire=self.wire, gate=self.gate, handler=self.on_frame),
             self.config.listen[0], self.config.listen[1], reuse_address=True)
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -405,8 +475,11 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(compute_threads())
     node = LayerNode(config)
     node.log.log("start", peak_rss_bytes=peak_rss_bytes())
+    if node.log.failed:
+        print(f"node {config.node}: {node.log.failed}", file=sys.stderr)
+        return 3
     asyncio.run(node.run())
-    return 0
+    return 3 if node.exit_reason else 0
 
 
 if __name__ == "__main__":

@@ -142,7 +142,8 @@ EVENTS: MappingProxyType[str, EventKind] = MappingProxyType({k.name: k for k in 
     _kind("reject", "a frame was refused (invalid, unauthentic, or not servable here)", (LAYER, USER), TO_EVENTS,
           f("reason", STR, "why"), f("peer", PEER, "sender (node index or connection address)"),
           opt("session", STR, "session of the frame"), opt("step", INT, "step of the frame"),
-          opt("fatal", BOOL, "the connection was closed: its byte stream cannot be trusted")),
+          opt("fatal", BOOL, "the connection was closed: its byte stream cannot be trusted"),
+          opt("suppressed", INT, "refusals of this kind from this peer held back since the last line")),
     _kind("stale", "a frame or report about a superseded attempt was dropped", (LAYER, USER), TO_EVENTS,
           _SESSION, _STEP, _EPOCH, opt("src", INT, "sender"), opt("current_epoch", INT, "the session's epoch here"),
           opt("kind", STR, "what was stale (fail_report), when not a DATA frame")),
@@ -176,7 +177,8 @@ EVENTS: MappingProxyType[str, EventKind] = MappingProxyType({k.name: k for k in 
     _kind("session_error", "a session could not complete", (USER,), TO_EVENTS, _SESSION, f("error", STR, "why")),
     _kind("session_end", "a session ended (user node) or its state was freed (layer node)", (LAYER, USER),
           TO_EVENTS, _SESSION, opt("tokens", INT, "tokens emitted (user node)"),
-          opt("error", STR, "why it failed, if it did (user node)"), opt("text", STR, "the answer (user node)")),
+          opt("error", STR, "why it failed, if it did (user node)"), opt("text", STR, "the answer (user node)"),
+          opt("reason", STR, "why a layer node freed it: END, expiry or eviction")),
 )})
 
 # -- run-directory tables -------------------------------------------------------------------------

@@ -6,7 +6,24 @@ Failure detection lives here, split the way the failures show up:
   while sending or by the reader seeing EOF;
 * a silent peer (stopped, link cut, packets dropped) misses the ack deadline,
   which adapts to observed round trips and leaves room for one TCP
-  retransmission (see :class:`AdaptiveDeadline`).
+  retransmission (see :class:`AdaptiveDeadline`).  The deadline runs from
+  *before* the write, and covers the frame's bytes at the slowest link's rate:
+  a peer that stops reading in the middle of a frame larger than the socket
+  buffers stalls the write itself, and that is its failure too.
+
+Every process speaks frames through one :class:`Wire`: its signer (boot and
+sequence numbers), its replay window, optional payload sealing, the frame cap
+derived from its model, and rate-limited logging of what it refuses.  Inbound
+connections pass a :class:`ConnectionGate`: connections that have not yet
+shown an authentic frame are capped per address and in all, and closed when
+they show none in time; authenticated connections idle for long are closed
+with a BYE frame, which the other side takes as "reconnect when needed".
+
+Every timeout is an ``asyncio.timeout`` block, never ``asyncio.wait_for``: on
+Python 3.11 ``wait_for`` drops a cancellation that arrives as its inner await
+completes (CPython gh-86296), so a connection that keeps receiving
+(heartbeats) outlived the cancellation meant to stop it, and a user node
+hung at exit after its last session.
 """
 
 from __future__ import annotations
@@ -14,15 +31,35 @@ from __future__ import annotations
 import asyncio
 import collections
 import enum
+import errno
+import fcntl
+import re
+import struct
+import termios
 import time
-from dataclasses import dataclass
+import uuid
+from dataclasses import dataclass, field
 from typing import Awaitable, Callable
 
-from payload.events import EventLog
-from payload.frames import Decoder, Frame, FrameType, PeerFrameError, encode
 from payload.config import Timing
+from payload.events import EventLog
+from payload.frames import (AEAD_TAG_BYTES, HEADER_TAG_BYTES, MAC_BYTES, MAX_ROUTE, Decoder, Frame, FrameSigner,
+                            FrameType, PeerFrameError, ReplayWindow, Sealing)
 
 READ_CHUNK = 1 << 16
+NO_SESSION = uuid.UUID(int=0)  # control frames about no session (heartbeats, BYE)
+_FRAME_OVERHEAD = 4 + 96 + HEADER_TAG_BYTES + MAX_ROUTE * 8 + AEAD_TAG_BYTES + MAC_BYTES
+CONTROL_PAYLOAD = 64 * 1024  # the largest JSON a control frame (heartbeat, failure report) may carry
+LOCAL_EXHAUSTION = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
+# A deadline timer that fires this much past its time means this process was starved (a busy event loop,
+# a CPU shared with other work): it then looks once more before blaming the peer.
+LATE_WAKEUP_S = 0.05
+_KIND = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}|\d+")
+
+
+def frame_cap(positions: int, hidden: int, itemsize: int) -> int:
+    """The largest legitimate frame: ``positions`` hidden states (a full replayed history) plus overhead."""
+    return _FRAME_OVERHEAD + max(positions * hidden * itemsize, CONTROL_PAYLOAD)
 
 
 class FailureKind(str, enum.Enum):
@@ -75,6 +112,95 @@ class AdaptiveDeadline:
         return max(self.floor_s, self.multiplier * p99, 2 * p99 + self.retransmit_s)
 
 
+class RateLimiter:
+    """At most one line per key and interval.
+
+    ``allow`` says whether to log now, with how many were held back since the
+    last line; ``due`` gives the keys whose interval has passed with refusals
+    still held back (so a burst's count is reported even if nothing follows it).
+    """
+
+    def __init__(self, interval_s: float):
+        self.interval_s = interval_s
+        self._last: dict[object, float] = {}
+        self._held: collections.Counter = collections.Counter()
+
+    def allow(self, key: object) -> int | None:
+        now = time.monotonic()
+        last = self._last.get(key)
+        if last is not None and now - last < self.interval_s:
+            self._held[key] += 1
+            return None
+        self._last[key] = now
+        if len(self._last) > 4096:  # a flood from many addresses must not grow this without bound
+            self._last = {k: t for k, t in self._last.items() if now - t < self.interval_s or k in self._held}
+        return self._held.pop(key, 0)
+
+    def due(self) -> list[tuple[object, int]]:
+        """(key, count held back) for every key whose interval passed with refusals held back; now logged."""
+        now = time.monotonic()
+        ready = [key for key in self._held if now - self._last.get(key, 0.0) >= self.interval_s]
+        out = []
+        for key in ready:
+            out.append((key, self._held.pop(key)))
+            self._last[key] = now
+        return out
+
+
+@dataclass
+class Wire:
+    """How one process speaks frames: sign, seal, cap, check freshness, and log what it refuses (rate-limited)."""
+
+    key: bytes
+    log: EventLog
+    max_frame: int
+    sealing: Sealing | None = None
+    timing: Timing = field(default_factory=Timing)
+    signer: FrameSigner = field(init=False)
+    window: ReplayWindow = field(init=False, default_factory=ReplayWindow)
+    limiter: RateLimiter = field(init=False)
+    _latest: dict = field(init=False, default_factory=dict)  # refusal kind -> (peer, its latest reason)
+
+    def __post_init__(self) -> None:
+        self.signer = FrameSigner(self.key, sealing=self.sealing)
+        self.limiter = RateLimiter(self.timing.log_interval_s)
+
+    def encode(self, frame: Frame) -> bytes:
+        return self.signer.encode(frame)
+
+    def decoder(self, peer: object = "?") -> Decoder:
+        """A decoder for one connection from ``peer``: replays are refused at their header (see :meth:`fresh`)."""
+        return Decoder(self.key, max_frame=self.max_frame, sealing=self.sealing,
+                       require_sealed=self.sealing is not None,
+                       fresh=lambda src, boot, seq, kind: self.fresh(src, boot, seq, kind, peer))
+
+    def reject(self, peer: object, reason: str, *, what: str = "", **fields) -> None:
+        """Log a refusal once per peer and kind of refusal per interval, with the count held back.
+
+        The kind is ``what``, or the reason with its numbers and ids masked (one line for a flood of
+        "frame length 123 exceeds ..." whatever the lengths).
+        """
+        key = (str(peer), what or _KIND.sub("#", reason))
+        held = self.limiter.allow(key)
+        self._latest[key] = (peer if isinstance(peer, int) else str(peer), reason)
+        if held is not None:
+            self.log.log("reject", reason=reason, peer=self._latest[key][0], suppressed=held, **fields)
+
+    def flush(self) -> None:
+        """Log the count of refusals held back whose interval has passed (called periodically)."""
+        for key, held in self.limiter.due():
+            peer, reason = self._latest.pop(key, (key[0], key[1]))
+            self.log.log("reject", reason=f"{held} more like: {reason}", peer=peer, suppressed=held)
+
+    def fresh(self, src: int, boot: int, seq: int, kind: int, peer: object) -> bool:
+        """Whether a frame is new (not a replay of one this process accepted); a replay is logged, rate-limited."""
+        if self.window.fresh(src, boot, seq):
+            return True
+        name = FrameType(kind).name if kind in FrameType._value2member_map_ else str(kind)
+        self.reject(src, f"replayed {name} frame from node {src} (boot {boot}, seq {seq}) over {peer}", what="replay")
+        return False
+
+
 @dataclass(frozen=True)
 class HopTiming:
     """TWAMP-style stamps of one delivered frame (T1/T4 here, T2/T3 from the peer's ack)."""
@@ -94,7 +220,7 @@ class HopTiming:
 
 @dataclass(frozen=True)
 class PendingAck:
-    """A frame written to a peer whose ack has not been awaited yet."""
+    """A frame written to a peer whose ack has not been awaited yet; the ack is due by ``due`` (monotonic s)."""
 
     key: tuple
     future: asyncio.Future
@@ -104,16 +230,17 @@ class PendingAck:
     t1_wall_ns: int
     t1_mono_ns: int
     bytes: int
+    due: float
 
 
 class PeerLink:
     """One outbound connection to a peer, reconnected lazily after a failure."""
 
-    def __init__(self, *, me: int, peer: int, address: tuple[str, int], key: bytes, timing: Timing,
-                 log: EventLog, on_lost: Callable[[int, str], None] | None = None):
-        self.me, self.peer, self.address, self.key = me, peer, address, key
+    def __init__(self, *, me: int, peer: int, address: tuple[str, int], wire: Wire, timing: Timing,
+                 on_lost: Callable[[int, str], None] | None = None):
+        self.me, self.peer, self.address = me, peer, address
+        self.wire = wire
         self.timing = timing
-        self.log = log
         self.deadline = AdaptiveDeadline(timing.ack_floor_ms / 1000, timing.ack_multiplier,
                                          retransmit_s=timing.retransmit_ms / 1000)
         self._on_lost = on_lost
@@ -128,12 +255,14 @@ class PeerLink:
                 return self._writer
             started = time.monotonic()
             try:
-                reader, writer = await asyncio.wait_for(
-                    asyncio.open_connection(*self.address), self.timing.connect_timeout_ms / 1000
-                )
+                async with asyncio.timeout(self.timing.connect_timeout_ms / 1000):
+                    reader, writer = await asyncio.open_connection(*self.address)
             except asyncio.TimeoutError:
                 raise PeerFailed(self.peer, FailureKind.SILENT, f"connect to {self.address} timed out") from None
             except OSError as exc:
+                if exc.errno in LOCAL_EXHAUSTION:  # this node is out of descriptors or memory: not the peer's fault
+                    raise PeerFailed(self.me, FailureKind.CRASHED,
+                                     f"cannot open a connection: {exc.strerror or exc}") from None
                 raise PeerFailed(self.peer, FailureKind.CRASHED,
                                  f"connect to {self.address}: {exc.strerror or exc}") from None
             if not self.deadline.observed:
@@ -145,15 +274,18 @@ class PeerLink:
             return writer
 
     async def _read_acks(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        decoder = Decoder(self.key)
-        reason = "connection closed by peer"
+        decoder = self.wire.decoder(self.address)
+        reason, goodbye = "connection closed by peer", False
         try:
-            while True:
+            while not goodbye:
                 data = await reader.read(READ_CHUNK)
                 if not data:
                     break
                 decoder.feed(data)
                 while isinstance(frame := decoder.next_frame(), Frame):
+                    if frame.type == FrameType.BYE:
+                        goodbye = True
+                        continue
                     fut = self._pending.get((frame.session, frame.step, frame.epoch))
                     if fut is not None and not fut.done():
                         fut.set_result(frame)
@@ -163,10 +295,12 @@ class PeerLink:
             reason = f"connection lost: {exc}"
         finally:
             self._drop(writer)
-            for fut in self._pending.values():
-                if not fut.done():
-                    fut.set_exception(PeerFailed(self.peer, FailureKind.CRASHED, reason))
-            if self._on_lost is not None:
+            waiting = [fut for fut in self._pending.values() if not fut.done()]
+            for fut in waiting:
+                fut.set_exception(PeerFailed(self.peer, FailureKind.CRASHED, reason))
+                fut.add_done_callback(lambda f: f.exception())  # whoever gave up waiting need not retrieve it
+            # A BYE closes an idle connection: nothing is lost unless a frame was still waiting for its ack.
+            if self._on_lost is not None and (waiting or not goodbye):
                 self._on_lost(self.peer, reason)
 
     def _drop(self, writer: asyncio.StreamWriter | None) -> None:
@@ -175,11 +309,17 @@ class PeerLink:
         if self._writer is writer:
             self._writer = None
 
+    def due_in(self, frame_bytes: int) -> float:
+        """Seconds a frame of ``frame_bytes`` may take from the start of its write to its ack."""
+        return self.deadline.value() + self.timing.wire_time_s(frame_bytes)
+
     async def send(self, frame: Frame, encoded: bytes, serialize_ns: int = 0) -> "PendingAck":
         """Write a DATA (or RESUME) frame now; the returned handle waits for its ack.
 
         Splitting the write from the wait lets a node hand its output downstream
         and return to its socket at once, leaving the ack to a background task.
+        The ack deadline starts now: a write that cannot finish before it (the
+        peer stopped reading mid-frame) fails the peer as silent.
         ``serialize_ns`` (the time ``encoded`` took to make) goes into the hop's ack event.
         """
         key = (frame.session, frame.step, frame.epoch)
@@ -188,55 +328,89 @@ class PeerLink:
         try:
             writer = await self._ensure()
             t1_wall, t1_mono = time.time_ns(), time.monotonic_ns()
+            due = time.monotonic() + self.due_in(len(encoded))
             try:
                 writer.write(encoded)
-                await writer.drain()
+                async with asyncio.timeout(max(0.0, due - time.monotonic())):
+                    await writer.drain()
+            except asyncio.TimeoutError:
+                self._drop(writer)
+                raise PeerFailed(self.peer, FailureKind.SILENT,
+                                 f"a {len(encoded)}-byte frame was not taken within "
+                                 f"{self.due_in(len(encoded)) * 1000:.0f} ms (it stopped reading)") from None
             except (ConnectionError, OSError) as exc:
                 self._drop(writer)
                 raise PeerFailed(self.peer, FailureKind.CRASHED, f"send failed: {exc}") from None
         except BaseException:
             self._pending.pop(key, None)
             raise
-        return PendingAck(key, fut, writer, frame, serialize_ns, t1_wall, t1_mono, len(encoded))
+        return PendingAck(key, fut, writer, frame, serialize_ns, t1_wall, t1_mono, len(encoded), due)
 
     async def wait_ack(self, sent: "PendingAck") -> HopTiming:
         """The hop's timing once its ack arrives (logged as the hop's ``ack`` event); PeerFailed if it does
-        not arrive within the adaptive deadline."""
-        # Time on the wire grows with the frame: a prompt's hidden states cross a 2.5 Mbit/s uplink slowly.
-        deadline = self.deadline.value() + self.timing.wire_time_s(sent.bytes)
+        not arrive by the deadline that started with the write."""
         try:
             try:
-                reply: Frame = await asyncio.wait_for(asyncio.shield(sent.future), deadline)
+                async with asyncio.timeout(max(0.0, sent.due - time.monotonic())):
+                    reply: Frame = await asyncio.shield(sent.future)
             except asyncio.TimeoutError:
-                self._drop(sent.writer)
-                raise PeerFailed(self.peer, FailureKind.SILENT, f"no ack within {deadline * 1000:.0f} ms") from None
+                reply = await self._second_look(sent)
             t4_wall, t4_mono = time.time_ns(), time.monotonic_ns()
             if reply.type == FrameType.ERROR:
                 raise PeerFailed(self.peer, FailureKind.REJECTED, reply.payload.decode("utf-8", "replace"))
             timing = HopTiming(sent.t1_wall_ns, sent.t1_mono_ns, reply.t_a, reply.t_b, t4_wall, t4_mono, sent.bytes)
             self.deadline.observe(max(timing.rtt_ns, 0) / 1e9)
             frame = sent.frame
-            self.log.log("ack", session=str(frame.session), step=frame.step, epoch=frame.epoch, src=frame.src,
-                         dst=frame.dst, positions=frame.n_pos, bytes=timing.bytes, serialize_ns=sent.serialize_ns,
-                         t1_wall_ns=timing.t1_wall_ns, t1_mono_ns=timing.t1_mono_ns, t2_wall_ns=timing.t2_wall_ns,
-                         t3_wall_ns=timing.t3_wall_ns, t4_wall_ns=timing.t4_wall_ns, t4_mono_ns=timing.t4_mono_ns,
-                         rtt_ns=timing.rtt_ns)
+            self.wire.log.log("ack", session=str(frame.session), step=frame.step, epoch=frame.epoch, src=frame.src,
+                              dst=frame.dst, positions=frame.n_pos, bytes=timing.bytes,
+                              serialize_ns=sent.serialize_ns, t1_wall_ns=timing.t1_wall_ns,
+                              t1_mono_ns=timing.t1_mono_ns, t2_wall_ns=timing.t2_wall_ns,
+                              t3_wall_ns=timing.t3_wall_ns, t4_wall_ns=timing.t4_wall_ns,
+                              t4_mono_ns=timing.t4_mono_ns, rtt_ns=timing.rtt_ns)
             return timing
         finally:
             self._pending.pop(sent.key, None)
+
+    async def _second_look(self, sent: "PendingAck") -> Frame:
+        """At the deadline: fail the peer as silent, unless this process is the one that was slow.
+
+        If the ack's bytes already wait in the socket, or this wake-up came
+        late (the event loop was starved: other work, CPU contention), the
+        peer may well have answered in time; it gets one more deadline rather
+        than being declared dead by a node that could not look.
+        """
+        late_s = time.monotonic() - sent.due
+        if sent.future.done() or _pending_bytes(sent.writer) > 0 or late_s > LATE_WAKEUP_S:
+            try:
+                async with asyncio.timeout(self.deadline.value()):
+                    return await asyncio.shield(sent.future)
+            except asyncio.TimeoutError:
+                pass
+        self._drop(sent.writer)
+        waited = (time.monotonic_ns() - sent.t1_mono_ns) / 1e6
+        raise PeerFailed(self.peer, FailureKind.SILENT, f"no ack within {waited:.0f} ms")
 
     async def send_data(self, frame: Frame, encoded: bytes, serialize_ns: int = 0) -> HopTiming:
         """Send a DATA (or RESUME) frame and wait for its ack within the adaptive deadline."""
         return await self.wait_ack(await self.send(frame, encoded, serialize_ns))
 
     async def send_control(self, frame: Frame) -> bool:
-        """Best-effort control frame (heartbeat, failure report, session end); False if undeliverable."""
+        """Best-effort control frame (heartbeat, failure report, session end); False if undeliverable.
+
+        A peer that does not take it within the ack deadline loses the connection (reconnected at the next
+        frame), so control frames never pile up behind a stalled peer.
+        """
         try:
             writer = await self._ensure()
-            writer.write(encode(frame, self.key))
-            await asyncio.wait_for(writer.drain(), self.deadline.value())
+        except PeerFailed:
+            return False
+        try:
+            writer.write(self.wire.encode(frame))
+            async with asyncio.timeout(self.deadline.value()):
+                await writer.drain()
             return True
-        except (PeerFailed, ConnectionError, OSError, asyncio.TimeoutError):
+        except (ConnectionError, OSError, asyncio.TimeoutError):
+            self._drop(writer)
             return False
 
     async def close(self) -> None:
@@ -245,30 +419,159 @@ class PeerLink:
         self._drop(self._writer)
 
 
+class ConnectionGate:
+    """Caps on inbound connections, so a flood without the key cannot exhaust a node's descriptors.
+
+    A connection is *unproven* until it delivers a frame with an authentic
+    header (a peer with the key does so within milliseconds of connecting);
+    unproven connections are capped per address and in all, and closed if
+    they prove nothing within ``first_frame_timeout_s``.  Over a cap, the
+    oldest unproven connection that has sent nothing and is older than
+    ``GRACE_S`` is closed, not the newcomer: a flood then cannot lock out a
+    legitimate peer connecting in the middle of it (on a shared address, or the
+    node's loopback), it only shortens how long an idle intruder is held.  A
+    burst faster than that may exceed a cap up to ``HARD_FACTOR`` times it;
+    beyond that, newcomers are refused.  Proven connections are capped in all.
+    """
+
+    GRACE_S = 0.25
+    HARD_FACTOR = 4
+
+    def __init__(self, timing: Timing):
+        self.timing = timing
+        self.unproven: dict[str, collections.deque[tuple[asyncio.StreamWriter, float]]] = {}
+        self.proven = 0
+
+    def admit(self, address: str, writer: asyncio.StreamWriter) -> str | None:
+        """Count a new connection as unproven, closing old silent ones over a cap; what was closed, if anything
+        (the newcomer itself when even the hard cap is reached: check :meth:`admitted`)."""
+        queue = self.unproven.setdefault(address, collections.deque())
+        queue.append((writer, time.monotonic()))
+        closed = []
+        while len(queue) > self.timing.max_unproven_per_address and self._close_oldest(address):
+            closed.append(f"{self.timing.max_unproven_per_address} unproven connections from {address}")
+        while self._total() > self.timing.max_unproven_connections and \
+                self._close_oldest(max(self.unproven, key=lambda a: len(self.unproven[a]))):
+            closed.append(f"{self.timing.max_unproven_connections} unproven connections")
+        if len(queue) > self.HARD_FACTOR * self.timing.max_unproven_per_address or \
+                self._total() > self.HARD_FACTOR * self.timing.max_unproven_connections:
+            self._forget(address, writer)
+            writer.close()
+            closed.append("a burst beyond the hard cap: refused the newcomer")
+        if not closed:
+            return None
+        return f"closed {len(closed)} unproven connection(s) from {address}: {closed[-1]}"
+
+    def admitted(self, address: str, writer: asyncio.StreamWriter) -> bool:
+        return any(w is writer for w, _ in self.unproven.get(address, ()))
+
+    def _total(self) -> int:
+        return sum(len(q) for q in self.unproven.values())
+
+    def _close_oldest(self, address: str) -> bool:
+        """Close the oldest unproven connection from ``address`` that is past its grace and has sent nothing
+        (a peer with the key has its first frame waiting to be read: it is spared); False if there is none."""
+        now = time.monotonic()
+        queue = self.unproven.get(address, collections.deque())
+        victim = next((item for item in queue if now - item[1] >= self.GRACE_S and _pending_bytes(item[0]) == 0),
+                      None)
+        if victim is None:
+            return False
+        queue.remove(victim)
+        victim[0].close()  # its serve loop sees the end and releases nothing more
+        return True
+
+    def prove(self, address: str, writer: asyncio.StreamWriter) -> str | None:
+        """The connection showed an authentic frame; why it is refused anyway (None: kept, counted as proven)."""
+        self._forget(address, writer)
+        if self.proven >= self.timing.max_connections:
+            return f"{self.proven} connections already"
+        self.proven += 1
+        return None
+
+    def release(self, address: str, writer: asyncio.StreamWriter, proven: bool) -> None:
+        if proven:
+            self.proven -= 1
+        else:
+            self._forget(address, writer)
+
+    def _forget(self, address: str, writer: asyncio.StreamWriter) -> None:
+        queue = self.unproven.get(address)
+        if queue is not None:
+            for item in queue:
+                if item[0] is writer:
+                    queue.remove(item)
+                    break
+            if not queue:
+                del self.unproven[address]
+
+
+def _pending_bytes(writer: asyncio.StreamWriter) -> int:
+    """Bytes the kernel holds for this connection that nobody has read yet (0 if it cannot tell)."""
+    sock = writer.get_extra_info("socket")
+    try:
+        return struct.unpack("i", fcntl.ioctl(sock.fileno(), termios.FIONREAD, b"\0\0\0\0"))[0]
+    except (OSError, AttributeError, ValueError):
+        return 0
+
+
 FrameHandler = Callable[[Frame, asyncio.StreamWriter, int], Awaitable[None]]
 
 
-async def serve_connection(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, *, key: bytes,
-                           max_frame: int, handler: FrameHandler, log: EventLog) -> None:
-    """Decode frames from one inbound connection and hand each to ``handler`` with its receive time.
+async def serve_connection(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, *, wire: Wire,
+                           gate: ConnectionGate, handler: FrameHandler) -> None:
+    """Decode frames from one inbound connection and hand each fresh one to ``handler`` with its receive time.
 
     A framing or authentication error closes only this connection (its byte
-    stream can no longer be trusted) and is logged; the node serves on.
+    stream can no longer be trusted) and is logged, rate-limited; the node
+    serves on.  A replayed frame is dropped and closes its connection (a
+    peer with the key never repeats a sequence number, so the connection is
+    an intruder's: it costs a reconnect per replay, not a header check).
     """
-    decoder = Decoder(key, max_frame=max_frame)
     peer = writer.get_extra_info("peername")
+    address = str(peer[0]) if isinstance(peer, tuple) else str(peer)
+    closed = gate.admit(address, writer)
+    if closed is not None:
+        wire.reject(address, closed, what="gate")
+    if not gate.admitted(address, writer):
+        return
+    counted = "unproven"  # how the gate counts this connection: unproven, proven, or not at all
+    decoder = wire.decoder(address)
+    timing = wire.timing
     try:
         while True:
-            data = await reader.read(READ_CHUNK)
+            limit = timing.idle_timeout_s if counted == "proven" else timing.first_frame_timeout_s
+            try:
+                async with asyncio.timeout(limit):
+                    data = await reader.read(READ_CHUNK)
+            except asyncio.TimeoutError:
+                if counted == "proven":  # an idle peer: say goodbye, so it reconnects rather than reports a failure
+                    writer.write(wire.encode(Frame(FrameType.BYE, NO_SESSION)))
+                else:
+                    wire.reject(address, f"closed: no authentic frame within {limit:.0f} s", what="silent")
+                return
             if not data:
                 return
             t2 = time.time_ns()
             decoder.feed(data)
-            while isinstance(frame := decoder.next_frame(), Frame):
+            while True:
+                frame = decoder.next_frame()
+                if decoder.replays:  # only a capture is replayed: the sender has no fresh frame to offer
+                    return
+                if decoder.authenticated and counted == "unproven":  # proven before its frame is handled, so
+                    refused = gate.prove(address, writer)  # a long compute cannot make it look silent
+                    counted = "proven" if refused is None else "none"
+                    if refused is not None:
+                        wire.reject(address, f"connection refused: {refused}", what="gate")
+                        return
+                if not isinstance(frame, Frame):
+                    break
                 await handler(frame, writer, t2)
     except PeerFrameError as exc:
-        log.log("reject", reason=str(exc), peer=str(peer), fatal=True)
+        wire.reject(address, str(exc), fatal=True)
     except (ConnectionError, OSError, asyncio.CancelledError):
         return  # peer went away, or this node is shutting down
     finally:
+        if counted != "none":
+            gate.release(address, writer, proven=counted == "proven")
         writer.close()

@@ -43,6 +43,7 @@ async def run_job(config: UserConfig, job: Job, *, jsonl: bool = False) -> list[
             print(json.dumps({"ev": "token", **record}), flush=True)
 
     user = UserNode(config, emit=emit)
+    user.log.on_failure = lambda reason: print(f"[user] {reason}: sessions stop", file=sys.stderr, flush=True)
     user.log.log("ready", peak_rss_bytes=peak_rss_bytes())
     server = await user.serve()
     results: list[SessionResult] = []

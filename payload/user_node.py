@@ -21,13 +21,13 @@ import torch
 
 from payload.config import UserConfig
 from payload.events import EventLog
-from payload.frames import DEFAULT_MAX_FRAME, Frame, FrameType, HopFlag, WireDtype, encode
+from payload.frames import Frame, FrameType, HopFlag, Sealing, WireDtype
 from payload.liveness import Liveness
 from payload.routing import USER_NODE, RouteError, RoutePlan, plan_route
 from payload.sampling import Sampling, sample
 from payload.slices import Head, ModelSpec, dtype_of
 from payload.tensors import from_bytes, to_bytes, to_wire
-from payload.transport import FailureKind, PeerFailed, PeerLink, serve_connection
+from payload.transport import ConnectionGate, FailureKind, PeerFailed, PeerLink, Wire, frame_cap, serve_connection
 
 
 class SessionError(RuntimeError):
@@ -85,16 +85,22 @@ class UserNode:
         self.wire_dtype = WireDtype.from_name(self.node.wire_dtype)
         self.attempts: dict[uuid.UUID, Attempt] = {}
         self.cold: dict[uuid.UUID, set[int]] = {}
+        self.unended: dict[int, set[uuid.UUID]] = {}  # node -> sessions that ended while it was out
+        # Results carry one position; failure reports and heartbeats are small JSON.
+        self.wire = Wire(self.node.key, self.log, frame_cap(1, self.spec.hidden_size, 4),
+                         sealing=Sealing(self.node.key) if self.node.encrypt else None, timing=self.node.timing)
+        self.gate = ConnectionGate(self.node.timing)
         self.liveness = Liveness(self.node.timing, config.placement, self.log, on_out=self._failed,
-                                 on_back=self._cool, in_flight_bytes=self._in_flight_bytes)
+                                 on_back=self._back, in_flight_bytes=self._in_flight_bytes,
+                                 on_tick=lambda: self.wire.flush())
         self.links: dict[int, PeerLink] = {}
         self.emit = emit or (lambda record: None)
         self._tasks: set[asyncio.Task] = set()
 
     def link(self, peer: int) -> PeerLink:
         if peer not in self.links:
-            self.links[peer] = PeerLink(me=USER_NODE, peer=peer, address=self.node.peers[peer], key=self.node.key,
-                                        timing=self.node.timing, log=self.log)
+            self.links[peer] = PeerLink(me=USER_NODE, peer=peer, address=self.node.peers[peer], wire=self.wire,
+                                        timing=self.node.timing)
         return self.links[peer]
 
     # -- what liveness tells the sessions --------------------------------------------------------
@@ -110,6 +116,15 @@ class UserNode:
         """``peer``'s caches can no longer be trusted by any session: its next hop rebuilds them by replay."""
         for cold in self.cold.values():
             cold.add(peer)
+
+    def _back(self, peer: int) -> None:
+        """``peer`` rejoined: its caches are cold, and sessions that ended while it was out end there too."""
+        self._cool(peer)
+        for sid in self.unended.pop(peer, set()):
+            task = asyncio.ensure_future(self.link(peer).send_control(Frame(FrameType.END, sid, src=USER_NODE,
+                                                                            dst=peer)))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
 
     def _in_flight_bytes(self) -> int:
         return max((a.frame_bytes for a in self.attempts.values() if not a.result.done()), default=0)
@@ -139,10 +154,10 @@ class UserNode:
         if frame.hidden != self.spec.hidden_size or frame.n_pos != 1 or frame.dtype == WireDtype.NONE:
             reason = f"result frame must carry 1 x {self.spec.hidden_size} hidden values"
             self.log.log("reject", reason=reason, peer=frame.src)
-            writer.write(encode(frame.reply(FrameType.ERROR, reason.encode()), self.node.key))
+            writer.write(self.wire.encode(frame.reply(FrameType.ERROR, reason.encode())))
             return
         t3 = time.time_ns()
-        writer.write(encode(frame.reply(FrameType.ACK, t_a=t2, t_b=t3), self.node.key))
+        writer.write(self.wire.encode(frame.reply(FrameType.ACK, t_a=t2, t_b=t3)))
         attempt = self.attempts.get(frame.session)
         current = attempt is not None and attempt.epoch == frame.epoch and not attempt.result.done()
         if current:
@@ -198,7 +213,7 @@ class UserNode:
                           frame_positions * self.spec.hidden_size * self.wire_dtype.itemsize)
         self.attempts[sid] = attempt
         t_enc = time.monotonic_ns()
-        encoded = encode(frame, self.node.key)
+        encoded = self.wire.encode(frame)
         serialize_ns = time.monotonic_ns() - t_enc
         sending = asyncio.ensure_future(self.link(first.node).send_data(frame, encoded, serialize_ns))
         try:
@@ -209,11 +224,13 @@ class UserNode:
             if not sending.done():
                 return attempt.result.result()
             sending.result()  # the first hop's ack (PeerFailed if it never came)
-            return await asyncio.wait_for(asyncio.shield(attempt.result), self.node.timing.step_timeout_s)
+            async with asyncio.timeout(self.node.timing.step_timeout_s):
+                return await asyncio.shield(attempt.result)
         finally:
             # The attempt is over: later reports about it change nothing (and leave no unretrieved exception).
             if not sending.done():
                 sending.cancel()
+            sending.add_done_callback(lambda task: task.cancelled() or task.exception())
             if not attempt.result.done():
                 attempt.result.cancel()
             elif not attempt.result.cancelled():
@@ -244,6 +261,8 @@ class UserNode:
         eos = self.tokenizer.eos_token_id
         try:
             for step in range(max_new_tokens):
+                if self.log.failed:
+                    raise SessionError(self.log.failed)
                 t_start = time.monotonic_ns()
                 failed_plan: RoutePlan | None = None
                 resume_at: int | None = None
@@ -306,8 +325,11 @@ class UserNode:
         finally:
             self.attempts.pop(sid, None)
             self.cold.pop(sid, None)
-            for peer in self.config.placement.nodes:
-                if peer not in self.liveness.dead:
+            holders = set(self.config.placement.nodes) | set(self.config.placement.replicas)
+            for peer in sorted(holders):
+                if peer in self.liveness.dead:
+                    self.unended.setdefault(peer, set()).add(sid)  # told when it rejoins
+                else:
                     await self.link(peer).send_control(Frame(FrameType.END, sid, src=USER_NODE, dst=peer))
         self.log.log("session_end", session=str(sid), tokens=len(result.token_ids), error=result.error,
                      text=result.text)
@@ -315,8 +337,7 @@ class UserNode:
 
     async def serve(self):
         server = await asyncio.start_server(
-            lambda r, w: serve_connection(r, w, key=self.node.key, max_frame=DEFAULT_MAX_FRAME,
-                                          handler=self.on_frame, log=self.log),
+            lambda r, w: serve_connection(r, w, wire=self.wire, gate=self.gate, handler=self.on_frame),
             self.node.listen[0], self.node.listen[1], reuse_address=True)
         watcher = asyncio.create_task(self.liveness.watch())
         self._tasks.add(watcher)

@@ -8,6 +8,7 @@ host after the radio is up, and ping every pair before a chain is deployed.
 from __future__ import annotations
 
 import ipaddress
+import shlex
 import re
 from dataclasses import dataclass
 
@@ -52,7 +53,7 @@ def parse_address(output: str) -> Address | None:
 
 def address_command(interface: str) -> str:
     """One-line output that every iproute2 since the Ubuntu 16.04 images understands."""
-    return f"ip -4 -o addr show dev {interface}"
+    return f"ip -4 -o addr show dev {shlex.quote(interface)}"
 
 
 def reach_command(ip: str) -> str:

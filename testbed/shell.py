@@ -36,7 +36,7 @@ class LocalShell:
         try:
             os.link(local, target)  # same machine: a hard link ships a GB model in no time
         except OSError:
-            shutil.copyfile(local, target)
+            shutil.copy2(local, target)  # keeps the mode: a private file stays private
 
     def get(self, remote: str, local: Path) -> None:
         local.parent.mkdir(parents=True, exist_ok=True)

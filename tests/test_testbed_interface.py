@@ -44,7 +44,7 @@ def test_a_scenario_with_faults_the_testbed_cannot_inject_is_refused_before_anyt
     monkeypatch.setenv("JARVIS_STATE", str(tmp_path / "state"))
     scenario = tmp_path / "cut.yaml"
     scenario.write_text("name: cut\nnodes: 2\nprompts: [hi]\nfaults:\n  - {at_token: 1, action: kill, node: 1}\n"
-                        "  - {at_token: 2, action: link_down, node: 2}\n")
+                        "  - {at_token: 2, action: link_down, node: 2, duration: 1}\n")
     with pytest.raises(ScenarioError, match=r"faults\.1\.action \(line 6\): the local testbed cannot link down"):
         experiment("local", str(scenario), prefix="jv-refused")
     assert not (tmp_path / "state").exists(), "nothing may start (no testbed state) for a refused scenario"

@@ -19,6 +19,7 @@ from payload.routing import Policy, even_placement
 def deploy_even(testbed, prepared: Path, nodes: int, *, replicas: int = 0, **options):
     """Deploy ``prepared`` over ``nodes`` layer nodes with the even placement, quietly."""
     placement = even_placement(load_manifest(prepared)["num_layers"], nodes, replicas)
+    options.setdefault("ready_timeout_s", 120.0)  # a node that never starts fails with its output, not a test timeout
     return deploy(testbed, prepared, placement, model=str(prepared), progress=lambda m: None, **options)
 
 

@@ -69,17 +69,17 @@ def test_bad_frames_are_rejected_and_the_node_serves_on(tiny_prepared, chain, tm
         key = bytes.fromhex(dep.key_hex)
         good = Frame(FrameType.DATA, uuid.uuid4(), step=0, epoch=1, pos_start=0, n_pos=1, hidden=64,
                      dtype=WireDtype.FLOAT32, route=(Hop(1, 0, 3), Hop(2, 3, 6)), src=0, dst=1, payload=bytes(256))
-        raw = encode(good, key)
+        raw = encode(good, key, boot=1, seq=1)
         _send_raw(addr, raw[:-10])  # truncated
         _send_raw(addr, b"\x00\x00\x00\x20" + b"\xff" * 64)  # garbage
         _send_raw(addr, struct.pack("!I", 2**31) + b"x" * 16)  # oversized length prefix
-        _send_raw(addr, encode(good, b"wrong" * 8))  # wrong HMAC
+        _send_raw(addr, encode(good, b"wrong" * 8, boot=1, seq=2))  # wrong HMAC
         wrong_shape = Frame(FrameType.DATA, uuid.uuid4(), n_pos=1, hidden=32, dtype=WireDtype.FLOAT32, epoch=1,
                             route=(Hop(1, 0, 3),), dst=1, payload=bytes(128))
-        _send_raw(addr, encode(wrong_shape, key))
+        _send_raw(addr, encode(wrong_shape, key, boot=1, seq=3))
         unknown = Frame(FrameType.DATA, uuid.uuid4(), step=5, pos_start=9, n_pos=1, hidden=64, epoch=1,
                         dtype=WireDtype.FLOAT32, route=(Hop(1, 0, 3), Hop(2, 3, 6)), dst=1, payload=bytes(256))
-        _send_raw(addr, encode(unknown, key))
+        _send_raw(addr, encode(unknown, key, boot=1, seq=4))
         run = run_job(tb, Deployment(**dep.__dict__), {"prompts": ["the cat sat"], "max_new_tokens": 4}, [],
                       tmp_path / "run")
     assert summary(run)["complete"] and len(read_tokens(run)) == 4

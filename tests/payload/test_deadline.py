@@ -46,7 +46,7 @@ def test_a_big_frame_gets_time_on_the_wire_before_its_peer_is_called_silent():
 
     from payload.events import EventLog
     from payload.frames import Frame, FrameType
-    from payload.transport import PeerFailed, PeerLink
+    from payload.transport import PeerFailed, PeerLink, Wire
 
     async def scenario(tmp: str) -> float:
         async def swallow(reader, writer):
@@ -56,8 +56,8 @@ def test_a_big_frame_gets_time_on_the_wire_before_its_peer_is_called_silent():
         server = await asyncio.start_server(swallow, "127.0.0.1", 0)
         port = server.sockets[0].getsockname()[1]
         timing = Timing(ack_floor_ms=100.0, retransmit_ms=0.0, slowest_link_mbps=0.8)
-        link = PeerLink(me=1, peer=2, address=("127.0.0.1", port), key=b"k" * 32, timing=timing,
-                        log=EventLog(f"{tmp}/events.jsonl", 1))
+        wire = Wire(b"k" * 32, EventLog(f"{tmp}/events.jsonl", 1), max_frame=1 << 20, timing=timing)
+        link = PeerLink(me=1, peer=2, address=("127.0.0.1", port), wire=wire, timing=timing)
         frame = Frame(FrameType.DATA, uuid.uuid4(), step=1, epoch=1)
         started = time.monotonic()
         with pytest.raises(PeerFailed) as failed:
@@ -73,3 +73,91 @@ def test_a_big_frame_gets_time_on_the_wire_before_its_peer_is_called_silent():
     with tempfile.TemporaryDirectory() as tmp:
         elapsed = asyncio.run(scenario(tmp))
     assert 0.55 <= elapsed <= 2.0, elapsed
+
+
+def _acking_peer(key: bytes, *, delay_s: float):
+    """A peer in its own thread and event loop (a separate node): acks each DATA frame after ``delay_s``."""
+    import asyncio
+    import threading
+
+    from payload.frames import Decoder, Frame, FrameSigner, FrameType
+
+    ready, box = threading.Event(), {}
+
+    async def serve() -> None:
+        signer = FrameSigner(key)
+
+        async def ack(reader, writer):
+            decoder = Decoder(key)
+            while data := await reader.read(1 << 16):
+                decoder.feed(data)
+                while isinstance(frame := decoder.next_frame(), Frame):
+                    await asyncio.sleep(delay_s)
+                    writer.write(signer.encode(frame.reply(FrameType.ACK)))
+
+        server = await asyncio.start_server(ack, "127.0.0.1", 0)
+        box["port"] = server.sockets[0].getsockname()[1]
+        ready.set()
+        await asyncio.sleep(30)
+
+    threading.Thread(target=lambda: asyncio.run(serve()), daemon=True).start()
+    ready.wait(5)
+    return box["port"]
+
+
+def test_a_node_whose_own_loop_was_starved_looks_again_before_blaming_its_peer(tmp_path):
+    """The peer acks in 20 ms, but the detecting node's event loop is blocked past the deadline (CPU starved):
+    the ack waiting in its socket is read, and the peer is not declared silent."""
+    import asyncio
+    import time
+    import uuid
+
+    from payload.events import EventLog
+    from payload.frames import Frame, FrameType
+    from payload.transport import PeerLink, Wire
+
+    key = b"k" * 32
+    port = _acking_peer(key, delay_s=0.02)
+
+    async def scenario() -> float:
+        timing = Timing(ack_floor_ms=100.0, retransmit_ms=0.0)
+        wire = Wire(key, EventLog(tmp_path / "events.jsonl", 1), max_frame=1 << 20, timing=timing)
+        link = PeerLink(me=1, peer=2, address=("127.0.0.1", port), wire=wire, timing=timing)
+        frame = Frame(FrameType.DATA, uuid.uuid4(), step=1, epoch=1)
+        sent = await link.send(frame, wire.encode(frame))
+        time.sleep(0.4)  # this node's loop blocked across the whole deadline; the ack arrived meanwhile
+        timing_of_hop = await link.wait_ack(sent)
+        await link.close()
+        return timing_of_hop.rtt_ns / 1e9
+
+    assert asyncio.run(scenario()) >= 0.3  # the hop's measured time includes this node's stall
+
+
+def test_a_starved_node_still_declares_a_silent_peer(tmp_path):
+    """The second look is one more deadline, not forever: a peer that never acks is still failed."""
+    import asyncio
+    import time
+    import uuid
+
+    from payload.events import EventLog
+    from payload.frames import Frame, FrameType
+    from payload.transport import PeerFailed, PeerLink, Wire
+
+    key = b"k" * 32
+    port = _acking_peer(key, delay_s=60.0)
+
+    async def scenario() -> float:
+        timing = Timing(ack_floor_ms=100.0, retransmit_ms=0.0)
+        wire = Wire(key, EventLog(tmp_path / "events.jsonl", 1), max_frame=1 << 20, timing=timing)
+        link = PeerLink(me=1, peer=2, address=("127.0.0.1", port), wire=wire, timing=timing)
+        started = time.monotonic()
+        frame = Frame(FrameType.DATA, uuid.uuid4(), step=1, epoch=1)
+        sent = await link.send(frame, wire.encode(frame))
+        time.sleep(0.3)
+        with pytest.raises(PeerFailed) as failed:
+            await link.wait_ack(sent)
+        assert failed.value.kind == "silent"
+        await link.close()
+        return time.monotonic() - started
+
+    assert asyncio.run(scenario()) < 1.5

@@ -95,3 +95,30 @@ class TestRejects:
     def test_out_of_range_field_is_a_local_error(self):
         with pytest.raises(LocalFrameError, match="step"):
             encode(data_frame(step=-1), KEY)
+
+
+class TestFreshness:
+    def test_a_replay_is_dropped_at_its_header_and_framing_survives(self):
+        from payload.frames import ReplayWindow
+
+        window, asked = ReplayWindow(), []
+
+        def fresh(src, boot, seq, kind):
+            asked.append((src, boot, seq, kind))
+            return window.fresh(src, boot, seq)
+
+        first, second = encode(data_frame(step=1), KEY, boot=9, seq=1), encode(data_frame(step=2), KEY, boot=9, seq=2)
+        dec = Decoder(KEY, fresh=fresh)
+        for cut in (0, 7, 130, len(first) - 1):  # the replay split anywhere: its rest is skipped, not parsed
+            dec.feed(first[:cut])
+            dec.feed(first[cut:])
+        dec.feed(second)
+        got = []
+        while (frame := dec.next_frame()) is not NEED_DATA:
+            got.append(frame)
+        assert [f.step for f in got] == [1, 2] and [f.seq for f in got] == [1, 2]
+        assert [a[2] for a in asked] == [1, 1, 1, 1, 2] and all(a[:2] == (1, 9) for a in asked)
+
+    def test_keys_shorter_than_32_bytes_are_refused(self):
+        with pytest.raises(LocalFrameError, match="at least 32 bytes"):
+            encode(data_frame(), b"short")
