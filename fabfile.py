@@ -71,15 +71,24 @@ def hosts(c, testbed="local", json_=False, prefix=None):
 @task(help={"testbed": TESTBED_HELP, "model": "model name (see prepare)",
             "placement": "'even' or a file with one first-last layer range per node",
             "replicas": "each slice held by K+1 nodes", "on_failure": "skip | replica | replica-then-skip",
-            "wire_dtype": "bfloat16 | float16 | float32", "prefix": "name prefix of this testbed"})
+            "wire_dtype": "bfloat16 | float16 | float32", "prefix": "name prefix of this testbed",
+            "encrypt": "seal every frame's payload with ChaCha20-Poly1305 (frames are authenticated either way)",
+            "inventory": "inventory file (colosseum, rpi): brings the testbed up first if it is not",
+            "nodes": "layer nodes to bring up (default: all the inventory holds)",
+            "dry_run": "print every remote command per host (up and deploy) without connecting"})
 def deploy(c, testbed="local", model="gemma3-270m", placement="even", replicas=0, on_failure="skip",
-           wire_dtype="bfloat16", prefix=None):
-    """Ship each node only its layers, write configs, start node services, wait for health."""
-    from experiment.orchestrate import deploy_model, make_testbed
+           wire_dtype="bfloat16", prefix=None, encrypt=False, inventory=None, nodes=None, dry_run=False):
+    """Ship each node only its layers, write configs, start node services, wait for health (on an inventory
+    testbed that is not up, bring it up first: checks, radios or Wi-Fi, addresses)."""
+    from experiment.orchestrate import deploy_model, dry_run_nodes, make_testbed
 
-    tb = _guard(make_testbed, testbed, prefix=prefix)
+    tb = _guard(make_testbed, testbed, prefix=prefix, inventory=inventory)
+    count = int(nodes) if nodes is not None else None
+    if dry_run:
+        print(_guard(tb.dry_run, _guard(dry_run_nodes, tb, count)), end="")
+        return
     _guard(deploy_model, tb, model, placement=placement, replicas=int(replicas), on_failure=on_failure,
-           wire_dtype=wire_dtype)
+           wire_dtype=wire_dtype, encrypt=bool(encrypt), nodes=count)
 
 
 @task(help={"testbed": TESTBED_HELP, "prompt": "prompt text", "max_new_tokens": "tokens to generate",
@@ -120,6 +129,33 @@ def down(c, testbed="local", prefix=None):
 
     _guard(_guard(make_testbed, testbed, prefix=prefix).down)
     print(f"{testbed} testbed is down")
+
+
+@task(help={"out": "directory for the wheels (copy it to /share/nas/<team>/ on file-proxy)",
+            "python_version": "the SRN image's Python (3.11 on Colosseum's Ubuntu images)",
+            "dry_run": "print the command only"})
+def colosseum_wheels(c, out="jarvis-wheels", python_version="3.11", dry_run=False):
+    """Download the pinned payload wheels (CPU torch) for an SRN image: SRN containers have no internet."""
+    from colosseum.image import payload_requirements, wheels_command
+
+    command = wheels_command(payload_requirements(), out, python_version=python_version)
+    if dry_run:
+        print(command)
+        return
+    c.run(command)
+    print(f"wheels in {out}/; next: scp -r {out} file-proxy:/share/nas/<team>/ and fab colosseum-image")
+
+
+@task(help={"inventory": "Colosseum inventory of a reservation running the base image",
+            "srn": "SRN number to build on", "name": "image name (letters, digits, '-', <= 32)",
+            "wheels": "directory under /share holding the wheels (from fab colosseum-wheels)",
+            "dry_run": "print every command without connecting"})
+def colosseum_image(c, inventory, srn, name, wheels="jarvis-wheels", dry_run=False):
+    """Build JARVIS's SRN image on one SRN (a venv from the NAS wheels), then colosseumcli snapshot it."""
+    from colosseum.testbed import ColosseumTestbed
+
+    testbed = ColosseumTestbed(inventory=inventory)
+    print(_guard(testbed.build_image, int(srn), name, wheels, dry_run=dry_run), end="")
 
 
 @task(help={"testbed": "auto (emu as root, else local) | " + TESTBED_HELP, "scenario": "scenario YAML",

@@ -83,6 +83,8 @@ def has_address(conf: dict, interface: str, cidr: str) -> bool:
 def boot(conf: dict) -> None:
     """Radio stack up, col0 address in place; then READY unless start.sh came first (ERROR saying why)."""
     try:
+        for path, text in conf.get("files", {}).items():  # JARVIS's SCOPE config (colosseumcli off: batch mode)
+            Path(path).write_text(text)
         for command in conf["radio_commands"]:
             sh(conf, command)
         if conf["col0_address"]:

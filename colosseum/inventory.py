@@ -11,9 +11,13 @@ share one filesystem, like the emulated SRNs of the test suite.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
+
+
+from colosseum.rf import SCOPE_CELLULAR_SCENARIOS, UES_PER_BS, radio_map
+from colosseum.scope import CONFIG_NAME as SCOPE_CONFIG_NAME
 
 from testbed.interface import TestbedError
 from testbed.yamlfile import load_validated
@@ -30,6 +34,7 @@ ROLE_INTERFACE = {"wifi": "tap0", "cellular-ue": "tun_srsue", "cellular-bs": "sr
 ROLE_LINK = {"wifi": "wifi", "cellular-ue": "cellular", "cellular-bs": "cellular", "server": "server"}
 WIRED_INTERFACE = "col0"
 CIDR = r"^\d{1,3}(\.\d{1,3}){3}/\d{1,2}$"
+ENV_NAME = r"^[A-Za-z_][A-Za-z0-9_]*$"
 
 
 class Srn(BaseModel):
@@ -45,7 +50,9 @@ class Srn(BaseModel):
                                 description="data-plane address/prefix its radio gets (batch mode needs it)")
     col0_address: str | None = Field(default=None, pattern=CIDR,
                                      description="a bridge's col0 address/prefix in batch mode (set by JARVIS)")
-    scope_config: str | None = Field(default=None, description="SCOPE config file for this SRN")
+    scope_config: str | None = Field(default=None, description="SCOPE config file for this SRN (default: JARVIS's)")
+    password_env: str | None = Field(default=None, pattern=ENV_NAME,
+                                     description="environment variable holding this SRN's root password")
 
     @model_validator(mode="after")
     def _check(self) -> "Srn":
@@ -91,8 +98,11 @@ class Credentials(BaseModel):
     model_config = ConfigDict(extra="forbid")
     ssh_config: str | None = Field(default="~/.ssh/config", description="ssh config with the gateway and SRN hosts")
     agent: bool = Field(default=True, description="offer ssh-agent keys and ~/.ssh/id_* keys")
-    srn_password_env: str | None = Field(default=None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$",
-                                         description="environment variable holding the image's root password")
+    srn_password_env: str | None = Field(default=None, pattern=ENV_NAME,
+                                         description="environment variable holding the SRNs' root password")
+    image_password_env: dict[str, Annotated[str, StringConstraints(pattern=ENV_NAME)]] = Field(
+        default_factory=dict, description="image name -> variable holding that image's root password (images "
+                                          "differ: SCOPE `scope`, the Wi-Fi webinar image `sunflower`)")
 
 
 class Paths(BaseModel):
@@ -106,6 +116,7 @@ class Paths(BaseModel):
     scope: str = "/root/radio_api"
     radio_api: str = "/root/radio_api"
     jarvis: str = "/root/jarvis"
+    secrets: str = "/root/.jarvis"  # the deployment key lives here, not under /logs (copied to the team NAS)
 
     def on(self, srn: str) -> "Paths":
         """These paths as seen on SRN ``srn``."""
@@ -128,10 +139,14 @@ class Inventory(BaseModel):
     image: str = Field(pattern=r"^[A-Za-z0-9-]+$", description="container image the SRNs run")
     rf_scenario: int = Field(ge=1)
     rf_srn: int | None = Field(default=None, description="SRN that runs colosseumcli (default: the first)")
+    rf_nodes: int | None = Field(default=None, ge=1,
+                                 description="nodes of the RF scenario (`rf scenario list`); the radio map names "
+                                             "every one, unused ones as None (default: the number of SRNs)")
     credentials: Credentials = Credentials()
     srns: list[Srn] = Field(min_length=2)
     python: str = Field(default="/usr/bin/python3", description="interpreter with torch on the image")
-    scope_config: str = "radio_interactive.conf"
+    scope_config: str | None = Field(default=None, description="a SCOPE config on the image instead of "
+                                                                "JARVIS's (iperf and slicing off)")
     nas_model: str | None = Field(default=None, description="prepared model directory on the team NAS")
     paths: Paths = Paths()
     timeouts: Timeouts = Timeouts()
@@ -151,11 +166,40 @@ class Inventory(BaseModel):
         bs = [s.id for s in self.srns if s.radio_role == "cellular-bs"]
         if "cellular" in networks and len(bs) != 1:
             raise ValueError(f"cellular SRNs need exactly one role cellular-bs (base station), found {len(bs)}")
+        ues = [s.id for s in self.srns if s.radio_role == "cellular-ue"]
+        if self.rf_scenario in SCOPE_CELLULAR_SCENARIOS and len(ues) > UES_PER_BS:
+            raise ValueError(f"RF scenario {self.rf_scenario} is a SCOPE cellular scenario: RF node 1 is a base "
+                             f"station with {UES_PER_BS} UEs (nodes 2-{UES_PER_BS + 1}); the inventory has "
+                             f"{len(ues)} cellular-ue SRNs {ues}")
+        if self.rf_nodes is not None and self.rf_nodes < len(self.srns):
+            raise ValueError(f"rf_nodes is {self.rf_nodes}, but the inventory has {len(self.srns)} SRNs: each needs "
+                             "a node of the RF scenario")
         gateways = [s.id for s in self.srns if s.gateway]
         if "wifi" in networks and len(networks) > 1 and len(gateways) != 1:
             raise ValueError("Wi-Fi SRNs mixed with cellular or server SRNs need exactly one Wi-Fi SRN with "
                              f"`gateway: true` (it forwards between tap0 and col0), found {len(gateways)}")
         return self
+
+    @property
+    def rf_order(self) -> list[Srn]:
+        """SRNs in RF-node order, as the radio map pins them: the base station is Node 1 and its UEs follow
+        (SCOPE's scenarios and its BS election assume it), then the others in inventory order."""
+        rank = {"cellular-bs": 0, "cellular-ue": 1}
+        return sorted(self.srns, key=lambda s: rank.get(s.radio_role, 2))  # stable: inventory order within a rank
+
+    @property
+    def radio_map(self) -> dict[str, object]:
+        return radio_map([s.id for s in self.rf_order], self.rf_nodes or len(self.srns))
+
+    @property
+    def users_bs(self) -> int:
+        """UEs of the base station (SCOPE's ``users-bs``)."""
+        return sum(1 for s in self.srns if s.radio_role == "cellular-ue")
+
+    def password_env_of(self, srn: Srn) -> str | None:
+        """Where this SRN's root password is: its own variable, its image's, or the inventory-wide one."""
+        creds = self.credentials
+        return srn.password_env or creds.image_password_env.get(self.image_of(srn)) or creds.srn_password_env
 
     def name_of(self, srn: Srn) -> str:
         """``<team>-NNN``, the SRN's host name behind the gateway."""
@@ -186,7 +230,11 @@ class Inventory(BaseModel):
         return srn.image or self.image
 
     def scope_config_of(self, srn: Srn) -> str:
-        return srn.scope_config or self.scope_config
+        """The SCOPE config file name in SCOPE's directory: the user's, or JARVIS's (shipped by the testbed)."""
+        return srn.scope_config or self.scope_config or SCOPE_CONFIG_NAME
+
+    def ships_scope_config(self, srn: Srn) -> bool:
+        return srn.radio_role.startswith("cellular") and (srn.scope_config or self.scope_config) is None
 
 
 def load_inventory(path: Path | str) -> Inventory:

@@ -3,13 +3,16 @@
 The testbed executes exactly these lists, ``--dry-run`` prints them without
 connecting, and the tests compare them with what the stand-in tools logged.
 Commands follow Colosseum's documentation and the published projects that
-use it: ``colosseumcli rf start <id> -c`` / ``rf info`` / ``rf stop``, the
-Wi-Fi image's ``~/interactive_scripts``, SCOPE's ``scope_start.py`` in tmux,
+use it: ``colosseumcli rf start <id> -m radiomap.json -c`` / ``rf info`` /
+``rf radiomap`` / ``rf stop``, the Wi-Fi image's ``~/interactive_scripts``
+(``route_setup.sh <peer SRN>`` once per Wi-Fi peer), SCOPE's
+``scope_start.py`` in tmux with JARVIS's SCOPE config,
 ``su srn-user -c 'cp -r /share/...'`` for the team NAS, logs under /logs.
 """
 
 from __future__ import annotations
 
+import json
 import shlex
 from dataclasses import dataclass, field
 
@@ -17,7 +20,7 @@ from colosseum.inventory import ROLE_LINK, WIRED_INTERFACE, Inventory, Srn
 from testbed.addresses import Address, address_command, reach_command
 from colosseum.network import DataPlane, SrnAddresses, needs_wired, plan_routes
 from testbed.interface import service_command
-from testbed.shipping import CODE_ARCHIVE, unpack_command
+from testbed.shipping import CODE_ARCHIVE, payload_pins, unpack_command
 
 q = shlex.quote
 
@@ -105,15 +108,17 @@ def check_commands(layout: Layout, name: str) -> list[Check]:
     if radio.startswith("cellular"):
         checks.append(Check(f"test -f {q(paths.scope + '/scope_start.py')}",
                             f"SCOPE's {paths.scope}/scope_start.py exists"))
-        config = inv.scope_config_of(srn)
-        checks.append(Check(f"test -f {q(paths.scope + '/' + config)}", f"SCOPE config {paths.scope}/{config} exists"))
+        if not inv.ships_scope_config(srn):
+            config = inv.scope_config_of(srn)
+            checks.append(Check(f"test -f {q(paths.scope + '/' + config)}",
+                                f"SCOPE config {paths.scope}/{config} exists"))
     if needs_wired(srn):
         checks.append(Check(f"ip link show {WIRED_INTERFACE}", f"the wired interface {WIRED_INTERFACE} exists"))
     if name in layout.chain:
-        probe = ("import importlib.util as u, sys; "
-                 "sys.exit(any(u.find_spec(m) is None for m in ('torch', 'safetensors', 'transformers')))")
+        modules = tuple(payload_pins())
+        probe = f"import importlib.util as u, sys; sys.exit(any(u.find_spec(m) is None for m in {modules!r}))"
         checks.append(Check(f"{q(inv.python)} -c {q(probe)}",
-                            f"{inv.python} has torch, safetensors and transformers"))
+                            f"{inv.python} has {', '.join(modules)} (see docs/colosseum.md: the image)"))
     return checks
 
 
@@ -133,8 +138,26 @@ def code_commands(layout: Layout, name: str) -> list[str]:
     return [unpack_command(f"{layout.workdir(name)}/code")]
 
 
-def rf_start_commands(inventory: Inventory) -> list[str]:
-    return [f"colosseumcli rf start {inventory.rf_scenario} -c", "colosseumcli rf info"]
+RADIO_MAP = "radiomap.json"  # in the RF SRN's run directory
+
+
+def radio_map_path(layout: Layout) -> str:
+    return f"{layout.workdir(layout.inventory.name_of(layout.inventory.rf_node))}/{RADIO_MAP}"
+
+
+def rf_start_commands(layout: Layout) -> list[str]:
+    """Start the scenario with the radio map pinning each SRN's RF node; ``rf info`` and ``rf radiomap`` then
+    confirm it (``rf start`` exits 0 whether or not it worked)."""
+    start = f"colosseumcli rf start {layout.inventory.rf_scenario} -m {q(radio_map_path(layout))} -c"
+    return [start, "colosseumcli rf info", "colosseumcli rf radiomap"]
+
+
+def scope_config_path(layout: Layout, name: str) -> str | None:
+    """Where JARVIS's SCOPE config goes on SRN ``name`` (None: it runs no SCOPE, or the user's own config)."""
+    srn = layout.srn(name)
+    if not layout.inventory.ships_scope_config(srn):
+        return None
+    return f"{layout.inventory.paths.on(name).scope}/{layout.inventory.scope_config_of(srn)}"
 
 
 def rf_stop_commands() -> list[str]:
@@ -155,12 +178,18 @@ def radio_commands(layout: Layout, name: str) -> list[str]:
     radio = srn.radio_role
     if radio == "wifi":
         scripts = q(paths.wifi_scripts)
-        return [f"cd {scripts} && ./tap_setup.sh", f"cd {scripts} && ./route_setup.sh",
+        return [f"cd {scripts} && ./tap_setup.sh",
+                *(f"cd {scripts} && ./route_setup.sh {peer}" for peer in wifi_peers(layout, name)),
                 _tmux(layout, name, f"cd {scripts} && ./modem_start.sh")]
     if radio.startswith("cellular"):
         config = q(layout.inventory.scope_config_of(srn))
         return [_tmux(layout, name, f"cd {q(paths.scope)} && python3 scope_start.py --config-file {config}")]
     return []
+
+
+def wifi_peers(layout: Layout, name: str) -> list[int]:
+    """The other Wi-Fi SRNs: the image's ``route_setup.sh`` takes one peer's SRN id per call."""
+    return [s.id for s in layout.inventory.srns if s.radio_role == "wifi" and layout.inventory.name_of(s) != name]
 
 
 def radio_order(layout: Layout) -> list[list[str]]:
@@ -330,7 +359,13 @@ def dry_run(layout: Layout, *, service_argv: dict[str, list[str]],
         if name in layout.chain:
             plan.add(name, "prepare", [f"# put {CODE_ARCHIVE} (the payload package) -> {layout.workdir(name)}/code/",
                                        *code_commands(layout, name)])
-    plan.add(rf, "rf", rf_start_commands(layout.inventory))
+    for name in layout.names:
+        target = scope_config_path(layout, name)
+        if target is not None:
+            plan.add(name, "prepare", [f"# put JARVIS's SCOPE config (iperf off, slicing off, users-bs "
+                                       f"{layout.inventory.users_bs}) -> {target}"])
+    plan.add(rf, "rf", [f"# put the radio map -> {radio_map_path(layout)}: {json.dumps(layout.inventory.radio_map)}",
+                        *rf_start_commands(layout)])
     for wave in radio_order(layout):
         for name in wave:
             plan.add(name, "radio", radio_commands(layout, name))

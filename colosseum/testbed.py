@@ -6,8 +6,9 @@ action before taking it (:mod:`colosseum.state`):
 1. check every SRN of the inventory (login through the gateway, tools, radio
    scripts, the interpreter) and stop before changing anything if one fails;
 2. make ``/logs/<run>`` and push the payload code;
-3. start the RF scenario (``colosseumcli rf start <id> -c``), confirm it with
-   ``rf info``;
+3. start the RF scenario with a radio map built from the SRNs' roles
+   (``colosseumcli rf start <id> -m radiomap.json -c``: the base station is
+   RF node 1, its UEs follow), confirm it with ``rf info`` and ``rf radiomap``;
 4. bring up the radios (base station first), read the addresses of each
    role's interface, add the routes that make RF carry the traffic, and
    check that every JARVIS node pings every other one;
@@ -29,17 +30,18 @@ import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
-from colosseum import plan, rf
+from colosseum import image, plan, rf
 from colosseum.inventory import ROLE_LINK, WIRED_INTERFACE, Inventory, load_inventory
 from colosseum.network import DataPlane, SrnAddresses
 from colosseum.plan import Layout
+from colosseum.scope import scope_config_text
 from testbed.addresses import Address, parse_address
 from testbed.fanout import on_each
 from testbed.interface import LINK_FAULTS, PROCESS_FAULTS, FaultResult, HostInfo, TestbedError, service_command
 from testbed.profiles import LinkProfile
 from testbed.remote import InventoryTestbed
 from testbed.shipping import CODE_ARCHIVE, payload_archive, service_argv
-from testbed.ssh import RemoteProcess, SshAccess, SshShell, connect
+from testbed.ssh import RemoteProcess, SshAccess, SshShell, connect, ssh_config_unmatched
 
 RADIO_POLL_S = 0.5
 
@@ -64,24 +66,51 @@ class ColosseumTestbed(InventoryTestbed):
     def load_inventory(self, path: Path) -> Inventory:
         return load_inventory(path)
 
+    def capacity(self) -> int:
+        return len(self.inventory().layer_srns)
+
     def _layout(self, data: dict) -> Layout:
         return Layout(self.inventory(), self.prefix, data["run"], data["chain"])
 
-    def _access(self, inv: Inventory) -> SshAccess:
+    def _access(self, inv: Inventory, srn: str | None = None) -> SshAccess:
+        """How to log in to the gateway (no password) or to SRN ``srn`` (its own, its image's or the common
+        password variable: images have different root passwords)."""
         creds = inv.credentials
-        return SshAccess(creds.ssh_config, creds.agent, creds.srn_password_env)
+        password_env = inv.password_env_of(inv.by_name(srn)) if srn is not None else None
+        return SshAccess(creds.ssh_config, creds.agent, password_env)
 
     def _srn_shell(self, layout: Layout, name: str) -> SshShell:
         """One shell per SRN, each through its own gateway connection (as Colosseum documents)."""
-        def make() -> SshShell:
-            inv = layout.inventory
-            access = self._access(inv)
-            gateway = connect(inv.gateway.host, access, user=inv.gateway.user)
-            connection = connect(name, access, user="root", gateway=gateway, with_password=True)
-            return SshShell(name, connection, layout.workdir(name), path_prepend=inv.path_prepend,
-                            record=self.state.record)
+        return self._cached_shell(name, lambda: self._connect_srn(layout.inventory, name, layout.workdir(name)))
 
-        return self._cached_shell(name, make)
+    def _connect_srn(self, inv: Inventory, name: str, workdir: str) -> SshShell:
+        gateway = connect(inv.gateway.host, self._access(inv), user=inv.gateway.user)
+        connection = connect(name, self._access(inv, name), user="root", gateway=gateway, with_password=True)
+        return SshShell(name, connection, workdir, path_prepend=inv.path_prepend, record=self.state.record)
+
+    # -- the image -------------------------------------------------------------------------------
+
+    def build_image(self, srn: int, name: str, wheels: str, *, dry_run: bool = False) -> str:
+        """Build JARVIS's SRN image on SRN ``srn`` from wheels on the team NAS (``/share/<wheels>``) and snapshot
+        it as ``name``; with ``dry_run`` only return the commands.  See :mod:`colosseum.image`."""
+        inv = self.inventory()
+        if srn not in [s.id for s in inv.srns]:
+            raise TestbedError(f"SRN {srn} is not in the inventory ({[s.id for s in inv.srns]})")
+        host = inv.name_of(next(s for s in inv.srns if s.id == srn))
+        build = image.ImagePlan(host, name, f"{inv.paths.on(host).share}/{wheels}")
+        requirements = image.payload_requirements()
+        text = image.render(build, requirements)
+        if dry_run:
+            return text
+        self._check_ssh_config(inv)
+        shell = self._connect_srn(inv, host, "/root")
+        try:
+            for command in image.build_commands(build, requirements):
+                self.progress(f"[colosseum] {host}: {command}")
+                shell.run(command, timeout=1800)
+        finally:
+            shell.close()
+        return text
 
     # -- dry run ---------------------------------------------------------------------------------
 
@@ -106,7 +135,9 @@ class ColosseumTestbed(InventoryTestbed):
     def up(self, nodes: int, links: Mapping[int, LinkProfile] | None = None) -> list[HostInfo]:
         inventory_file = self.inventory_file()
         inv = load_inventory(inventory_file)
-        self._access(inv).password()  # a missing password variable stops us before any SRN is touched
+        for srn in inv.srns:  # a missing password variable stops us before any SRN is touched
+            self._access(inv, inv.name_of(srn)).password()
+        self._check_ssh_config(inv)
         if self.state.exists():
             self.progress(f"[colosseum] {self.prefix}: tearing down the previous run first")
             self.down()
@@ -131,6 +162,18 @@ class ColosseumTestbed(InventoryTestbed):
         hosts = self.hosts()
         self.progress(f"[colosseum] {len(hosts) - 1} layer nodes up; logs in {inv.paths.logs}/{layout.run} on each SRN")
         return hosts
+
+    def _check_ssh_config(self, inv: Inventory) -> None:
+        """Each SRN name must match a Host pattern of the ssh config (a pattern copied from an example that
+        does not fit ``<team>-NNN`` leaves the SRNs without their user and host-key settings: every login
+        would fail on an unknown host key, one SRN at a time)."""
+        unmatched = ssh_config_unmatched(self._access(inv), [inv.name_of(s) for s in inv.srns])
+        if unmatched:
+            raise TestbedError(
+                f"your ssh config ({inv.credentials.ssh_config}) has no `Host` pattern matching "
+                f"{', '.join(unmatched)}; SRNs are <team>-NNN, e.g. add\n"
+                f"  Host {inv.team}-*\n    User root\n    StrictHostKeyChecking no\n"
+                "    UserKnownHostsFile /dev/null\n(see docs/colosseum.md)")
 
     @staticmethod
     def _check_links(layout: Layout, links: Mapping[int, LinkProfile]) -> None:
@@ -159,6 +202,10 @@ class ColosseumTestbed(InventoryTestbed):
         def one(name: str) -> None:
             shell = self._srn_shell(layout, name)
             shell.run_many(plan.prepare_commands(layout, name), cwd="/")
+            scope_target = plan.scope_config_path(layout, name)
+            if scope_target is not None:
+                shell.put(self._local_file(f"scope-{name}.conf", scope_config_text(
+                    layout.inventory.users_bs, colosseumcli=True)), scope_target)
             if name in layout.chain:
                 shell.put(archive, f"code/{CODE_ARCHIVE}")
                 shell.run_many(plan.code_commands(layout, name))
@@ -179,10 +226,11 @@ class ColosseumTestbed(InventoryTestbed):
                 self.progress(f"[colosseum] waiting {wait:.0f} s: Colosseum needs >{inv.timeouts.rf_stop_settle_s:.0f}"
                               " s between rf stop and rf start")
                 time.sleep(wait)
-        start, info_command = plan.rf_start_commands(inv)
+        start, info_command, map_command = plan.rf_start_commands(layout)
+        shell = self._srn_shell(layout, name)
+        shell.put(self._local_file(plan.RADIO_MAP, json.dumps(inv.radio_map, indent=2)), plan.radio_map_path(layout))
         self.progress(f"[colosseum] {name}: {start}")
         self.state.update(lambda d: d.update(rf={"srn": name, "started": True, "info": {}}))
-        shell = self._srn_shell(layout, name)
         output = shell.run(start, timeout=600)
         if not rf.started(output.stdout):
             text = (output.stdout + output.stderr).strip() or "no output"
@@ -191,7 +239,17 @@ class ColosseumTestbed(InventoryTestbed):
         problem = rf.confirm_running(info, inv.rf_scenario)
         if problem:
             raise TestbedError(f"{name}: {problem}")
+        wrong = rf.radiomap_mismatches(inv.radio_map, rf.parse_radiomap(shell.run(map_command).stdout))
+        if wrong:  # SCOPE would elect the wrong base station: stop before any radio starts
+            raise TestbedError(f"{name}: the running scenario's radio map is not the one JARVIS passed: "
+                               + "; ".join(wrong))
         self.state.update(lambda d: d["rf"].update(info=info))
+
+    def _local_file(self, name: str, text: str) -> Path:
+        """A file to put on an SRN, written in this testbed's state directory first."""
+        path = self.state_dir / name
+        path.write_text(text)
+        return path
 
     def _start_radios(self, layout: Layout) -> None:
         for wave in plan.radio_order(layout):
@@ -308,7 +366,8 @@ class ColosseumTestbed(InventoryTestbed):
         return HostInfo(name="user" if index == 0 else f"node{index}", index=index, address=address.ip,
                         workdir=workdir, ssh_host=name, ssh_user="root", profile=ROLE_LINK[srn.radio_role],
                         extra={"srn": srn.id, "role": srn.role, "radio": srn.radio_role, "interface": srn.interface,
-                               "python": layout.inventory.python, "payload_path": f"{workdir}/code"})
+                               "python": layout.inventory.python, "payload_path": f"{workdir}/code",
+                               "secrets_dir": layout.inventory.paths.on(name).secrets})
 
     def hosts(self) -> list[HostInfo]:
         data = self._ready()

@@ -47,6 +47,7 @@ from colosseum import plan
 from colosseum.inventory import ROLE_LINK, Inventory, load_inventory
 from colosseum.network import SrnAddresses, needs_wired
 from colosseum.plan import Layout
+from colosseum.scope import scope_config_text
 from experiment.deploy import Deployment, node_config
 from payload.config import Timing
 from testbed.addresses import Address
@@ -54,6 +55,7 @@ from testbed.interface import FaultResult, HostInfo, Testbed, TestbedError
 from testbed.profiles import LinkProfile
 from testbed.shell import LocalShell
 from testbed.shipping import service_argv
+from testbed.state import write_private
 
 RUNNER = Path(colosseum.__file__).with_name("batch_runner.py")  # runs inside the container: standalone
 SCRIPTS = {
@@ -91,10 +93,13 @@ def static_addresses(inv: Inventory) -> dict[str, SrnAddresses]:
 
 
 def batch_file(inv: Inventory, layout: Layout, *, duration_s: int, traffic_scenario: int) -> dict:
-    """Colosseum's batch file; RF node k is the k-th SRN of the inventory, col0 attached where JARVIS uses it."""
+    """Colosseum's batch file: RF nodes in the inventory's RF order (the base station is RFNode_ID 1, its UEs
+    next: batch mode has no colosseumcli, so no radio map), col0 attached where JARVIS routes over it and on
+    every SCOPE node (without colosseumcli SCOPE finds its peers by scanning col0)."""
     nodes = [{"RFNode_ID": k, "ImageName": inv.image_of(srn), "ModemConfig": f"{layout.run}-node{k}.conf",
-              "isGateway": needs_wired(srn), "TrafficNode_ID": k, "node_type": "competitor"}
-             for k, srn in enumerate(inv.srns, start=1)]
+              "isGateway": needs_wired(srn) or srn.radio_role.startswith("cellular"), "TrafficNode_ID": k,
+              "node_type": "competitor"}
+             for k, srn in enumerate(inv.rf_order, start=1)]
     return {"BatchName": layout.run, "Duration": duration_s, "RFScenario": inv.rf_scenario,
             "TrafficScenario": traffic_scenario, "NodeData": nodes}
 
@@ -124,7 +129,8 @@ def radio_conf(layout: Layout, name: str, *, addresses: dict[str, SrnAddresses],
         host = hosts[layout.chain.index(name)]
         cfg = node_config(host, hosts, deployment.placement_obj(), key_hex=deployment.key_hex,
                           wire_dtype=deployment.wire_dtype, compute_dtype=deployment.compute_dtype, timing=timing)
-        cfg = dataclasses.replace(cfg, model_dir=f"{paths.jarvis}/model")
+        # The key stays in the image (snapshotted by the team), never in radio.conf (on the team NAS) or /logs.
+        cfg = dataclasses.replace(cfg, model_dir=f"{paths.jarvis}/model", key_hex="", key_file=f"{paths.jarvis}/key")
         config = json.loads(cfg.to_json())
         if host.index == 0:
             config = {"node": config, "placement": deployment.placement, "policy": deployment.policy}
@@ -134,7 +140,10 @@ def radio_conf(layout: Layout, name: str, *, addresses: dict[str, SrnAddresses],
         node = {"index": host.index, "name": host.name, "config_name": "user.json" if host.index == 0 else "node.json",
                 "config": config, "argv": argv}
     radio = plan.radio_commands(layout, name)
+    scope_target = plan.scope_config_path(layout, name)
+    files = {} if scope_target is None else {scope_target: scope_config_text(inv.users_bs, colosseumcli=False)}
     return {
+        "files": files,
         "run": layout.run, "srn": name, "role": srn.role, "radio": srn.radio_role, "logs": layout.workdir(name),
         "interface": srn.interface, "address": str(addresses[name].data),
         "col0_address": str(addresses[name].wired) if addresses[name].wired else None,
@@ -181,7 +190,7 @@ def write_bundle(inventory: Path | str, scenario_path: Path | str, out: Path | s
         (out / sub).mkdir(parents=True)
     (out / "batch" / f"{layout.run}.json").write_text(
         json.dumps(batch_file(inv, layout, duration_s=duration_s, traffic_scenario=traffic_scenario), indent=2))
-    for k, name in enumerate(layout.names, start=1):
+    for k, name in enumerate((inv.name_of(srn) for srn in inv.rf_order), start=1):
         conf = radio_conf(layout, name, addresses=addresses, deployment=deployment, job=job, timing=timing)
         (out / "config" / f"{layout.run}-node{k}.conf").write_text(json.dumps(conf, indent=2))
     for name in SCRIPTS:
@@ -192,6 +201,7 @@ def write_bundle(inventory: Path | str, scenario_path: Path | str, out: Path | s
     shutil.copytree(Path(payload.__file__).parent, out / "image" / "jarvis" / "code" / "payload",
                     ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copytree(prepared, out / "image" / "jarvis" / "model")
+    write_private(out / "image" / "jarvis" / "key", deployment.key_hex)
     deployment.save(out / "deployment.json")
     (out / "scenario.json").write_text(json.dumps(scenario.model_dump(mode="json"), indent=2))
     return out

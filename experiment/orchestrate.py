@@ -19,6 +19,7 @@ from payload.config import Timing
 from payload.prepare import load_manifest, prepare
 from payload.routing import Placement, Policy, even_placement, explicit_placement
 from testbed.interface import FaultKind, Testbed, TestbedError
+from testbed.remote import InventoryTestbed
 from testbed.profiles import resolve
 
 # testbed name -> "module:class"; imported on demand (emu needs root, colosseum and rpi need inventories)
@@ -100,10 +101,11 @@ def placement_from(spec: str, num_layers: int, nodes: int, replicas: int) -> Pla
 
 
 def do_deploy(testbed: Testbed, model: str, placement: Placement, *, policy: Policy = Policy.SKIP,
-              wire_dtype: str = "bfloat16", compute_dtype: str = "float32", timing: Timing = Timing()) -> Deployment:
+              wire_dtype: str = "bfloat16", compute_dtype: str = "float32", timing: Timing = Timing(),
+              encrypt: bool = False) -> Deployment:
     prepared = prepare(model)
     deployment = deploy(testbed, prepared, placement, model=model, policy=policy, wire_dtype=wire_dtype,
-                        compute_dtype=compute_dtype, timing=timing)
+                        compute_dtype=compute_dtype, timing=timing, encrypt=encrypt)
     deployment.save(deployment_path(testbed))
     total = sum(deployment.bytes_shipped.values())
     print(f"[deploy] shipped {total / 1e6:.1f} MB in total; deployment saved to {deployment_path(testbed)}")
@@ -119,11 +121,41 @@ def policy_of(name: str) -> Policy:
 
 
 def deploy_model(testbed: Testbed, model: str, *, placement: str = "even", replicas: int = 0,
-                 on_failure: str = "skip", wire_dtype: str = "bfloat16") -> Deployment:
-    """``fab deploy``: place ``model`` over the testbed's layer nodes (``even`` or a ranges file) and deploy it."""
+                 on_failure: str = "skip", wire_dtype: str = "bfloat16", encrypt: bool = False,
+                 nodes: int | None = None) -> Deployment:
+    """``fab deploy``: place ``model`` over the testbed's layer nodes (``even`` or a ranges file) and deploy it.
+
+    An inventory testbed (Colosseum, Pis) that is not up is brought up first with ``nodes`` layer nodes (default:
+    every one the inventory can hold): ``fab deploy --testbed colosseum --inventory FILE`` is the whole job.
+    """
     layers = load_manifest(prepare(model))["num_layers"]
+    ensure_up(testbed, nodes)
     plan = placement_from(placement, layers, len(testbed.hosts()) - 1, replicas)
-    return do_deploy(testbed, model, plan, policy=policy_of(on_failure), wire_dtype=wire_dtype)
+    return do_deploy(testbed, model, plan, policy=policy_of(on_failure), wire_dtype=wire_dtype, encrypt=encrypt)
+
+
+def ensure_up(testbed: Testbed, nodes: int | None) -> None:
+    """Bring an inventory testbed up if it is not; refuse a node count other than the running one's."""
+    if not isinstance(testbed, InventoryTestbed):
+        return
+    if testbed.is_up():
+        running = len(testbed.hosts()) - 1
+        if nodes is not None and nodes != running:
+            raise TestbedError(f"the {testbed.title} testbed is up with {running} layer nodes, not {nodes}: "
+                               f"`fab down --testbed {testbed.kind}` first to change that")
+        return
+    count = nodes if nodes is not None else testbed.capacity()
+    print(f"[deploy] the {testbed.title} testbed is not up: bringing up {count} layer nodes first", flush=True)
+    testbed.up(count)
+
+
+def dry_run_nodes(testbed: Testbed, nodes: int | None) -> int:
+    """The layer-node count a dry run shows: the one asked for, else all an inventory holds."""
+    if nodes is not None:
+        return nodes
+    if isinstance(testbed, InventoryTestbed):
+        return testbed.capacity()
+    raise TestbedError("say how many layer nodes with --nodes N")
 
 
 def generate(testbed: Testbed, prompt: str, *, max_new_tokens: int = 32, out: str | None = None) -> Path:
@@ -178,13 +210,15 @@ def experiment(kind: str, scenario_path: str, *, out: str | None = None, prefix:
     links = {}
     if testbed.kind != "local" and scenario.links:
         links = {k: resolve(p) for k in range(1, scenario.nodes + 1) if (p := scenario.profile_of(k))}
+    num_layers = load_manifest(prepared)["num_layers"]
+    placement = None if scenario.placement == "memory" else scenario.placement_for(num_layers)  # fail before up
     try:
         testbed.up(scenario.nodes, links or None)
-        memory = reported_memory(testbed) if scenario.placement == "memory" else None
-        placement = scenario.placement_for(load_manifest(prepared)["num_layers"], memory)
+        if placement is None:
+            placement = scenario.placement_for(num_layers, reported_memory(testbed))
         deployment = do_deploy(testbed, scenario.model, placement, policy=scenario.on_failure,
                                wire_dtype=scenario.wire_dtype, compute_dtype=scenario.compute_dtype,
-                               timing=Timing(**scenario.timing))
+                               timing=Timing(**scenario.timing), encrypt=scenario.encrypt)
         run_job(testbed, deployment, job_from(scenario, Path(scenario_path).parent), faults_from(scenario), run_dir,
                 scenario=scenario.model_dump(mode="json"))
     finally:

@@ -5,36 +5,27 @@ can provision on every run and a provisioned Pi costs a few quick probes:
 
 * apt packages (chrony, NetworkManager, venv support), with ``apt-get
   update`` only if the install needs it;
-* chrony enabled, so ``chronyc tracking`` has something to report;
-* Wi-Fi through ``nmcli`` (Bookworm's NetworkManager ignores
-  wpa_supplicant.conf), the passphrase passed in the environment as
-  ``$JARVIS_WIFI_PSK`` so it never appears in a transcript or a dry run;
+* chrony enabled, so ``chronyc tracking`` has something to report, with a
+  local server (the control host) when the lab Wi-Fi has no internet;
+* the Wi-Fi country (Wi-Fi is rfkill-blocked until it is set);
+* Wi-Fi through NetworkManager (Bookworm's ignores wpa_supplicant.conf):
+  a keyfile written with mode 600, its passphrase read from standard input
+  into ``$JARVIS_WIFI_PSK`` by a shell builtin, so it never appears in a
+  process's argv, a transcript or a dry run; then ``nmcli connection load``;
 * a venv whose torch/transformers/safetensors match JARVIS's pins, from
   PyTorch's CPU wheel index (it has aarch64 wheels).
 """
 
 from __future__ import annotations
 
-import importlib.metadata
 import shlex
+import uuid
+from pathlib import PurePosixPath
 
 from rpi.inventory import RpiInventory
 
 q = shlex.quote
 PSK_VARIABLE = "JARVIS_WIFI_PSK"
-PAYLOAD_PACKAGES = ("torch", "transformers", "safetensors")
-
-
-def pinned_versions() -> dict[str, str]:
-    """The payload's pinned versions, from this JARVIS installation's metadata (pyproject.toml)."""
-    pins = {}
-    for requirement in importlib.metadata.requires("jarvis-edge") or []:
-        if ";" in requirement:
-            continue  # an extra (control, test, ...): not what nodes run
-        name, _, version = requirement.partition("==")
-        if name in PAYLOAD_PACKAGES:
-            pins[name] = version
-    return pins
 
 
 def apt_command(inv: RpiInventory) -> str:
@@ -43,8 +34,26 @@ def apt_command(inv: RpiInventory) -> str:
     return f"{install} || {{ {inv.sudo}apt-get update && {install}; }}"
 
 
-def chrony_command(inv: RpiInventory) -> str:
-    return f"{inv.sudo}systemctl enable --now chrony"
+def chrony_commands(inv: RpiInventory, name: str) -> list[str]:
+    """chrony on; with ``clock.server``, a drop-in making it the Pi's time source (a lab Wi-Fi without internet
+    leaves chrony no other one), then a restart to read it."""
+    sudo = inv.sudo
+    commands = [f"{sudo}systemctl enable --now chrony"]
+    if inv.clock.server is not None:
+        conf = f"{inv.clock.conf_dir.replace('{host}', name)}/jarvis.conf"
+        line = f"server {inv.clock.server} iburst prefer"
+        commands += [f"{sudo}mkdir -p {q(str(PurePosixPath(conf).parent))}",
+                     f"printf '%s\\n' {q(line)} | {sudo}tee {q(conf)} > /dev/null",
+                     f"{sudo}systemctl restart chrony"]
+    return commands
+
+
+def country_command(inv: RpiInventory) -> str:
+    """Set the Wi-Fi country, then unblock Wi-Fi: Raspberry Pi OS keeps it rfkill-blocked until a country is set.
+    ``raspi-config`` where it exists (Raspberry Pi OS), the kernel's regulatory domain otherwise."""
+    country, sudo = q(inv.wifi.country), inv.sudo
+    return (f"if command -v raspi-config > /dev/null; then {sudo}raspi-config nonint do_wifi_country {country}; "
+            f"else {sudo}iw reg set {country}; fi && {sudo}rfkill unblock wifi")
 
 
 def wifi_probe_commands(inv: RpiInventory) -> list[str]:
@@ -53,19 +62,39 @@ def wifi_probe_commands(inv: RpiInventory) -> list[str]:
             f"nmcli -t -f GENERAL.STATE connection show {q(inv.wifi.connection)}"]
 
 
-def wifi_commands(inv: RpiInventory, *, known: bool, active: bool) -> list[str]:
-    """Create the connection if missing, (re)set its passphrase, and bring it up if it is not."""
-    wifi, sudo = inv.wifi, inv.sudo
-    commands = []
-    if not known:
-        commands.append(f"{sudo}nmcli connection add type wifi ifname {q(wifi.interface)} "
-                        f"con-name {q(wifi.connection)} ssid {q(wifi.ssid)}")
+def keyfile_path(inv: RpiInventory, name: str) -> str:
+    return f"{inv.wifi.keyfile_dir.replace('{host}', name)}/{inv.wifi.connection}.nmconnection"
+
+
+def keyfile_lines(inv: RpiInventory) -> list[str]:
+    """NetworkManager's keyfile for the connection; the passphrase line is left to the shell (see below)."""
+    wifi = inv.wifi
+    lines = ["[connection]", f"id={wifi.connection}", f"uuid={uuid.uuid5(uuid.NAMESPACE_DNS, wifi.connection)}",
+             "type=wifi", f"interface-name={wifi.interface}", "autoconnect=true", "", "[wifi]", "mode=infrastructure",
+             f"ssid={wifi.ssid}", ""]
     if wifi.psk_env is not None:
-        commands.append(f"{sudo}nmcli connection modify {q(wifi.connection)} wifi-sec.key-mgmt wpa-psk "
-                        f'wifi-sec.psk "${PSK_VARIABLE}"')
+        lines += ["[wifi-security]", "key-mgmt=wpa-psk"]
+    return lines
+
+
+def wifi_command(inv: RpiInventory, name: str, *, active: bool) -> str:
+    """Write the connection's keyfile (mode 600, as NetworkManager requires), load it, bring it up if need be.
+
+    The passphrase arrives on standard input: ``read`` and ``printf`` are shell builtins, so it never appears in
+    a process's argv (``ps``), in the command text, or in the transcript.
+    """
+    sudo, path = inv.sudo, keyfile_path(inv, name)
+    lines = " ".join(q(line) for line in keyfile_lines(inv))
+    secret = f'"psk=${PSK_VARIABLE}" ' if inv.wifi.psk_env is not None else ""
+    script = []
+    if inv.wifi.psk_env is not None:
+        script.append(f"IFS= read -r {PSK_VARIABLE}")
+    script += [f"{sudo}mkdir -p {q(str(PurePosixPath(path).parent))}",
+               f"printf '%s\\n' {lines} {secret}| {sudo}install -m 600 /dev/stdin {q(path)}",
+               f"{sudo}nmcli connection load {q(path)}"]
     if not active:
-        commands.append(f"{sudo}nmcli connection up {q(wifi.connection)}")
-    return commands
+        script.append(f"{sudo}nmcli connection up {q(inv.wifi.connection)}")
+    return " && ".join(script)
 
 
 def venv_commands(inv: RpiInventory, name: str) -> list[str]:
@@ -73,25 +102,25 @@ def venv_commands(inv: RpiInventory, name: str) -> list[str]:
     return [f"test -x {q(venv + '/bin/python')} || {q(inv.system_python)} -m venv {q(venv)}"]
 
 
-def versions_probe(inv: RpiInventory, name: str) -> str:
-    """Print the installed payload packages' versions from their metadata (fails if one is missing).
+def versions_probe(inv: RpiInventory, name: str, packages: list[str]) -> str:
+    """Print the installed ``packages``' versions from their metadata (fails if one is missing).
 
     Reading metadata takes milliseconds; importing torch on a Pi takes many seconds.
     """
-    code = f"from importlib.metadata import version; print(*(version(p) for p in {PAYLOAD_PACKAGES!r}))"
+    code = f"from importlib.metadata import version; print(*(version(p) for p in {tuple(packages)!r}))"
     return f"{q(inv.venv_of(name) + '/bin/python')} -c {q(code)}"
 
 
-def installed_versions(output: str) -> dict[str, str] | None:
+def installed_versions(output: str, packages: list[str]) -> dict[str, str] | None:
     """Parse the probe's output; local version labels (``2.13.0+cpu``) are dropped."""
     parts = output.split()
-    if len(parts) != len(PAYLOAD_PACKAGES):
+    if len(parts) != len(packages):
         return None
-    return {name: version.split("+")[0] for name, version in zip(PAYLOAD_PACKAGES, parts)}
+    return {name: version.split("+")[0] for name, version in zip(packages, parts)}
 
 
 def pip_commands(inv: RpiInventory, name: str, pins: dict[str, str]) -> list[str]:
     """torch from the CPU wheel index (aarch64 wheels), the rest from PyPI."""
     pip = q(inv.venv_of(name) + "/bin/pip")
-    others = " ".join(f"{pkg}=={pins[pkg]}" for pkg in PAYLOAD_PACKAGES[1:])
+    others = " ".join(f"{pkg}=={version}" for pkg, version in pins.items() if pkg != "torch")
     return [f"{pip} install --index-url {q(inv.torch_index)} torch=={pins['torch']}", f"{pip} install {others}"]

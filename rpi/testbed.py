@@ -22,17 +22,20 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 
 from rpi import clock, provision, units
-from rpi.inventory import RpiInventory, load_inventory
+from rpi.inventory import SUPPORTED_PYTHON, RpiInventory, load_inventory
 from testbed.addresses import Address, address_command, parse_address, reach_command
 from testbed.fanout import on_each
 from testbed.interface import LINK_FAULTS, PROCESS_FAULTS, FaultResult, HostInfo, TestbedError
 from testbed.profiles import LinkProfile
 from testbed.remote import InventoryTestbed
-from testbed.shipping import CODE_ARCHIVE, payload_archive, unpack_command
+from testbed.shipping import CODE_ARCHIVE, payload_archive, payload_pins, unpack_command
 from testbed.ssh import RemoteProcess, SshAccess, SshShell, connect
 
 ADDRESS_POLL_S = 1.0
 LINK = "wifi"
+
+
+PYTHON_VERSION = 'import sys; print("%d.%d" % sys.version_info[:2])'
 
 
 class RpiTestbed(InventoryTestbed):
@@ -46,6 +49,9 @@ class RpiTestbed(InventoryTestbed):
     def __init__(self, prefix: str = "jv-rpi", *, inventory: str | Path | None = None,
                  progress: Callable[[str], None] = print) -> None:
         super().__init__(prefix, inventory=inventory, progress=progress)
+
+    def capacity(self) -> int:
+        return len(self.inventory().layer_pis)
 
     def load_inventory(self, path: Path) -> RpiInventory:
         return load_inventory(path)
@@ -82,7 +88,7 @@ class RpiTestbed(InventoryTestbed):
         if wrong:
             raise TestbedError(f"the Pis' links are their real Wi-Fi; nodes {wrong} ask for other profiles "
                                "(use `wifi` in the scenario's links, or the emu testbed to emulate others)")
-        wifi_env = self._wifi_env(inv)  # a missing passphrase stops us before any Pi is touched
+        wifi_secret = self._wifi_secret(inv)  # a missing passphrase stops us before any Pi is touched
         data = {"inventory": str(inventory_file), "run": f"{self.prefix}-{time.strftime('%Y%m%d-%H%M%S')}",
                 "chain": [inv.user_pi.name] + [p.name for p in layers[:nodes]], "ready": False, "units": {},
                 "addresses": {}, "versions": {}, "clock": {"before": {}, "after": {}}}
@@ -93,7 +99,7 @@ class RpiTestbed(InventoryTestbed):
             self.progress(f"[rpi] checking {len(data['chain'])} Pis")
             self._on_chain(inv, data, lambda s, n: self._check(inv, s), what="checking the Pis")
             self.progress("[rpi] provisioning (packages, chrony, Wi-Fi, venv)")
-            versions = self._on_chain(inv, data, lambda s, n: self._provision(inv, s, n, wifi_env),
+            versions = self._on_chain(inv, data, lambda s, n: self._provision(inv, s, n, wifi_secret),
                                       what="provisioning")
             self.state.update(lambda d: d.update(versions=versions))
             archive = payload_archive(self.state_dir)
@@ -108,43 +114,54 @@ class RpiTestbed(InventoryTestbed):
         return self.hosts()
 
     def _check(self, inv: RpiInventory, shell: SshShell) -> None:
+        """What must hold before anything is installed, each failure with its reason."""
         checks = [("true", "log in"), ("command -v nmcli", "NetworkManager's nmcli is installed (Bookworm has it)"),
-                  ("command -v systemctl", "systemd runs the node services")]
+                  ("command -v systemctl", "systemd runs the node services"), ("uname -m", "the machine"),
+                  (f"{shlex.quote(inv.system_python)} -c {shlex.quote(PYTHON_VERSION)}", "Python")]
         if inv.sudo:
             checks.insert(1, (f"{inv.sudo}true", f"{inv.user} may sudo without a password"))
         results = shell.run_many([c for c, _ in checks], cwd="/", keep_going=True)
         failed = [f"{meaning}: no" for (_, meaning), r in zip(checks, results) if not r.ok]
+        machine, python = (r.stdout.strip() for r in results[-2:])
+        if machine and machine != "aarch64":
+            failed.append(f"uname -m is {machine}, not aarch64: PyTorch publishes ARM wheels for 64-bit only, "
+                          "install the 64-bit Raspberry Pi OS")
+        if python and python not in SUPPORTED_PYTHON:
+            failed.append(f"{inv.system_python} is Python {python}; JARVIS needs one of {', '.join(SUPPORTED_PYTHON)} "
+                          "(Bookworm has 3.11, Trixie 3.13): set `system_python`")
         if failed:
             raise TestbedError(f"{shell.name}: " + "; ".join(failed))
 
-    def _provision(self, inv: RpiInventory, shell: SshShell, name: str, wifi_env: dict[str, str]) -> dict[str, str]:
+    def _provision(self, inv: RpiInventory, shell: SshShell, name: str, wifi_secret: str | None) -> dict[str, str]:
         """Packages, chrony, Wi-Fi and the venv; return the payload packages' versions on this Pi."""
-        shell.run_many([provision.apt_command(inv), provision.chrony_command(inv)], cwd="/",
-                       timeout=inv.timeouts.install_s)
-        names, state = (r.stdout for r in shell.run_many(provision.wifi_probe_commands(inv), cwd="/",
-                                                         keep_going=True))
-        wifi = provision.wifi_commands(inv, known=inv.wifi.connection in names.splitlines(),
-                                       active="activated" in state)
-        shell.run_many(wifi, cwd="/", timeout=120, env=wifi_env)
+        shell.run_many([provision.apt_command(inv), *provision.chrony_commands(inv, name),
+                        provision.country_command(inv)], cwd="/", timeout=inv.timeouts.install_s)
+        _, state = (r.stdout for r in shell.run_many(provision.wifi_probe_commands(inv), cwd="/", keep_going=True))
+        shell.run(provision.wifi_command(inv, name, active="activated" in state), cwd="/", timeout=120,
+                  stdin=wifi_secret)
         shell.run_many(provision.venv_commands(inv, name), cwd="/", timeout=300)
-        pins = provision.pinned_versions()
-        probe = provision.versions_probe(inv, name)
-        installed = provision.installed_versions(shell.run(probe, cwd="/", check=False, timeout=300).stdout)
+        pins = payload_pins()
+        packages = list(pins)
+        probe = provision.versions_probe(inv, name, packages)
+        installed = provision.installed_versions(shell.run(probe, cwd="/", check=False, timeout=300).stdout, packages)
         if installed != pins:
             self.progress(f"[rpi] {name}: installing {pins} (found {installed or 'none'})")
             shell.run_many(provision.pip_commands(inv, name, pins), cwd="/", timeout=inv.timeouts.install_s)
-            installed = provision.installed_versions(shell.run(probe, cwd="/", timeout=300).stdout)
+            installed = provision.installed_versions(shell.run(probe, cwd="/", timeout=300).stdout, packages)
         return installed
 
     @staticmethod
-    def _wifi_env(inv: RpiInventory) -> dict[str, str]:
+    def _wifi_secret(inv: RpiInventory) -> str | None:
+        """The passphrase as a line for the provisioning command's standard input (None: an open network)."""
         if inv.wifi.psk_env is None:
-            return {}
+            return None
         value = os.environ.get(inv.wifi.psk_env)
         if value is None:
             raise TestbedError(f"the inventory says the Wi-Fi passphrase is in ${inv.wifi.psk_env}, "
                                "but that environment variable is not set")
-        return {provision.PSK_VARIABLE: value}
+        if "\n" in value:
+            raise TestbedError(f"${inv.wifi.psk_env} holds a line break; a Wi-Fi passphrase cannot")
+        return value + "\n"
 
     def _prepare(self, inv: RpiInventory, shell: SshShell, name: str, run: str, archive: Path) -> None:
         """``<base>/runs/<run>`` with the payload code, and ``model`` linked to ``<base>/model`` (kept between runs)."""
@@ -259,7 +276,7 @@ class RpiTestbed(InventoryTestbed):
     def link_down(self, host: HostInfo) -> FaultResult:
         """The Wi-Fi interface down (SSH must reach the Pi another way, e.g. Ethernet)."""
         sudo, interface = self.inventory().sudo, host.extra["interface"]
-        self.shell(host).run(f"{sudo}ip link set {interface} down")
+        self.shell(host).run(f"{sudo}ip link set {shlex.quote(interface)} down")
         return FaultResult.now("link_down", host.name, f"{interface} down on {host.ssh_host}")
 
     def link_up(self, host: HostInfo) -> FaultResult:
@@ -267,7 +284,7 @@ class RpiTestbed(InventoryTestbed):
         inv = self.inventory()
         shell = self.shell(host)
         interface = host.extra["interface"]
-        shell.run(f"{inv.sudo}ip link set {interface} up")
+        shell.run(f"{inv.sudo}ip link set {shlex.quote(interface)} up")
         self._wait_address(inv, shell)
         return FaultResult.now("link_up", host.name, f"{interface} up with its address on {host.ssh_host}")
 

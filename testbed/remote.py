@@ -60,6 +60,13 @@ class InventoryTestbed(Testbed):
             self._loaded = (key, self.load_inventory(path))
         return self._loaded[1]
 
+    @abc.abstractmethod
+    def capacity(self) -> int:
+        """How many layer nodes the inventory can hold (``fab deploy`` brings that many up by default)."""
+
+    def is_up(self) -> bool:
+        return bool((self.state.load() or {}).get("ready"))
+
     def _ready(self) -> dict:
         data = self.state.load() or {}
         if not data.get("ready"):

@@ -10,6 +10,7 @@ host's copy of the payload.
 
 from __future__ import annotations
 
+import importlib.metadata
 import shlex
 import sys
 import tarfile
@@ -52,3 +53,15 @@ def payload_path(host: HostInfo) -> str:
 def service_argv(host: HostInfo, module: str, *args: str) -> list[str]:
     """``env PYTHONPATH=... python -m <module> args``: a payload program as ``host`` runs it."""
     return ["env", f"PYTHONPATH={payload_path(host)}", "HF_HUB_OFFLINE=1", python_for(host), "-m", module, *args]
+
+
+def payload_pins() -> dict[str, str]:
+    """What a node's Python needs, pinned: JARVIS's own dependencies, not its extras (torch first: it comes
+    from its own wheel index).  Read from this installation's metadata, i.e. pyproject.toml."""
+    pins = {}
+    for requirement in importlib.metadata.requires("jarvis-edge") or []:
+        if ";" in requirement:
+            continue  # an extra (control, test, ...): not what nodes run
+        name, _, version = requirement.partition("==")
+        pins[name.strip()] = version.strip()
+    return dict(sorted(pins.items(), key=lambda kv: kv[0] != "torch"))

@@ -19,6 +19,8 @@ so a testbed can keep a transcript of exactly what it did.
 
 from __future__ import annotations
 
+import fnmatch
+import io
 import os
 import re
 import shlex
@@ -90,6 +92,30 @@ def _apply_host_key_policy(connection: Connection, parsed: paramiko.SSHConfig, a
     connection.client.set_missing_host_key_policy(paramiko.RejectPolicy())
 
 
+def ssh_config_unmatched(access: SshAccess, names: Sequence[str]) -> list[str]:
+    """Host names that no ``Host`` pattern of the ssh config names (``Host *`` aside): for them the user,
+    host-key policy and jump settings the user wrote for these hosts would silently not apply."""
+    if access.ssh_config is None:
+        return list(names)
+    _, parsed = access.config()
+    patterns = [p for p in parsed.get_hostnames() if p != "*" and not p.startswith("!")]
+    return [name for name in names if not any(fnmatch.fnmatchcase(name, p) for p in patterns)]
+
+
+def _bound_gateway_channel(gateway: Connection) -> None:
+    """Fabric opens the channel through a gateway with paramiko's default timeout (1 h): an SRN that is down
+    would hang its connection that long.  Bound it by the connect timeout once the gateway is open."""
+    opened = gateway.open
+
+    def open_bounded(*args, **kwargs):
+        result = opened(*args, **kwargs)
+        if gateway.transport is not None:
+            gateway.transport.channel_timeout = CONNECT_TIMEOUT_S
+        return result
+
+    gateway.open = open_bounded
+
+
 def _strict(connection: Connection, known_hosts: str) -> None:
     connection.client.load_host_keys(str(Path(known_hosts).expanduser()))
     connection.client.set_missing_host_key_policy(paramiko.RejectPolicy())
@@ -110,6 +136,8 @@ def connect(alias: str, access: SshAccess, *, user: str | None = None, port: int
         kwargs["password"] = password
     connection = Connection(alias, user=user, port=port, gateway=gateway, config=config,
                             connect_timeout=CONNECT_TIMEOUT_S, connect_kwargs=kwargs)
+    if isinstance(connection.gateway, Connection):
+        _bound_gateway_channel(connection.gateway)
     if access.known_hosts is not None:
         _strict(connection, access.known_hosts)
         return connection
@@ -166,25 +194,30 @@ class SshShell:
             except SSH_ERRORS as exc:
                 raise TestbedError(f"{self.name}: cannot log in: {describe_ssh_error(exc)}") from None
 
-    def wrap(self, command: str, cwd: str | None = None, env: dict[str, str] | None = None) -> str:
-        """The text sent to the remote shell: environment, PATH additions, ``cd``, then the command on its own line.
+    def wrap(self, command: str, cwd: str | None = None) -> str:
+        """The text sent to the remote shell: PATH additions, ``cd``, then the command on its own line.
 
-        ``env`` values are quoted here (Fabric's own inline env does not quote)
-        and never reach the transcript, which records only ``command``.
+        This text is the remote shell's argv (visible in ``ps`` there): never put a secret in it; pass one
+        as ``stdin`` to :meth:`run`.
         """
-        lines = [f"export {name}={shlex.quote(value)}" for name, value in (env or {}).items()]
+        lines = []
         if self.path_prepend:
             lines.append(f"export PATH={':'.join(shlex.quote(d) for d in self.path_prepend)}:\"$PATH\"")
         lines.append(in_workdir(cwd or self.workdir, command))
         return "\n".join(lines)
 
     def run(self, command: str, *, timeout: float = 60.0, check: bool = True, cwd: str | None = None,
-            env: dict[str, str] | None = None) -> CommandResult:
-        """Run ``command`` (in ``cwd``, default the workdir); ``env`` values never reach the transcript."""
+            stdin: str | None = None) -> CommandResult:
+        """Run ``command`` (in ``cwd``, default the workdir).
+
+        ``stdin`` is written to the command's standard input over the SSH channel: the way to hand it a secret
+        (``IFS= read -r VAR`` is a shell builtin, so the secret never appears in any process's argv, nor in the
+        transcript, which records only ``command``).
+        """
         self._open()
         try:
-            out = self.connection.run(self.wrap(command, cwd, env), hide=True, warn=True, timeout=timeout,
-                                      in_stream=False)
+            out = self.connection.run(self.wrap(command, cwd), hide=True, warn=True, timeout=timeout,
+                                      in_stream=io.StringIO(stdin) if stdin is not None else False)
         except CommandTimedOut:
             raise TestbedError(f"{self.name}: `{command}` did not finish within {timeout:.0f}s") from None
         except SSH_ERRORS as exc:
@@ -198,7 +231,7 @@ class SshShell:
         return result
 
     def run_many(self, commands: Sequence[str], *, timeout: float = 120.0, cwd: str | None = None,
-                 keep_going: bool = False, env: dict[str, str] | None = None) -> list[CommandResult]:
+                 keep_going: bool = False) -> list[CommandResult]:
         """Run ``commands`` one after another in one SSH round trip; each is recorded and reported on its own.
 
         Each command runs in its own subshell from ``cwd``; without
@@ -216,7 +249,7 @@ class SshShell:
                 parts.append("[ $rc -eq 0 ] || exit $rc")
         self._open()
         try:
-            out = self.connection.run(self.wrap("\n".join(parts), cwd, env), hide=True, warn=True, timeout=timeout,
+            out = self.connection.run(self.wrap("\n".join(parts), cwd), hide=True, warn=True, timeout=timeout,
                                       in_stream=False)
         except CommandTimedOut:
             raise TestbedError(f"{self.name}: `{commands[0]}` and {len(commands) - 1} more did not finish "

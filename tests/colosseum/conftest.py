@@ -1,8 +1,9 @@
 """Five emu namespaces playing the SRNs of a Colosseum reservation, with stand-in Colosseum tools.
 
 SRN 102 is the end-user UE, 103 a server, 104 the Wi-Fi gateway, 105 a
-Wi-Fi node and 101 the base station (listed last, so with three layer nodes
-it runs only its radio, and runs colosseumcli); 106 is in no namespace (an
+Wi-Fi node and 107 the base station: the highest number, so only a radio map
+makes it RF node 1 (as SCOPE needs); listed last, so with three layer nodes
+it runs only its radio, and runs colosseumcli.  106 is in no namespace (an
 SRN that is not part of the reservation).  At "boot" every SRN has col0 on the wired
 collaboration network, as in an interactive reservation; the stand-in radio
 tools add tap0, tun_srsue and srs_spgw_sgi when the testbed starts them.
@@ -28,12 +29,12 @@ from tests.emu.conftest import emu_testbed, root_missing_reason
 TEAM = "jvtest"
 SRNS = {  # alias -> (inventory entry, interfaces the stand-ins give it)
     "jvtest-102": ({"id": 102, "role": "user", "radio": "cellular-ue"}, {"tun_srsue": "172.16.0.2/24"}),
-    "jvtest-101": ({"id": 101, "role": "cellular-bs"}, {"srs_spgw_sgi": "172.16.0.1/24"}),
+    "jvtest-107": ({"id": 107, "role": "cellular-bs"}, {"srs_spgw_sgi": "172.16.0.1/24"}),
     "jvtest-103": ({"id": 103, "role": "server"}, {}),
     "jvtest-104": ({"id": 104, "role": "wifi", "gateway": True}, {"tap0": "10.20.0.104/24"}),
     "jvtest-105": ({"id": 105, "role": "wifi"}, {"tap0": "10.20.0.105/24"}),
 }
-INVENTORY_ORDER = [102, 103, 104, 105, 101]
+INVENTORY_ORDER = [102, 103, 104, 105, 107]
 MISSING = "jvtest-106"
 
 
@@ -107,7 +108,7 @@ def write_inventory(path: Path, emulated: EmulatedHosts, *, extra_srns: list[dic
         "gateway": {"host": "colosseum-gw", "user": "root"},
         "image": "jarvis-test-image",
         "rf_scenario": 1009,
-        "rf_srn": 101,
+        "rf_srn": 107,
         "credentials": {"ssh_config": str(ssh_config), "agent": False},
         "srns": [entries[i] for i in INVENTORY_ORDER] + list(extra_srns),
         "python": sys.executable,

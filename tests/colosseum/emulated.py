@@ -51,6 +51,9 @@ class EmulatedHosts:
                     target.parent.mkdir(parents=True, exist_ok=True)
                     shutil.copy2(path, target)
 
+    def host_description(self, alias: str) -> dict:
+        return json.loads((self.root / "hosts" / f"{self.by_alias[alias].namespace}.json").read_text())
+
     def describe_host(self, alias: str, data: dict) -> None:
         """What the stand-ins on ``alias`` should answer (its addresses, its name)."""
         (self.root / "hosts" / f"{self.by_alias[alias].namespace}.json").write_text(json.dumps(data))

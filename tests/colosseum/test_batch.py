@@ -38,7 +38,7 @@ def plain_inventory(tmp_path: Path, *, addresses: bool = True) -> Path:
 
     entries = {entry["id"]: entry for entry, _ in SRNS.values()}
     static = static_addresses() if addresses else {}
-    data = {"team": "jvtest", "image": "jarvis-test-image", "rf_scenario": 1017, "rf_srn": 101,
+    data = {"team": "jvtest", "image": "jarvis-test-image", "rf_scenario": 1017, "rf_srn": 107,
             "srns": [{**entries[i], **static.get(i, {})} for i in INVENTORY_ORDER]}
     path = tmp_path / "inventory.yaml"
     path.write_text(yaml.safe_dump(data))
@@ -57,25 +57,33 @@ class TestTheBundle:
         assert batch["NodeData"] == [
             {"RFNode_ID": k, "ImageName": "jarvis-test-image", "ModemConfig": f"{run}-node{k}.conf",
              "isGateway": gateway, "TrafficNode_ID": k, "node_type": "competitor"}
-            for k, gateway in enumerate([False, True, True, False, True], start=1)]  # UE, server, gw, wifi, BS
+            for k, gateway in enumerate([True, True, True, True, False], start=1)]  # BS, UE, server, gw, wifi
+        confs = {p.name: json.loads(p.read_text()) for p in (bundle / "config").glob("*")}
+        assert [confs[f"{run}-node{k}.conf"]["srn"] for k in range(1, 6)] == [
+            "jvtest-107", "jvtest-102", "jvtest-103", "jvtest-104", "jvtest-105"]  # the base station is RF node 1
+        (scope_file, text), = confs[f"{run}-node1.conf"]["files"].items()
+        scope = json.loads(text)
+        assert scope_file.endswith("/jarvis-scope.conf")
+        assert (scope["colosseumcli"], scope["iperf"], scope["network-slicing"], scope["users-bs"]) == (
+            "False", "False", "False", "1")  # batch mode: colosseumcli is disabled, SCOPE scans col0
 
     def test_each_srn_gets_its_radio_commands_routes_and_node(self, tmp_path, tiny_prepared):
         bundle = write_bundle(plain_inventory(tmp_path), scenario_file(tmp_path), tmp_path / "bundle",
                               duration_s=600, traffic_scenario=1, prepared=tiny_prepared("llama"))
         confs = {json.loads(p.read_text())["srn"]: json.loads(p.read_text()) for p in (bundle / "config").glob("*")}
-        user, server, bs = confs["jvtest-102"], confs["jvtest-103"], confs["jvtest-101"]
+        user, server, bs = confs["jvtest-102"], confs["jvtest-103"], confs["jvtest-107"]
         assert user["node"]["index"] == 0 and user["node"]["argv"][-5:] == ["--config", "user.json", "--job",
                                                                              "job.json", "--jsonl"]
         assert user["routes"] == ["172.30.1.103/32 via 172.16.0.1 dev tun_srsue"] and user["peers"] == ["172.30.1.103"]
         assert user["job"]["prompts"] == ["the cat sat on the"]
         assert server["node"]["config"]["model_dir"] == "/root/jarvis/model"
         assert server["node"]["config"]["peers"] == {"0": ["172.16.0.2", 7100], "1": ["172.30.1.103", 7100]}
-        assert server["routes"] == ["172.16.0.2/32 via 172.30.1.101 dev col0"] and server["col0_address"] == \
+        assert server["routes"] == ["172.16.0.2/32 via 172.30.1.107 dev col0"] and server["col0_address"] == \
             "172.30.1.103/24"
-        assert bs["node"] is None and bs["forwarding"] and bs["col0_address"] == "172.30.1.101/24"
-        assert bs["radio_commands"][0].startswith("tmux -L jv-batch-jvtest-101 new-session -d -s radio ")
+        assert bs["node"] is None and bs["forwarding"] and bs["col0_address"] == "172.30.1.107/24"
+        assert bs["radio_commands"][0].startswith("tmux -L jv-batch-jvtest-107 new-session -d -s radio ")
         assert confs["jvtest-104"]["radio_commands"][:2] == ["cd /root/interactive_scripts && ./tap_setup.sh",
-                                                             "cd /root/interactive_scripts && ./route_setup.sh"]
+                                                             "cd /root/interactive_scripts && ./route_setup.sh 105"]
         for script in ("start.sh", "status.sh", "stop.sh"):
             path = bundle / "image" / "radio_api" / script
             assert path.stat().st_mode & stat.S_IXUSR and "jarvis_batch.py" in path.read_text()
@@ -83,7 +91,7 @@ class TestTheBundle:
         assert (bundle / "image" / "jarvis" / "code" / "payload" / "node.py").is_file()
 
     def test_missing_static_addresses_are_listed(self, tmp_path, tiny_prepared):
-        with pytest.raises(TestbedError, match="jvtest-101: address") as failure:
+        with pytest.raises(TestbedError, match="jvtest-107: address") as failure:
             write_bundle(plain_inventory(tmp_path, addresses=False), scenario_file(tmp_path), tmp_path / "b",
                          duration_s=60, traffic_scenario=1, prepared=tiny_prepared("llama"))
         assert "jvtest-104: col0_address" in str(failure.value)
@@ -119,9 +127,10 @@ def test_an_unattended_job_runs_and_its_logs_become_a_run_directory(srns, tmp_pa
                           traffic_scenario=1, prepared=tiny_prepared("llama"))
     run = json.loads(next((bundle / "batch").glob("*.json")).read_text())["BatchName"]
     shells, api = {}, {}
-    for k, srn in enumerate(inv.srns, start=1):  # Colosseum provisions each container
+    for k, srn in enumerate(inv.rf_order, start=1):  # Colosseum provisions the container of each RF node
         name = inv.name_of(srn)
         paths = inv.paths.on(name)
+        srns.describe_host(name, {**srns.host_description(name), "rf_node": k})
         shutil.copytree(bundle / "image" / "radio_api", paths.radio_api)
         shutil.copytree(bundle / "image" / "jarvis", paths.jarvis)
         shutil.copy(bundle / "config" / f"{run}-node{k}.conf", Path(paths.radio_api) / "radio.conf")

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from colosseum import plan, rf
+from colosseum import plan, rf, scope
 from colosseum.inventory import load_inventory
 from testbed.addresses import Address, parse_address
 from colosseum.network import Route, SrnAddresses, plan_routes
@@ -31,8 +31,76 @@ def inventory_file(tmp_path: Path, text: str | dict) -> Path:
     return path
 
 
-def layout(nodes: int = 4, path: Path = EXAMPLE) -> plan.Layout:
-    return plan.Layout.choose(load_inventory(path), "jv-c", "run1", nodes)
+def layout(nodes: int = 4, path: Path = EXAMPLE, **changes) -> plan.Layout:
+    inventory = load_inventory(path).model_copy(update=changes)
+    return plan.Layout.choose(inventory, "jv-c", "run1", nodes)
+
+
+CELLULAR = {"team": "genesys", "image": "scope", "rf_scenario": 1017,
+            "srns": [{"id": 12, "role": "user", "radio": "cellular-ue"}, {"id": 15, "role": "server"},
+                     {"id": 14, "role": "cellular-ue"}, {"id": 31, "role": "cellular-bs"}]}
+
+
+class TestRadioMap:
+    """Without ``-m`` the lowest SRN number is RF node 1; SCOPE's base station must be node 1, its UEs next."""
+
+    def test_the_base_station_is_node_1_and_its_ues_follow_whatever_the_srn_numbers(self, tmp_path):
+        inv = load_inventory(inventory_file(tmp_path, CELLULAR))
+        assert [s.id for s in inv.rf_order] == [31, 12, 14, 15]
+        assert inv.radio_map == {"Node 1": {"SRN": 31, "RadioA": 1, "RadioB": 2},
+                                 "Node 2": {"SRN": 12, "RadioA": 1, "RadioB": 2},
+                                 "Node 3": {"SRN": 14, "RadioA": 1, "RadioB": 2},
+                                 "Node 4": {"SRN": 15, "RadioA": 1, "RadioB": 2}}
+        assert scope.elects_bs(1, inv.users_bs) and not any(scope.elects_bs(k, inv.users_bs) for k in (2, 3))
+
+    def test_every_node_of_the_scenario_is_named_unused_ones_as_none(self, tmp_path):
+        inv = load_inventory(inventory_file(tmp_path, {**CELLULAR, "rf_nodes": 6}))
+        assert inv.radio_map["Node 5"] == "None" and inv.radio_map["Node 6"] == "None" and len(inv.radio_map) == 6
+        with pytest.raises(TestbedError, match="rf_nodes is 3, but the inventory has 4 SRNs"):
+            load_inventory(inventory_file(tmp_path, {**CELLULAR, "rf_nodes": 3}))
+
+    def test_more_ues_than_a_scope_base_station_serves_is_refused_with_its_reason(self, tmp_path):
+        srns = CELLULAR["srns"] + [{"id": 40 + i, "role": "cellular-ue"} for i in range(3)]
+        with pytest.raises(TestbedError, match=r"SCOPE cellular scenario: RF node 1 is a base station with 4 UEs"):
+            load_inventory(inventory_file(tmp_path, {**CELLULAR, "srns": srns}))
+        assert load_inventory(inventory_file(tmp_path, {**CELLULAR, "srns": srns, "rf_scenario": 1009}))
+
+    def test_rf_radiomap_is_read_back_and_a_different_mapping_is_named(self):
+        table = ("+--------+-----+--------+--------+\n| Node   | SRN | RadioA | RadioB |\n"
+                 "+--------+-----+--------+--------+\n| Node 1 | 12  | 1      | 2      |\n"
+                 "| Node 2 | 31  | 1      | 2      |\n| Node 3 | None | 0     | 0      |\n"
+                 "+--------+-----+--------+--------+")
+        shown = rf.parse_radiomap(table)
+        assert shown == {1: 12, 2: 31}
+        wanted = rf.radio_map([31, 12], 3)
+        assert rf.radiomap_mismatches(wanted, shown) == ["RF node 1 is SRN 12, not SRN 31",
+                                                         "RF node 2 is SRN 31, not SRN 12"]
+        assert rf.radiomap_mismatches(wanted, {1: 31, 2: 12}) == []
+
+
+class TestLogins:
+    def test_passwords_come_from_the_srn_then_its_image_then_the_inventory(self, tmp_path):
+        data = {**BASE, "credentials": {"srn_password_env": "ALL", "image_password_env": {"wifi-img": "WIFI"}},
+                "srns": [{"id": 1, "role": "user", "radio": "wifi", "password_env": "MINE"},
+                         {"id": 2, "role": "wifi", "image": "wifi-img"}, {"id": 3, "role": "wifi"}]}
+        inv = load_inventory(inventory_file(tmp_path, data))
+        assert [inv.password_env_of(s) for s in inv.srns] == ["MINE", "WIFI", "ALL"]
+
+    def test_an_ssh_config_whose_pattern_misses_the_srn_names_is_refused_before_any_login(self, tmp_path,
+                                                                                         monkeypatch):
+        monkeypatch.setenv("JARVIS_STATE", str(tmp_path / "state"))
+        config = tmp_path / "ssh_config"
+        config.write_text("Host colosseum-gw\n  HostName gw.colosseum.net\n\nHost srn-???\n  User root\n"
+                          "  StrictHostKeyChecking no\n")
+        data = {**BASE, "credentials": {"ssh_config": str(config), "agent": False}}
+        testbed = ColosseumTestbed("jv-ssh", inventory=inventory_file(tmp_path, data), progress=lambda m: None)
+        with pytest.raises(TestbedError, match=r"(?s)no `Host` pattern matching genesys-001, genesys-002.*"
+                                               r"Host genesys-\*"):
+            testbed.up(1)
+        config.write_text("Host colosseum-gw\n  HostName 127.0.0.1\n  Port 9\n\nHost genesys-???\n  User root\n")
+        with pytest.raises(TestbedError) as failure:  # now the pattern matches: it gets as far as logging in
+            testbed.up(1)
+        assert "Host` pattern" not in str(failure.value)
 
 
 class TestInventory:
@@ -157,17 +225,19 @@ class TestCommands:
             plan.check_commands(lay, W)[-1].command]
         assert [c.command for c in plan.check_commands(lay, BS)] == [
             "true", "command -v colosseumcli", "command -v tmux", "test -f /root/radio_api/scope_start.py",
-            "test -f /root/radio_api/radio_interactive.conf", "ip link show col0"]  # radio only: no python check
+            "ip link show col0"]  # radio only: no python check; JARVIS ships the SCOPE config
+        own = layout(3, EXAMPLE, scope_config="radio_interactive.conf")
+        assert "test -f /root/radio_api/radio_interactive.conf" in [c.command for c in plan.check_commands(own, BS)]
 
     def test_radios_start_in_tmux_with_their_output_in_the_run_logs(self):
         lay = layout(3)
         assert plan.radio_commands(lay, W) == [
-            "cd /root/interactive_scripts && ./tap_setup.sh", "cd /root/interactive_scripts && ./route_setup.sh",
+            "cd /root/interactive_scripts && ./tap_setup.sh", "cd /root/interactive_scripts && ./route_setup.sh 104",
             "tmux -L jv-c-genesys-105 new-session -d -s radio 'cd /root/interactive_scripts && ./modem_start.sh "
             "2>&1 | tee -a /logs/run1/radio.log'"]
         assert plan.radio_commands(lay, UE) == [
             "tmux -L jv-c-genesys-102 new-session -d -s radio 'cd /root/radio_api && python3 scope_start.py "
-            "--config-file radio_interactive.conf 2>&1 | tee -a /logs/run1/radio.log'"]
+            "--config-file jarvis-scope.conf 2>&1 | tee -a /logs/run1/radio.log'"]
         assert plan.radio_commands(lay, S) == []
         assert plan.radio_order(lay) == [[BS], [UE, GW, W]]
 
@@ -199,7 +269,11 @@ class TestDryRun:
         text = testbed.dry_run(3)
         assert not (tmp_path / "state").exists()
         assert "genesys-101 (cellular-bs, radio only, logs in /logs/<run>)" in text
-        assert "  [rf] colosseumcli rf start 1017 -c" in text and "  [teardown] colosseumcli rf stop" in text
+        assert "  [rf] colosseumcli rf start 1017 -m '/logs/<run>/radiomap.json' -c" in text
+        assert "  [rf] colosseumcli rf radiomap" in text and "  [teardown] colosseumcli rf stop" in text
+        assert '"Node 1": {"SRN": 101, "RadioA": 1, "RadioB": 2}, "Node 2": {"SRN": 102' in text  # BS, then its UE
+        assert "  [prepare] # put JARVIS's SCOPE config (iperf off, slicing off, users-bs 1) -> " \
+               "/root/radio_api/jarvis-scope.conf" in text
         assert "  [route] ip route replace <tun_srsue of genesys-102>/32 via <col0 of genesys-101> dev col0" in text
         assert "  [service] PYTHONUNBUFFERED=1 setsid nohup env 'PYTHONPATH=/logs/<run>/code' HF_HUB_OFFLINE=1 " \
                "/root/jarvis-venv/bin/python -m payload.node --config node.json > service.out" in text
@@ -240,3 +314,61 @@ class TestSelection:
         with pytest.raises(TestbedError, match="pass --inventory FILE"):
             ColosseumTestbed("jv-none").up(2, {1: LinkProfile("wifi")})
         ColosseumTestbed("jv-none").down()  # nothing up: nothing to do
+
+
+class TestImage:
+    """Containers have no internet: the image is built from wheels staged on the NAS, then snapshotted."""
+
+    def test_the_build_uses_only_the_nas_wheels_checks_the_imports_then_snapshots(self):
+        from colosseum import image
+
+        requirements = image.payload_requirements()
+        assert [r.split("==")[0] for r in requirements][:3] == ["torch", "transformers", "safetensors"]
+        commands = image.build_commands(image.ImagePlan("genesys-103", "jarvis-v1", "/share/jarvis-wheels"),
+                                        requirements)
+        assert commands[0] == "su srn-user -c 'cp -r /share/jarvis-wheels /tmp/jarvis-v1-wheels'"
+        assert "--no-index --find-links /tmp/jarvis-v1-wheels" in commands[2]
+        assert commands[-1] == "colosseumcli snapshot jarvis-v1"
+        download = image.wheels_command(requirements, "w")
+        assert "--only-binary=:all:" in download and "--index-url https://download.pytorch.org/whl/cpu" in download
+
+    @pytest.mark.parametrize("name", ["has space", "under_score", "x" * 33, ""])
+    def test_a_name_colosseumcli_snapshot_refuses_is_refused_first(self, name):
+        from colosseum import image
+
+        with pytest.raises(TestbedError, match="letters, digits and '-'"):
+            image.ImagePlan("genesys-103", name, "/share/w")
+
+    def test_fab_colosseum_image_dry_run(self, tmp_path):
+        env = {"PATH": f"{Path(sys.executable).parent}:/usr/bin:/bin", "JARVIS_STATE": str(tmp_path / "state"),
+               "HOME": str(tmp_path)}
+        out = subprocess.run([str(Path(sys.executable).parent / "fab"), "colosseum-image", "--inventory",
+                              str(EXAMPLE), "--srn", "103", "--name", "jarvis-v1", "--dry-run"],
+                             capture_output=True, text=True, cwd=REPO, env=env, timeout=120)
+        assert out.returncode == 0, out.stderr
+        assert out.stdout.startswith("# Colosseum image jarvis-v1 built on genesys-103")
+        assert "  colosseumcli snapshot jarvis-v1" in out.stdout
+        bad = subprocess.run([str(Path(sys.executable).parent / "fab"), "colosseum-image", "--inventory",
+                              str(EXAMPLE), "--srn", "999", "--name", "jarvis-v1", "--dry-run"],
+                             capture_output=True, text=True, cwd=REPO, env=env, timeout=120)
+        assert bad.returncode == 2 and "SRN 999 is not in the inventory" in bad.stderr
+
+
+def test_fab_deploy_dry_run_prints_the_whole_job_without_connecting(tmp_path):
+    """`fab deploy --testbed colosseum --inventory FILE` brings the testbed up when it is not: its dry run is
+    the full plan (default: every layer SRN of the inventory), naming what a first reservation needs."""
+    env = {"PATH": f"{Path(sys.executable).parent}:/usr/bin:/bin", "JARVIS_STATE": str(tmp_path / "state"),
+           "HOME": str(tmp_path)}
+    out = subprocess.run([str(Path(sys.executable).parent / "fab"), "deploy", "--testbed", "colosseum",
+                          "--inventory", str(EXAMPLE), "--dry-run"], capture_output=True, text=True, cwd=REPO,
+                         env=env, timeout=120)
+    assert out.returncode == 0, out.stderr
+    text = out.stdout
+    assert text.startswith("# Colosseum dry run: team genesys, RF scenario 1017")
+    assert "# SSH through colosseum-gw" in text
+    assert "  [rf] colosseumcli rf start 1017 -m '/logs/<run>/radiomap.json' -c" in text
+    assert "genesys-101 (cellular-bs, node4, logs in /logs/<run>)" in text  # all four layer SRNs by default
+    for interface in ("tap0", "tun_srsue", "srs_spgw_sgi", "col0"):
+        assert f"<{interface} of genesys-" in text, interface
+    assert "[service] PYTHONUNBUFFERED=1 setsid nohup" in text
+    assert not (tmp_path / "state").exists()

@@ -12,6 +12,8 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
+import sys
+import time
 import uuid
 from pathlib import Path
 
@@ -23,11 +25,13 @@ from colosseum.network import SrnAddresses
 from colosseum.testbed import ColosseumTestbed
 from experiment.deploy import deploy
 from testbed.shipping import service_argv
+from experiment.orchestrate import ensure_up
 from experiment.run import Fault, run_job
 from testbed.interface import TestbedError
 from payload.prepare import load_manifest
 from payload.routing import even_placement
 
+from colosseum.scope import scope_config_text
 from tests.colosseum.conftest import MISSING, SRNS, write_inventory
 
 pytestmark = [pytest.mark.root, pytest.mark.timeout(180)]
@@ -35,16 +39,15 @@ pytestmark = [pytest.mark.root, pytest.mark.timeout(180)]
 RUN_FILES = ["tokens.csv", "hops.csv", "faults.csv", "nodes.csv", "links.csv", "testbed.json", "deployment.json",
              "versions.json", "scenario.yaml", "summary.json"]
 RADIO = {  # what the stand-ins must have seen from each SRN's radio bring-up, in order
-    "jvtest-101": ["scope_start.py --config-file radio_interactive.conf"],
-    "jvtest-102": ["scope_start.py --config-file radio_interactive.conf"],
+    "jvtest-107": ["scope_start.py --config-file jarvis-scope.conf", "colosseumcli rf radiomap"],
+    "jvtest-102": ["scope_start.py --config-file jarvis-scope.conf", "colosseumcli rf radiomap"],
     "jvtest-103": [],
-    "jvtest-104": ["tap_setup.sh", "route_setup.sh", "modem_start.sh"],
-    "jvtest-105": ["tap_setup.sh", "route_setup.sh", "modem_start.sh"],
+    "jvtest-104": ["tap_setup.sh", "route_setup.sh 105", "modem_start.sh"],
+    "jvtest-105": ["tap_setup.sh", "route_setup.sh 104", "modem_start.sh"],
 }
 
 
 def quiet(message: str) -> None:
-    import time
     print(f"{time.monotonic():.1f} {message}", flush=True)
 
 
@@ -106,14 +109,17 @@ class TestAnExperiment:
                 ("user", "jvtest-102", "172.16.0.2", "cellular"), ("node1", "jvtest-103", "172.30.1.103", "server"),
                 ("node2", "jvtest-104", "10.20.0.104", "wifi"), ("node3", "jvtest-105", "10.20.0.105", "wifi")]
             for alias, radio in RADIO.items():
-                rf = ["colosseumcli rf start 1009 -c", "colosseumcli rf info"] if alias == "jvtest-101" else []
+                rf = [f"colosseumcli rf start 1009 -m {plan.radio_map_path(layout)} -c", "colosseumcli rf info",
+                      "colosseumcli rf radiomap"] if alias == "jvtest-107" else []
                 nas = f"{tmp_path}/nas/jvtest/models/tiny"
                 staged = [f"su srn-user -c 'test -d {nas}'",
                           f"su srn-user -c 'cp -r {nas} /tmp/{layout.run}-{alias}-model'"]
-                assert srns.log(alias) == rf + radio + (staged if alias != "jvtest-101" else [])
+                assert srns.log(alias) == rf + radio + (staged if alias != "jvtest-107" else [])
+            scope = json.loads((srns.root / "radio_api" / "jarvis-scope.conf").read_text())
+            assert (scope["iperf"], scope["network-slicing"], scope["users-bs"]) == ("False", "False", "1")
             assert srns.routes("jvtest-105") == ["172.16.0.2 via 10.20.0.104 dev tap0",
                                                  "172.30.1.103 via 10.20.0.104 dev tap0"]
-            assert srns.sysctl("jvtest-101", "net.ipv4.ip_forward") == "1"
+            assert srns.sysctl("jvtest-107", "net.ipv4.ip_forward") == "1"
 
             deployment = deploy(testbed, prepared, even_placement(load_manifest(prepared)["num_layers"], 3),
                                 model="tiny-llama", progress=quiet)
@@ -160,9 +166,26 @@ class TestAnExperiment:
                     assert in_order(expected.commands(alias, phase), ran), (alias, phase)
         finally:
             testbed.down()
-        assert stopped_rf(srns.log("jvtest-101"))
+        assert stopped_rf(srns.log("jvtest-107"))
         nothing_running(srns, testbed, [layout.tmux_socket(a) for a in SRNS])
         testbed.down()  # safe to repeat
+
+
+def test_deploy_brings_a_testbed_that_is_not_up_up_first(srns, inventory):
+    """`fab deploy --testbed colosseum --inventory FILE` is the whole job: with nothing up, every layer SRN of
+    the inventory comes up (checks, RF scenario, radios, addresses); a different count later is refused."""
+    testbed = colosseum_testbed(inventory)
+    try:
+        ensure_up(testbed, None)
+        hosts = testbed.hosts()
+        assert [h.ssh_host for h in hosts] == ["jvtest-102", "jvtest-103", "jvtest-104", "jvtest-105", "jvtest-107"]
+        assert hosts[4].address == "172.16.0.1"  # the base station holds layers too, on its SGi address
+        ensure_up(testbed, 4)  # up already, with that many: nothing to do
+        with pytest.raises(TestbedError, match="is up with 4 layer nodes, not 3"):
+            ensure_up(testbed, 3)
+    finally:
+        testbed.down()
+    nothing_running(srns, testbed, [f"{testbed.prefix}-{a}" for a in SRNS])
 
 
 class TestFailures:
@@ -177,14 +200,43 @@ class TestFailures:
         assert all(srns.log(alias) == [] for alias in SRNS)  # no RF, no radio, nothing
         nothing_running(srns, testbed, [f"{testbed.prefix}-{a}" for a in SRNS])
 
+    def test_an_srn_whose_connect_hangs_fails_within_the_connect_timeout_named(self, srns, tmp_path, inventory):
+        """The gateway's TCP connect to an SRN that is down can hang (SYNs dropped); Fabric opens that channel
+        with paramiko's 1 h default.  Here a listener in the gateway namespace with a full accept queue drops
+        the SYNs, the way a vanished container's address does."""
+        gateway_ns = srns.emu.describe()["gateway"]["namespace"]
+        swallow = subprocess.Popen(
+            ["ip", "netns", "exec", gateway_ns, sys.executable, "-c",
+             "import socket, time\n"
+             "s = socket.socket(); s.bind(('127.0.0.1', 0)); s.listen(0); print(s.getsockname()[1], flush=True)\n"
+             "held = socket.create_connection(s.getsockname(), timeout=1)  # the accept queue (backlog 0) is full\n"
+             "print('full', flush=True); time.sleep(300)"], stdout=subprocess.PIPE, text=True)
+        try:
+            port = int(swallow.stdout.readline())
+            assert swallow.stdout.readline().strip() == "full"
+            bad = write_inventory(tmp_path / "hang.yaml", srns, extra_srns=[{"id": 108, "role": "server"}])
+            with open(tmp_path / "ssh_config", "a") as config:
+                config.write(f"\nHost jvtest-108\n  HostName 127.0.0.1\n  Port {port}\n  User root\n")
+            testbed = colosseum_testbed(bad)
+            started = time.monotonic()
+            with pytest.raises(TestbedError) as failure:
+                testbed.up(3)
+            assert time.monotonic() - started < 60
+            assert "jvtest-108" in str(failure.value) and "failed on 1 of 6 hosts" in str(failure.value)
+            assert all(srns.log(alias) == [] for alias in SRNS)
+        finally:
+            swallow.kill()
+            swallow.wait()
+
     def test_a_failed_rf_start_is_reported_and_the_scenario_is_stopped(self, srns, inventory):
         srns.set_control("rf-start-fails", True)
         testbed = colosseum_testbed(inventory)
         with pytest.raises(TestbedError, match="RF scenario 1009 did not start: Colosseum failed to schedule"):
             testbed.up(3)
-        log = srns.log("jvtest-101")
-        assert log[0] == "colosseumcli rf start 1009 -c" and log[1] == "colosseumcli rf stop" and stopped_rf(log)
-        assert all(srns.log(alias) == [] for alias in SRNS if alias != "jvtest-101")
+        log = srns.log("jvtest-107")
+        assert log[0].startswith("colosseumcli rf start 1009 -m ") and log[1] == "colosseumcli rf stop"
+        assert stopped_rf(log)
+        assert all(srns.log(alias) == [] for alias in SRNS if alias != "jvtest-107")
         nothing_running(srns, testbed, [f"{testbed.prefix}-{a}" for a in SRNS])
 
         stopped = json.loads((testbed.state_dir.parent / "rf-last-stop-jvtest.json").read_text())["stopped_wall"]
@@ -192,3 +244,45 @@ class TestFailures:
             testbed.up(3)  # right away: the next rf start waits out the settle time after rf stop
         started = next(r["wall_ns"] for r in transcript(testbed) if r["command"].startswith("colosseumcli rf start"))
         assert started / 1e9 - stopped >= 1.0  # rf_stop_settle_s in the test inventory
+
+
+class TestStandInsModelTheTraps:
+    """The stand-ins answer as the real tools do where a first run would break (docs: notes on colosseumcli,
+    the Wi-Fi image and SCOPE), so the testbed's fixes are tested against the behaviour, not assumed."""
+
+    def run_in(self, srns, alias: str, *argv: str) -> subprocess.CompletedProcess:
+        env = {"PATH": f"{srns.bin}:/usr/bin:/bin"}
+        return subprocess.run(["ip", "netns", "exec", srns.by_alias[alias].namespace, *argv], capture_output=True,
+                              text=True, env=env, timeout=30)
+
+    def test_without_a_radio_map_the_lowest_srn_is_node_1_and_scope_elects_it_base_station(self, srns, tmp_path):
+        srns.clear_logs()
+        srns.set_control("rf-start-fails", False)
+        assert "Scenario Start Time" in self.run_in(srns, "jvtest-107", "colosseumcli", "rf", "start", "1009").stdout
+        table = self.run_in(srns, "jvtest-107", "colosseumcli", "rf", "radiomap").stdout
+        assert "| Node 1 | 102 " in table  # the end-user UE, not the base station 107
+        config = tmp_path / "scope.conf"
+        config.write_text(scope_config_text(1, colosseumcli=True))
+        scope = subprocess.Popen(["ip", "netns", "exec", srns.by_alias["jvtest-102"].namespace,
+                                  str(srns.root / "radio_api" / "scope_start.py"), "--config-file", str(config)],
+                                 stdout=subprocess.PIPE, text=True, env={"PATH": f"{srns.bin}:/usr/bin:/bin"})
+        try:
+            assert scope.stdout.readline().strip() == "RF node 1: elected base station"
+        finally:
+            scope.kill()
+            scope.wait()
+            self.run_in(srns, "jvtest-102", "ip", "link", "del", "srs_spgw_sgi")
+            self.run_in(srns, "jvtest-107", "colosseumcli", "rf", "stop")
+
+    def test_route_setup_without_the_peer_srn_fails(self, srns):
+        script = str(srns.root / "interactive_scripts" / "route_setup.sh")
+        assert self.run_in(srns, "jvtest-104", script).returncode != 0
+        assert self.run_in(srns, "jvtest-104", script, "105").returncode == 0
+
+    def test_a_failed_rf_start_exits_0_and_says_so_only_in_its_text(self, srns):
+        srns.set_control("rf-start-fails", True)
+        try:
+            started = self.run_in(srns, "jvtest-107", "colosseumcli", "rf", "start", "1009")
+        finally:
+            srns.set_control("rf-start-fails", False)
+        assert started.returncode == 0 and "failed to schedule" in started.stdout

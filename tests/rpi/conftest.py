@@ -25,6 +25,7 @@ PIS = {"pi-user": "192.168.50.10/24", "pi1": "192.168.50.11/24", "pi2": "192.168
 MISSING = "pi3"
 PSK_ENV = "JV_TEST_WIFI_PSK"
 PSK = "correct horse battery staple"
+TIME_SERVER = "192.168.50.1"  # the control host, serving time to a lab Wi-Fi without internet
 
 
 @pytest.fixture(scope="module")
@@ -49,9 +50,11 @@ def write_inventory(path: Path, emulated: EmulatedHosts, *, extra_hosts: list[di
     base = path.parent
     ssh_config = emulated.ssh_config(base / "ssh_config", gateway_alias="lab-gw", unreachable=[MISSING],
                                      user="root", proxy_jump=True)
-    inventory = {
-        "user": "root", "key": None, "ssh_config": str(ssh_config), "agent": False,
-        "wifi": {"ssid": "jarvis-test", "psk_env": PSK_ENV},
+    inventory = {  # no `user`: the ssh config's User (root) is the login, as a lab's config would say
+        "key": None, "ssh_config": str(ssh_config), "agent": False,
+        "wifi": {"ssid": "jarvis-test", "psk_env": PSK_ENV, "country": "DE",
+                 "keyfile_dir": str(base / "pis" / "{host}" / "nm")},
+        "clock": {"server": TIME_SERVER, "conf_dir": str(base / "pis" / "{host}" / "chrony")},
         "base_dir": str(base / "pis" / "{host}" / "jarvis"), "venv": sys.prefix,
         "path_prepend": [str(emulated.bin)], "timeouts": {"wifi_s": 10},
         "hosts": [{"name": "pi-user", "role": "user"}, {"name": "pi1"}, {"name": "pi2"}, *extra_hosts],

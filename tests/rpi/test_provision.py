@@ -8,12 +8,14 @@ import pytest
 import yaml
 
 from testbed.interface import TestbedError
+from testbed.shipping import payload_pins
 from rpi import clock, provision, units
 from rpi.inventory import load_inventory
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLE = REPO / "inventories" / "rpi.example.yaml"
-BASE = {"wifi": {"ssid": "lab", "psk_env": "PSK"}, "hosts": [{"name": "a", "role": "user"}, {"name": "b"}]}
+BASE = {"user": "lab", "wifi": {"ssid": "lab", "psk_env": "PSK", "country": "DE"},
+        "hosts": [{"name": "a", "role": "user"}, {"name": "b"}]}
 
 
 def inventory(tmp_path: Path, data: dict):
@@ -33,7 +35,21 @@ class TestInventory:
 
     def test_an_inline_passphrase_is_refused(self, tmp_path):
         with pytest.raises(TestbedError, match="wifi.psk would put a secret"):
-            inventory(tmp_path, {**BASE, "wifi": {"ssid": "lab", "psk": "hunter2"}})
+            inventory(tmp_path, {**BASE, "wifi": {"ssid": "lab", "psk": "hunter2", "country": "DE"}})
+
+    def test_there_is_no_default_pi_user_the_ssh_config_can_name_it(self, tmp_path):
+        data = {key: value for key, value in BASE.items() if key != "user"}
+        with pytest.raises(TestbedError, match="no login user for a, b: Raspberry Pi OS has no default `pi` user"):
+            inventory(tmp_path, {**data, "ssh_config": str(tmp_path / "none")})
+        config = tmp_path / "ssh_config"
+        config.write_text("Host a b\n  User maria\n")
+        inv = inventory(tmp_path, {**data, "ssh_config": str(config)})
+        assert inv.user == "maria" and inv.base_of("b") == "/home/maria/jarvis" and inv.venv_of("b") == \
+            "/home/maria/jarvis/venv"
+        config.write_text("Host a\n  User maria\nHost b\n  User pi\n")
+        with pytest.raises(TestbedError, match="different users"):
+            inventory(tmp_path, {**data, "ssh_config": str(config)})
+        assert inventory(tmp_path, {**BASE, "user": "root"}).base_of("b") == "/root/jarvis"
 
     def test_paths_name_the_pi_where_asked(self, tmp_path):
         inv = inventory(tmp_path, {**BASE, "base_dir": "/x/{host}/jarvis"})
@@ -57,51 +73,82 @@ class TestProvisioning:
         inv = inventory(tmp_path, {**BASE, "apt_packages": ["chrony", "network-manager"]})
         install = "sudo -n apt-get install -y --no-upgrade chrony network-manager"
         assert provision.apt_command(inv) == f"{install} || {{ sudo -n apt-get update && {install}; }}"
-        assert provision.chrony_command(inv) == "sudo -n systemctl enable --now chrony"
+        assert provision.chrony_commands(inv, "b") == ["sudo -n systemctl enable --now chrony"]
 
-    def test_wifi_is_created_keyed_and_brought_up_once(self, tmp_path):
+    def test_a_local_time_server_becomes_chronys_source(self, tmp_path):
+        inv = inventory(tmp_path, {**BASE, "clock": {"server": "192.168.1.2"}})
+        assert provision.chrony_commands(inv, "b") == [
+            "sudo -n systemctl enable --now chrony", "sudo -n mkdir -p /etc/chrony/conf.d",
+            "printf '%s\\n' 'server 192.168.1.2 iburst prefer' | sudo -n tee /etc/chrony/conf.d/jarvis.conf > /dev/null",
+            "sudo -n systemctl restart chrony"]
+
+    def test_the_wifi_country_is_set_before_nmcli_runs(self, tmp_path):
         inv = inventory(tmp_path, BASE)
-        assert provision.wifi_commands(inv, known=False, active=False) == [
-            "sudo -n nmcli connection add type wifi ifname wlan0 con-name jarvis-wifi ssid lab",
-            'sudo -n nmcli connection modify jarvis-wifi wifi-sec.key-mgmt wpa-psk wifi-sec.psk "$JARVIS_WIFI_PSK"',
-            "sudo -n nmcli connection up jarvis-wifi"]
-        assert provision.wifi_commands(inv, known=True, active=True) == [
-            'sudo -n nmcli connection modify jarvis-wifi wifi-sec.key-mgmt wpa-psk wifi-sec.psk "$JARVIS_WIFI_PSK"']
+        assert provision.country_command(inv) == (
+            "if command -v raspi-config > /dev/null; then sudo -n raspi-config nonint do_wifi_country DE; "
+            "else sudo -n iw reg set DE; fi && sudo -n rfkill unblock wifi")
+        for wrong in ({"ssid": "lab"}, {"ssid": "lab", "country": "de"}, {"ssid": "lab", "country": "DEU"}):
+            with pytest.raises(TestbedError, match="wifi.country"):
+                inventory(tmp_path, {**BASE, "wifi": wrong})
+
+    def test_wifi_is_a_private_keyfile_whose_passphrase_comes_on_stdin(self, tmp_path):
+        inv = inventory(tmp_path, BASE)
+        command = provision.wifi_command(inv, "b", active=False)
+        keyfile = "/etc/NetworkManager/system-connections/jarvis-wifi.nmconnection"
+        assert command.startswith("IFS= read -r JARVIS_WIFI_PSK && ")  # a builtin: the secret is in no argv
+        assert f"| sudo -n install -m 600 /dev/stdin {keyfile}" in command
+        assert '"psk=$JARVIS_WIFI_PSK"' in command and "key-mgmt=wpa-psk" in command
+        assert command.endswith(f"sudo -n nmcli connection load {keyfile} && sudo -n nmcli connection up jarvis-wifi")
+        assert not provision.wifi_command(inv, "b", active=True).endswith("connection up jarvis-wifi")
 
     def test_an_open_network_sets_no_passphrase(self, tmp_path):
-        inv = inventory(tmp_path, {**BASE, "wifi": {"ssid": "open"}, "user": "root"})
-        assert provision.wifi_commands(inv, known=False, active=False) == [
-            "nmcli connection add type wifi ifname wlan0 con-name jarvis-wifi ssid open",
-            "nmcli connection up jarvis-wifi"]
+        inv = inventory(tmp_path, {**BASE, "wifi": {"ssid": "open", "country": "DE"}, "user": "root"})
+        command = provision.wifi_command(inv, "b", active=False)
+        assert "read" not in command and "psk" not in command and "wifi-security" not in command
+        assert command.endswith("nmcli connection up jarvis-wifi") and "sudo" not in command
+
+    @pytest.mark.parametrize("field, value", [("user", "pi; rm -rf /"), ("user", "Pi User"),
+                                              ("interface", "wlan0 down; reboot"), ("interface", "$(id)"),
+                                              ("ssid", "two\nlines")])
+    def test_values_that_reach_a_shell_or_a_unit_are_validated(self, tmp_path, field, value):
+        data = {**BASE, "wifi": dict(BASE["wifi"])}
+        if field == "user":
+            data["user"] = value
+        else:
+            data["wifi"][field] = value
+        with pytest.raises(TestbedError, match=f"{field} .line"):
+            inventory(tmp_path, data)
 
     def test_the_venv_gets_the_pinned_payload_with_cpu_torch(self, tmp_path):
         inv = inventory(tmp_path, BASE)
-        pins = provision.pinned_versions()
-        assert set(pins) == {"torch", "transformers", "safetensors"}
+        pins = payload_pins()
+        assert list(pins) == ["torch", "transformers", "safetensors", "cryptography"]  # all a node imports
         assert provision.venv_commands(inv, "b") == [
-            "test -x /home/pi/jarvis/venv/bin/python || python3 -m venv /home/pi/jarvis/venv"]
+            "test -x /home/lab/jarvis/venv/bin/python || python3 -m venv /home/lab/jarvis/venv"]
         assert provision.pip_commands(inv, "b", pins) == [
-            f"/home/pi/jarvis/venv/bin/pip install --index-url https://download.pytorch.org/whl/cpu "
+            f"/home/lab/jarvis/venv/bin/pip install --index-url https://download.pytorch.org/whl/cpu "
             f"torch=={pins['torch']}",
-            f"/home/pi/jarvis/venv/bin/pip install transformers=={pins['transformers']} "
-            f"safetensors=={pins['safetensors']}"]
-        assert provision.installed_versions("2.13.0+cpu 5.24.0 0.8.0\n") == {
-            "torch": "2.13.0", "transformers": "5.24.0", "safetensors": "0.8.0"}
-        assert provision.installed_versions("") is None
+            f"/home/lab/jarvis/venv/bin/pip install transformers=={pins['transformers']} "
+            f"safetensors=={pins['safetensors']} cryptography=={pins['cryptography']}"]
+        packages = list(pins)
+        assert provision.installed_versions("2.13.0+cpu 5.24.0 0.8.0 50.0.2\n", packages) == {
+            "torch": "2.13.0", "transformers": "5.24.0", "safetensors": "0.8.0", "cryptography": "50.0.2"}
+        assert provision.installed_versions("2.13.0+cpu 5.24.0 0.8.0\n", packages) is None
+        assert provision.installed_versions("", packages) is None
 
 
 class TestUnits:
     def test_the_unit_never_restarts_and_logs_into_the_run_directory(self):
-        text = units.unit_text(description="JARVIS node1", workdir="/home/pi/jarvis/runs/r1", user="pi",
+        text = units.unit_text(description="JARVIS node1", workdir="/home/lab/jarvis/runs/r1", user="pi",
                                log_name="service.out",
-                               argv=["env", "PYTHONPATH=/home/pi/jarvis/runs/r1/code", "HF_HUB_OFFLINE=1",
-                                     "/home/pi/jarvis/venv/bin/python", "-m", "payload.node", "--config", "node.json"])
+                               argv=["env", "PYTHONPATH=/home/lab/jarvis/runs/r1/code", "HF_HUB_OFFLINE=1",
+                                     "/home/lab/jarvis/venv/bin/python", "-m", "payload.node", "--config", "node.json"])
         assert text.splitlines() == [
             "[Unit]", "Description=JARVIS node1", "", "[Service]", "Type=exec",
-            "WorkingDirectory=/home/pi/jarvis/runs/r1", 'Environment="PYTHONUNBUFFERED=1"',
-            'Environment="PYTHONPATH=/home/pi/jarvis/runs/r1/code"', 'Environment="HF_HUB_OFFLINE=1"',
-            'ExecStart="/home/pi/jarvis/venv/bin/python" "-m" "payload.node" "--config" "node.json"',
-            "StandardOutput=append:/home/pi/jarvis/runs/r1/service.out", "StandardError=inherit",
+            "WorkingDirectory=/home/lab/jarvis/runs/r1", 'Environment="PYTHONUNBUFFERED=1"',
+            'Environment="PYTHONPATH=/home/lab/jarvis/runs/r1/code"', 'Environment="HF_HUB_OFFLINE=1"',
+            'ExecStart="/home/lab/jarvis/venv/bin/python" "-m" "payload.node" "--config" "node.json"',
+            "StandardOutput=append:/home/lab/jarvis/runs/r1/service.out", "StandardError=inherit",
             "Restart=no", "KillMode=control-group", "User=pi"]
 
     def test_specifiers_and_variables_are_escaped(self):

@@ -22,17 +22,26 @@ from payload.prepare import load_manifest
 from payload.routing import even_placement
 from rpi.testbed import RpiTestbed
 
-from tests.rpi.conftest import MISSING, PIS, PSK, write_inventory
+from tests.rpi.conftest import MISSING, PIS, PSK, TIME_SERVER, write_inventory
 
 pytestmark = [pytest.mark.root, pytest.mark.timeout(180)]
 
 APT = "apt-get install -y --no-upgrade python3-venv python3-pip chrony network-manager iputils-ping"
 PROBES = ["nmcli -t -f NAME connection show", "nmcli -t -f GENERAL.STATE connection show jarvis-wifi"]
-MODIFY = f"nmcli connection modify jarvis-wifi wifi-sec.key-mgmt wpa-psk wifi-sec.psk '{PSK}'"
-FIRST_PROVISION = [APT, "systemctl enable --now chrony", *PROBES,
-                   "nmcli connection add type wifi ifname wlan0 con-name jarvis-wifi ssid jarvis-test", MODIFY,
-                   "nmcli connection up jarvis-wifi"]
-AGAIN = [APT, "systemctl enable --now chrony", *PROBES, MODIFY]
+
+
+def keyfile(inventory: Path, alias: str) -> Path:
+    return inventory.parent / "pis" / alias / "nm" / "jarvis-wifi.nmconnection"
+
+
+def first_provision(inventory: Path, alias: str) -> list[str]:
+    return ["uname -m", APT, "systemctl enable --now chrony", "systemctl restart chrony",
+            "raspi-config nonint do_wifi_country DE", "rfkill unblock wifi", *PROBES,
+            f"nmcli connection load {keyfile(inventory, alias)}", "nmcli connection up jarvis-wifi"]
+
+
+def reprovision(inventory: Path, alias: str) -> list[str]:
+    return first_provision(inventory, alias)[:-1]
 
 
 def quiet(_: str) -> None:
@@ -63,8 +72,16 @@ def test_provision_deploy_run_with_faults_and_down_then_up_again(pis, tmp_path, 
         assert [(h.name, h.ssh_host, h.address) for h in hosts] == [
             ("user", "pi-user", "192.168.50.10"), ("node1", "pi1", "192.168.50.11"), ("node2", "pi2", "192.168.50.12")]
         for alias in PIS:
-            assert pis.log(alias) == FIRST_PROVISION, alias
-        assert PSK not in testbed.state.transcript.read_text()  # the secret travels in the environment only
+            assert pis.log(alias) == first_provision(inventory, alias), alias
+            # The passphrase reached NetworkManager's keyfile (private, or NetworkManager ignores it) and no
+            # process's argv: not nmcli's, not the remote shell's (the transcript is that shell's command text).
+            written = keyfile(inventory, alias)
+            assert f"psk={PSK}" in written.read_text() and written.stat().st_mode & 0o777 == 0o600
+            assert PSK not in " ".join(pis.log(alias))
+        assert PSK not in testbed.state.transcript.read_text()
+        for alias in PIS:  # chrony's time source: the control host (the lab Wi-Fi has no internet)
+            conf = inventory.parent / "pis" / alias / "chrony" / "jarvis.conf"
+            assert conf.read_text() == f"server {TIME_SERVER} iburst prefer\n"
 
         deployment = deploy(testbed, prepared, even_placement(load_manifest(prepared)["num_layers"], 2),
                             model="tiny-llama", progress=quiet)
@@ -72,7 +89,7 @@ def test_provision_deploy_run_with_faults_and_down_then_up_again(pis, tmp_path, 
         unit = hosts[1].extra["unit"]
         unit_text = (Path(hosts[1].workdir) / unit).read_text()
         assert "Restart=no" in unit_text and "KillMode=control-group" in unit_text
-        assert pis.log("pi1")[len(FIRST_PROVISION):] == [
+        assert pis.log("pi1")[len(first_provision(inventory, "pi1")):] == [
             f"systemctl link {hosts[1].workdir}/{unit}", f"systemctl start {unit}",
             f"systemctl show -p MainPID --value {unit}"]
 
@@ -111,7 +128,7 @@ def test_provision_deploy_run_with_faults_and_down_then_up_again(pis, tmp_path, 
     again.up(2)
     again.down()
     for alias in PIS:
-        assert pis.log(alias) == AGAIN, alias  # already on the Wi-Fi: no add, no up
+        assert pis.log(alias) == reprovision(inventory, alias), alias  # already on the Wi-Fi: no up
 
 
 def deployment_torch() -> str:
@@ -128,5 +145,40 @@ def test_a_pi_that_is_off_is_named_and_nothing_starts(pis, tmp_path):
         testbed.up(3)
     message = str(failure.value)
     assert "checking the Pis failed on 1 of 4 hosts" in message and f"{MISSING}: cannot log in" in message
-    assert all(pis.log(alias) == [] for alias in PIS)
+    assert all(pis.log(alias) == ["uname -m"] for alias in PIS)  # the others were only checked
     assert payload_processes(pis) == [] and not testbed.state.exists()
+
+
+def test_a_32_bit_os_is_refused_before_anything_is_installed(pis, tmp_path):
+    pis.clear_logs()
+    pis.set_control("uname-armv7l", True)
+    try:
+        testbed = pi_testbed(write_inventory(tmp_path / "rpi.yaml", pis))
+        with pytest.raises(TestbedError, match="uname -m is armv7l, not aarch64: PyTorch publishes ARM wheels for "
+                                               "64-bit only"):
+            testbed.up(2)
+    finally:
+        pis.set_control("uname-armv7l", False)
+    assert all(pis.log(alias) == ["uname -m"] for alias in PIS)
+    assert not testbed.state.exists()
+
+
+def test_without_a_wifi_country_the_wifi_stays_blocked(pis):
+    """The stand-in nmcli refuses to join until raspi-config has set a country, as Raspberry Pi OS does."""
+    alias = "pi2"
+    env = {"PATH": f"{pis.bin}:/usr/bin:/bin"}
+    (pis.root / "wifi-country" / pis.by_alias[alias].namespace).unlink(missing_ok=True)
+    nm_state = pis.root / "nm" / f"{pis.by_alias[alias].namespace}.json"
+    saved = nm_state.read_text() if nm_state.exists() else None
+    nm_state.parent.mkdir(exist_ok=True)
+    nm_state.write_text(json.dumps({"connections": {"probe": {"ssid": "x", "ifname": "wlan9", "psk": False}},
+                                    "active": []}))
+    try:
+        up = subprocess.run(["ip", "netns", "exec", pis.by_alias[alias].namespace, "nmcli", "connection", "up",
+                             "probe"], capture_output=True, text=True, env=env)
+        assert up.returncode != 0 and "rfkill-blocked" in up.stderr
+    finally:
+        if saved is None:
+            nm_state.unlink()
+        else:
+            nm_state.write_text(saved)
