@@ -19,7 +19,7 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, StrictBool, StrictFloat, StrictInt, field_validator, \
     model_validator
 
-from payload.config import Timing
+from payload.config import Timing, TimingError
 from payload.errors import JarvisError
 from payload.routing import Placement, Policy, even_placement, explicit_placement, memory_weighted_placement
 from testbed.interface import FaultKind
@@ -189,9 +189,8 @@ def problems(scenario: Scenario, base: Path) -> list[Problem]:
     if not found:
         try:
             Timing(**scenario.timing)
-        except ValueError as exc:
-            name = str(exc).split()[0].removeprefix("timing.")
-            found.append((("timing", name), str(exc).split(" ", 1)[1]))
+        except TimingError as exc:
+            found.append((("timing", exc.knob), exc.problem))
     return found
 
 
@@ -202,14 +201,21 @@ def _link_problems(key: str, profile: str | dict, nodes: int, known: set[str]) -
     indices = [int(x) for x in key.split("-")] if key != "all" else []
     if any(i > nodes for i in indices) or (len(indices) == 2 and indices[0] > indices[1]):
         found.append((("links", key), f"nodes are 0 (the user node) to {nodes}"))
-    if isinstance(profile, str) and profile not in known:
-        found.append((("links", key), f"unknown link profile {profile!r}; known: {', '.join(sorted(known))}"))
-    elif isinstance(profile, dict):
-        try:
-            profile_from_dict(str(profile.get("name", "inline")), profile)
-        except ProfileError as exc:
-            found.append((("links", key), str(exc)))
+    problem = _profile_problem(profile, known)
+    if problem is not None:
+        found.append((("links", key), problem))
     return found
+
+
+def _profile_problem(profile: str | dict, known: set[str]) -> str | None:
+    """What is wrong with a link profile a scenario names or writes inline (links and degrade faults alike)."""
+    if isinstance(profile, str):
+        return None if profile in known else f"unknown link profile {profile!r}; known: {', '.join(sorted(known))}"
+    try:
+        profile_from_dict(str(profile.get("name", "inline")), profile)
+    except ProfileError as exc:
+        return str(exc)
+    return None
 
 
 def _fault_problems(scenario: Scenario, prompts: list[str] | None, known: set[str]) -> list[Problem]:
@@ -227,8 +233,8 @@ def _fault_problems(scenario: Scenario, prompts: list[str] | None, known: set[st
             found.append(((*here, "prompt"), f"prompt {fault.prompt} does not exist ({len(prompts)} prompts)"))
         if fault.repeat >= scenario.repeats:
             found.append(((*here, "repeat"), f"repeat {fault.repeat} does not exist (repeats {scenario.repeats})"))
-        if isinstance(fault.profile, str) and fault.profile not in known:
-            found.append(((*here, "profile"), f"unknown link profile {fault.profile!r}"))
+        if fault.profile is not None and (problem := _profile_problem(fault.profile, known)) is not None:
+            found.append(((*here, "profile"), problem))
     if not found:
         found += _sequence_problems(scenario)
     return found

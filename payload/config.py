@@ -18,6 +18,14 @@ from payload.routing import Placement, Policy
 ZERO_OK = {"retransmit_ms", "rejoin_after_s", "max_attempts"}  # Timing fields for which 0 means something
 
 
+class TimingError(ValueError):
+    """A timing knob out of range; ``knob`` names it, so a scenario loader can point at its line."""
+
+    def __init__(self, knob: str, problem: str):
+        super().__init__(f"timing.{knob} {problem}")
+        self.knob, self.problem = knob, problem
+
+
 @dataclass(frozen=True)
 class Timing:
     """Failure-detection and resource knobs (per deployment); every one must be a positive number."""
@@ -48,7 +56,7 @@ class Timing:
             zero_ok = name in ZERO_OK
             if isinstance(value, bool) or not kind_ok or value < 0 or (value == 0 and not zero_ok):
                 want = "a whole number" if integer else "a number"
-                raise ValueError(f"timing.{name} must be {want} {'>= 0' if zero_ok else '> 0'}, got {value!r}")
+                raise TimingError(name, f"must be {want} {'>= 0' if zero_ok else '> 0'}, got {value!r}")
 
     def wire_time_s(self, frame_bytes: int) -> float:
         """Time ``frame_bytes`` may take on the slowest link: added to ack deadlines and heartbeat silence."""

@@ -53,6 +53,8 @@ _PREFIX = struct.Struct("!I")
 _HEADER = struct.Struct("!2sBBH16sIIIIIIBBBHHQQIQQ")
 _HOP = struct.Struct("!HHHBx")
 _HEAD = _PREFIX.size + _HEADER.size + HEADER_TAG_BYTES  # what must be in before anything else is trusted
+# Everything of a frame but its payload, at the longest route and sealed: payload + this is the largest frame.
+MAX_OVERHEAD = _HEAD + MAX_ROUTE * _HOP.size + AEAD_TAG_BYTES + MAC_BYTES
 
 
 class FrameError(Exception):
@@ -217,6 +219,11 @@ class Sealing:
             raise PeerFrameError("sealed payload failed authentication") from None
 
 
+def _header_tag(key: bytes, prefix_and_header: bytes) -> bytes:
+    """The tag that authenticates a frame's length prefix and header before its body is read."""
+    return hmac.digest(key, prefix_and_header, "sha256")[:HEADER_TAG_BYTES]
+
+
 def encode(frame: Frame, key: bytes, *, boot: int | None = None, seq: int | None = None,
            sealing: Sealing | None = None) -> bytes:
     """Serialise and authenticate ``frame`` (sealing its payload with ``sealing``); LocalFrameError if invalid.
@@ -246,7 +253,7 @@ def encode(frame: Frame, key: bytes, *, boot: int | None = None, seq: int | None
     route = _route_bytes(frame.route)
     body_len = len(header) + HEADER_TAG_BYTES + len(route) + payload_len + MAC_BYTES
     prefix = _PREFIX.pack(body_len)
-    tag = hmac.digest(key, prefix + header, "sha256")[:HEADER_TAG_BYTES]
+    tag = _header_tag(key, prefix + header)
     payload = frame.payload
     if flags & FrameFlag.SEALED:
         payload = sealing.seal(Sealing.nonce(frame.src, boot, seq), payload, prefix + header + route)
@@ -376,8 +383,7 @@ class Decoder:
             if len(self._buf) < _HEAD:
                 return NEED_DATA
             head = bytes(self._buf[:_HEAD])
-            expected = hmac.digest(self._key, head[:-HEADER_TAG_BYTES], "sha256")[:HEADER_TAG_BYTES]
-            if not hmac.compare_digest(head[-HEADER_TAG_BYTES:], expected):
+            if not hmac.compare_digest(head[-HEADER_TAG_BYTES:], _header_tag(self._key, head[:-HEADER_TAG_BYTES])):
                 raise self._fail("frame authentication failed (wrong key or corrupted header)")
             self.authenticated = True
             if self._fresh is not None:

@@ -30,7 +30,7 @@ import torch
 from payload.cache_rules import Action, admit, decide
 from payload.config import NodeConfig, compute_threads
 from payload.events import EventLog
-from payload.frames import Frame, FrameType, HopFlag, Sealing, WireDtype
+from payload.frames import Frame, FrameType, HopFlag, WireDtype
 from payload.routing import USER_NODE
 from payload.slices import LayerSlice, ModelSpec, SessionCache, dtype_of, model_config
 from payload.tensors import from_bytes, to_bytes, to_wire
@@ -146,7 +146,7 @@ class LayerNode:
         # The largest legitimate frame is a replay of every position at the wire dtype.
         self.wire = Wire(config.key, self.log, frame_cap(config.max_positions, self.spec.hidden_size,
                                                          self.wire_dtype.itemsize),
-                         sealing=Sealing(config.key) if config.encrypt else None, timing=config.timing)
+                         encrypt=config.encrypt, timing=config.timing)
         self.gate = ConnectionGate(config.timing)
         self._tasks: set[asyncio.Task] = set()
         self._stopping = asyncio.Event()

@@ -43,12 +43,11 @@ from typing import Awaitable, Callable
 
 from payload.config import Timing
 from payload.events import EventLog
-from payload.frames import (AEAD_TAG_BYTES, HEADER_TAG_BYTES, MAC_BYTES, MAX_ROUTE, Decoder, Frame, FrameSigner,
-                            FrameType, PeerFrameError, ReplayWindow, Sealing)
+from payload.frames import (MAX_OVERHEAD, Decoder, Frame, FrameSigner, FrameType, PeerFrameError, ReplayWindow,
+                            Sealing)
 
 READ_CHUNK = 1 << 16
 NO_SESSION = uuid.UUID(int=0)  # control frames about no session (heartbeats, BYE)
-_FRAME_OVERHEAD = 4 + 96 + HEADER_TAG_BYTES + MAX_ROUTE * 8 + AEAD_TAG_BYTES + MAC_BYTES
 CONTROL_PAYLOAD = 64 * 1024  # the largest JSON a control frame (heartbeat, failure report) may carry
 LOCAL_EXHAUSTION = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
 # A deadline timer that fires this much past its time means this process was starved (a busy event loop,
@@ -59,7 +58,7 @@ _KIND = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12
 
 def frame_cap(positions: int, hidden: int, itemsize: int) -> int:
     """The largest legitimate frame: ``positions`` hidden states (a full replayed history) plus overhead."""
-    return _FRAME_OVERHEAD + max(positions * hidden * itemsize, CONTROL_PAYLOAD)
+    return MAX_OVERHEAD + max(positions * hidden * itemsize, CONTROL_PAYLOAD)
 
 
 class FailureKind(str, enum.Enum):
@@ -154,14 +153,16 @@ class Wire:
     key: bytes
     log: EventLog
     max_frame: int
-    sealing: Sealing | None = None
+    encrypt: bool = False  # seal every payload (ChaCha20-Poly1305); then only sealed frames are accepted
     timing: Timing = field(default_factory=Timing)
+    sealing: Sealing | None = field(init=False)
     signer: FrameSigner = field(init=False)
     window: ReplayWindow = field(init=False, default_factory=ReplayWindow)
     limiter: RateLimiter = field(init=False)
     _latest: dict = field(init=False, default_factory=dict)  # refusal kind -> (peer, its latest reason)
 
     def __post_init__(self) -> None:
+        self.sealing = Sealing(self.key) if self.encrypt else None
         self.signer = FrameSigner(self.key, sealing=self.sealing)
         self.limiter = RateLimiter(self.timing.log_interval_s)
 
@@ -328,7 +329,8 @@ class PeerLink:
         try:
             writer = await self._ensure()
             t1_wall, t1_mono = time.time_ns(), time.monotonic_ns()
-            due = time.monotonic() + self.due_in(len(encoded))
+            allowed_s = self.due_in(len(encoded))
+            due = time.monotonic() + allowed_s
             try:
                 writer.write(encoded)
                 async with asyncio.timeout(max(0.0, due - time.monotonic())):
@@ -336,8 +338,8 @@ class PeerLink:
             except asyncio.TimeoutError:
                 self._drop(writer)
                 raise PeerFailed(self.peer, FailureKind.SILENT,
-                                 f"a {len(encoded)}-byte frame was not taken within "
-                                 f"{self.due_in(len(encoded)) * 1000:.0f} ms (it stopped reading)") from None
+                                 f"a {len(encoded)}-byte frame was not taken within {allowed_s * 1000:.0f} ms "
+                                 "(it stopped reading)") from None
             except (ConnectionError, OSError) as exc:
                 self._drop(writer)
                 raise PeerFailed(self.peer, FailureKind.CRASHED, f"send failed: {exc}") from None

@@ -21,7 +21,7 @@ import torch
 
 from payload.config import UserConfig
 from payload.events import EventLog
-from payload.frames import Frame, FrameType, HopFlag, Sealing, WireDtype
+from payload.frames import Frame, FrameType, HopFlag, WireDtype
 from payload.liveness import Liveness
 from payload.routing import USER_NODE, RouteError, RoutePlan, plan_route
 from payload.sampling import Sampling, sample
@@ -87,8 +87,8 @@ class UserNode:
         self.cold: dict[uuid.UUID, set[int]] = {}
         self.unended: dict[int, set[uuid.UUID]] = {}  # node -> sessions that ended while it was out
         # Results carry one position; failure reports and heartbeats are small JSON.
-        self.wire = Wire(self.node.key, self.log, frame_cap(1, self.spec.hidden_size, 4),
-                         sealing=Sealing(self.node.key) if self.node.encrypt else None, timing=self.node.timing)
+        self.wire = Wire(self.node.key, self.log, frame_cap(1, self.spec.hidden_size, 4), encrypt=self.node.encrypt,
+                         timing=self.node.timing)
         self.gate = ConnectionGate(self.node.timing)
         self.liveness = Liveness(self.node.timing, config.placement, self.log, on_out=self._failed,
                                  on_back=self._back, in_flight_bytes=self._in_flight_bytes,

@@ -93,6 +93,11 @@ BROKEN = {
     "placement-overlap": (BASE + "placement: [[0, 3], [2, 6], [6, 9]]\n", r"placement\.1 \(line 5\): .* an overlap"),
     "placement-count": (BASE + "placement: [[0, 3], [3, 9]]\n", r"placement \(line 5\): lists 2 ranges for 3 nodes"),
     "path-in-the-name": ("name: ../../../victim\nnodes: 3\nprompts: [hi]\n", r"name \(line 1\): String should match"),
+    "degrade-to-an-unknown-profile": (BASE + "faults:\n  - {at_token: 1, action: degrade, node: 1, profile: lte}\n",
+                                      r"faults\.0\.profile \(line 6\): unknown link profile 'lte'; known: "),
+    "degrade-to-a-broken-inline-profile": (BASE + "faults:\n  - {at_token: 1, action: degrade, node: 1, "
+                                                  "profile: {delay_ms: -1}}\n",
+                                           r"faults\.0\.profile \(line 6\): .*delay_ms must be a number"),
     "degrade-without-profile": (BASE + "faults:\n  - {at_token: 1, action: degrade, node: 1}\n",
                                 r"faults\.0 \(line 6\): degrade needs a profile"),
     "duration-on-a-kill": (BASE + "faults:\n  - {at_token: 1, action: kill, node: 1, duration: 2}\n",

@@ -187,6 +187,24 @@ class TestUserNodeReplay:
         assert any("replayed FAIL" in r for r in rejects) and any("replayed HEARTBEAT" in r for r in rejects)
 
 
+class TestSealing:
+    def test_a_sealed_chain_gives_the_plain_chains_tokens_and_refuses_frames_in_clear(self, tiny, tmp_path):
+        """`--encrypt`: every payload sealed end to end on real nodes; a frame signed with the key but not sealed
+        (a peer of a plain deployment, or a downgrade) is refused, and the node serves on."""
+        with local_testbed(2) as testbed:
+            plain = run_job(testbed, deploy_even(testbed, tiny, 2), PROMPT, [], tmp_path / "plain",
+                            stream=lambda line: None)
+            deployment = deploy_even(testbed, tiny, 2, encrypt=True)
+            attacker, node1 = Attacker(deployment), address(deployment, 1)
+            answer = attacker.send(node1, attacker.prefill(uuid.uuid4()))
+            assert answer == b"", "a payload in clear must close the connection, not be answered"
+            rejects = [e["reason"] for e in events(testbed, 1) if e["ev"] == "reject"]
+            assert any("payload in clear, but this deployment seals every payload" in r for r in rejects), rejects
+            sealed = serves_a_session(testbed, deployment, tmp_path, "sealed")
+        assert sealed["complete"]
+        assert read_tokens(tmp_path / "sealed")["token_id"].tolist() == read_tokens(plain)["token_id"].tolist()
+
+
 class TestKeys:
     def test_a_short_or_empty_key_signs_nothing(self):
         frame = Frame(FrameType.END, uuid.uuid4())

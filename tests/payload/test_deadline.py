@@ -105,10 +105,9 @@ def _acking_peer(key: bytes, *, delay_s: float):
     return box["port"]
 
 
-def test_a_node_whose_own_loop_was_starved_looks_again_before_blaming_its_peer(tmp_path):
-    """The peer acks in 20 ms, but the detecting node's event loop is blocked past the deadline (CPU starved):
-    the ack waiting in its socket is read, and the peer is not declared silent."""
-    import asyncio
+async def _send_then_stall(tmp_path, port: int, key: bytes, stall_s: float):
+    """Send one DATA frame to the peer on ``port``, then block this event loop for ``stall_s`` (a node whose CPU
+    is taken): the link and the pending ack, for the caller to wait on."""
     import time
     import uuid
 
@@ -116,16 +115,25 @@ def test_a_node_whose_own_loop_was_starved_looks_again_before_blaming_its_peer(t
     from payload.frames import Frame, FrameType
     from payload.transport import PeerLink, Wire
 
+    timing = Timing(ack_floor_ms=100.0, retransmit_ms=0.0)
+    wire = Wire(key, EventLog(tmp_path / "events.jsonl", 1), max_frame=1 << 20, timing=timing)
+    link = PeerLink(me=1, peer=2, address=("127.0.0.1", port), wire=wire, timing=timing)
+    frame = Frame(FrameType.DATA, uuid.uuid4(), step=1, epoch=1)
+    sent = await link.send(frame, wire.encode(frame))
+    time.sleep(stall_s)
+    return link, sent
+
+
+def test_a_node_whose_own_loop_was_starved_looks_again_before_blaming_its_peer(tmp_path):
+    """The peer acks in 20 ms, but the detecting node's event loop is blocked past the deadline (CPU starved):
+    the ack waiting in its socket is read, and the peer is not declared silent."""
+    import asyncio
+
     key = b"k" * 32
     port = _acking_peer(key, delay_s=0.02)
 
     async def scenario() -> float:
-        timing = Timing(ack_floor_ms=100.0, retransmit_ms=0.0)
-        wire = Wire(key, EventLog(tmp_path / "events.jsonl", 1), max_frame=1 << 20, timing=timing)
-        link = PeerLink(me=1, peer=2, address=("127.0.0.1", port), wire=wire, timing=timing)
-        frame = Frame(FrameType.DATA, uuid.uuid4(), step=1, epoch=1)
-        sent = await link.send(frame, wire.encode(frame))
-        time.sleep(0.4)  # this node's loop blocked across the whole deadline; the ack arrived meanwhile
+        link, sent = await _send_then_stall(tmp_path, port, key, 0.4)  # blocked across the whole deadline
         timing_of_hop = await link.wait_ack(sent)
         await link.close()
         return timing_of_hop.rtt_ns / 1e9
@@ -137,23 +145,15 @@ def test_a_starved_node_still_declares_a_silent_peer(tmp_path):
     """The second look is one more deadline, not forever: a peer that never acks is still failed."""
     import asyncio
     import time
-    import uuid
 
-    from payload.events import EventLog
-    from payload.frames import Frame, FrameType
-    from payload.transport import PeerFailed, PeerLink, Wire
+    from payload.transport import PeerFailed
 
     key = b"k" * 32
     port = _acking_peer(key, delay_s=60.0)
 
     async def scenario() -> float:
-        timing = Timing(ack_floor_ms=100.0, retransmit_ms=0.0)
-        wire = Wire(key, EventLog(tmp_path / "events.jsonl", 1), max_frame=1 << 20, timing=timing)
-        link = PeerLink(me=1, peer=2, address=("127.0.0.1", port), wire=wire, timing=timing)
         started = time.monotonic()
-        frame = Frame(FrameType.DATA, uuid.uuid4(), step=1, epoch=1)
-        sent = await link.send(frame, wire.encode(frame))
-        time.sleep(0.3)
+        link, sent = await _send_then_stall(tmp_path, port, key, 0.3)
         with pytest.raises(PeerFailed) as failed:
             await link.wait_ack(sent)
         assert failed.value.kind == "silent"
