@@ -13,7 +13,7 @@ from invoke.exceptions import Exit
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-TESTBED_HELP = "local | emu | colosseum | rpi"
+TESTBED_HELP = "local | emu | colosseum | rpi | ssh"
 
 
 def _guard(fn, *args, **kwargs):
@@ -36,21 +36,21 @@ def prepare(c, model="gemma3-270m"):
 
 @task(help={"testbed": TESTBED_HELP, "nodes": "number of layer nodes (the user node is added)",
             "links": "emu link spec, e.g. 'wifi' or '1=wifi,2-5=cellular'", "prefix": "name prefix of this testbed",
-            "inventory": "inventory file (colosseum, rpi)",
-            "dry_run": "print every remote command per host without connecting (colosseum)"})
+            "inventory": "inventory file (colosseum, rpi, ssh)",
+            "dry_run": "print every remote command per host without connecting (colosseum, rpi, ssh)"})
 def up(c, testbed="local", nodes=3, links=None, prefix=None, inventory=None, dry_run=False):
     """Create the testbed's nodes (processes, namespaces + sshd, or reachable hosts)."""
     from experiment.orchestrate import make_testbed
 
     tb = _guard(make_testbed, testbed, prefix=prefix, inventory=inventory)
-    if dry_run:
-        print(_guard(tb.dry_run, int(nodes)), end="")
-        return
     link_profiles = None
     if links:
         from testbed.profiles import parse_links_spec
 
         link_profiles = _guard(parse_links_spec, links, int(nodes))
+    if dry_run:
+        print(_guard(tb.dry_run, int(nodes), link_profiles), end="")
+        return
     hosts = _guard(tb.up, int(nodes), link_profiles)
     for h in hosts:
         print(f"{h.name:8} {h.address:15} {h.profile or ''}")
@@ -73,7 +73,7 @@ def hosts(c, testbed="local", json_=False, prefix=None):
             "replicas": "each slice held by K+1 nodes", "on_failure": "skip | replica | replica-then-skip",
             "wire_dtype": "bfloat16 | float16 | float32", "prefix": "name prefix of this testbed",
             "encrypt": "seal every frame's payload with ChaCha20-Poly1305 (frames are authenticated either way)",
-            "inventory": "inventory file (colosseum, rpi): brings the testbed up first if it is not",
+            "inventory": "inventory file (colosseum, rpi, ssh): brings the testbed up first if it is not",
             "nodes": "layer nodes to bring up (default: all the inventory holds)",
             "dry_run": "print every remote command per host (up and deploy) without connecting"})
 def deploy(c, testbed="local", model="gemma3-270m", placement="even", replicas=0, on_failure="skip",
@@ -160,7 +160,7 @@ def colosseum_image(c, inventory, srn, name, wheels="jarvis-wheels", dry_run=Fal
 
 @task(help={"testbed": "auto (emu as root, else local) | " + TESTBED_HELP, "scenario": "scenario YAML",
             "out": "run directory", "prefix": "name prefix of this testbed",
-            "inventory": "inventory file (colosseum, rpi)"})
+            "inventory": "inventory file (colosseum, rpi, ssh)"})
 def experiment(c, scenario, testbed="auto", out=None, prefix=None, inventory=None):
     """up -> deploy -> run -> collect -> analyze -> down, then print where the results are."""
     from experiment.orchestrate import experiment as run_experiment

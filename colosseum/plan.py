@@ -14,23 +14,16 @@ from __future__ import annotations
 
 import json
 import shlex
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from colosseum.inventory import ROLE_LINK, WIRED_INTERFACE, Inventory, Srn
 from testbed.addresses import Address, address_command, reach_command
 from colosseum.network import DataPlane, SrnAddresses, needs_wired, plan_routes
-from testbed.interface import service_command
+from testbed.services import service_command, stop_service_command
+from testbed.plan import Check, CommandPlan
 from testbed.shipping import CODE_ARCHIVE, payload_pins, unpack_command
 
 q = shlex.quote
-
-
-@dataclass(frozen=True)
-class Check:
-    """A command that must succeed on an SRN before anything is changed, and what its failure means."""
-
-    command: str
-    meaning: str
 
 
 @dataclass(frozen=True)
@@ -281,74 +274,27 @@ def teardown_commands(layout: Layout, name: str, *, radio: bool, routes: list[st
 
 # -- the node service and faults ------------------------------------------------------------------
 
-def kill_group_command(pid: int | str, signal: str) -> str:
-    """Signal the service's whole process group (it was started with setsid, so pgid = pid)."""
-    return f"kill -{signal} -- -{pid}"
-
-
-def stop_service_command(pid: int | str) -> str:
-    """Kill the recorded service's group only if that pid still runs the payload (pids get reused)."""
-    return f"ps -o args= -p {pid} | grep -q payload && {kill_group_command(pid, 'KILL')}"
-
-
-NOT_RUNNING = 3  # exit code of signal_command when the process group is already gone
-
-
-def signal_command(pid: int, signal: str, until: str) -> str:
-    """Signal the group, then wait for the effect: a fault's time is taken when this returns."""
-    return f"{kill_group_command(pid, signal)} || exit {NOT_RUNNING}; {wait_state_command(pid, until)}"
-
-
-def wait_state_command(pid: int, until: str, timeout_s: float = 5.0) -> str:
-    """Poll ``ps`` until the process is ``gone`` (or a zombie), ``stopped`` (T) or ``running`` (not T)."""
-    test = {"gone": 'case "$s" in ""|Z*) exit 0;; esac',
-            "stopped": 'case "$s" in T*|t*) exit 0;; esac',
-            "running": 'case "$s" in ""|T*|t*) ;; *) exit 0;; esac'}[until]
-    tries = max(1, int(timeout_s / 0.01))
-    return f"for i in $(seq {tries}); do s=$(ps -o stat= -p {pid}); {test}; sleep 0.01; done; exit 1"
-
-
 def link_command(interface: str, state: str) -> str:
     return f"ip link set {interface} {state}"
 
 
-@dataclass
-class DryRun:
-    """The full command sequence of the testbed's part of an experiment, per host, for ``--dry-run``."""
-
-    layout: Layout
-    steps: dict[str, list[tuple[str, str]]] = field(default_factory=dict)
-
-    def add(self, name: str, phase: str, commands: list[str]) -> None:
-        self.steps.setdefault(name, []).extend((phase, c) for c in commands)
-
-    def commands(self, name: str, phase: str | None = None) -> list[str]:
-        """Commands for one host (optionally one phase); notes (lines starting with '#') left out."""
-        return [c for p, c in self.steps.get(name, []) if (phase is None or p == phase) and not c.startswith("#")]
-
-    def render(self) -> str:
-        inv = self.layout.inventory
-        lines = [f"# Colosseum dry run: team {inv.team}, RF scenario {inv.rf_scenario}, run {self.layout.run}",
-                 f"# SSH through {inv.gateway.host}; nothing below was executed.",
-                 "# Every SRN is checked first; <...> addresses are read from the SRNs when the testbed comes up."]
-        for name in self.layout.names:
-            srn = self.layout.srn(name)
-            role = srn.role if srn.role != "user" else f"user on {srn.radio}"
-            node = self.layout.node_name(name) if name in self.layout.chain else "radio only"
-            lines.append(f"\n{name} ({role}, {node}, logs in {self.layout.workdir(name)})")
-            lines += [f"  [{phase}] {command}" for phase, command in self.steps.get(name, [])]
-        return "\n".join(lines) + "\n"
-
-
 def dry_run(layout: Layout, *, service_argv: dict[str, list[str]],
-            addresses: dict[str, SrnAddresses] | None = None) -> DryRun:
+            addresses: dict[str, SrnAddresses] | None = None) -> CommandPlan:
     """Every command for ``layout`` in the order the testbed runs them.
 
     ``service_argv`` maps each layer SRN to its node service's argv;
     ``addresses`` are the SRNs' (placeholders when not given: a dry run
     cannot read them).
     """
-    plan = DryRun(layout)
+    inv = layout.inventory
+    plan = CommandPlan([f"Colosseum dry run: team {inv.team}, RF scenario {inv.rf_scenario}, run {layout.run}",
+                        f"SSH through {inv.gateway.host}; nothing below was executed.",
+                        "Every SRN is checked first; <...> addresses are read from the SRNs when the testbed comes up."])
+    for name in layout.names:
+        srn = layout.srn(name)
+        role = srn.role if srn.role != "user" else f"user on {srn.radio}"
+        node = layout.node_name(name) if name in layout.chain else "radio only"
+        plan.titles[name] = f"{role}, {node}, logs in {layout.workdir(name)}"
     addresses = addresses or placeholder_addresses(layout)
     plane = data_plane(layout, addresses)
     rf = layout.inventory.name_of(layout.inventory.rf_node)

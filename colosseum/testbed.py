@@ -37,8 +37,9 @@ from colosseum.plan import Layout
 from colosseum.scope import scope_config_text
 from testbed.addresses import Address, parse_address
 from testbed.fanout import on_each
-from testbed.interface import LINK_FAULTS, PROCESS_FAULTS, FaultResult, HostInfo, TestbedError, service_command
+from testbed.interface import LINK_FAULTS, PROCESS_FAULTS, FaultResult, HostInfo, TestbedError
 from testbed.profiles import LinkProfile
+from testbed.plan import failed_checks
 from testbed.remote import InventoryTestbed
 from testbed.shipping import CODE_ARCHIVE, payload_archive, service_argv
 from testbed.ssh import RemoteProcess, SshAccess, SshShell, connect, ssh_config_unmatched
@@ -114,10 +115,12 @@ class ColosseumTestbed(InventoryTestbed):
 
     # -- dry run ---------------------------------------------------------------------------------
 
-    def dry_run(self, nodes: int) -> str:
-        """Every remote command up, deploy and down would run for ``nodes`` layer nodes, per SRN, without connecting."""
+    def dry_run(self, nodes: int, links: Mapping[int, LinkProfile] | None = None) -> str:
+        """Every remote command up, deploy and down would run for ``nodes`` layer nodes, per SRN, without connecting
+        (links that the RF scenario and the SRNs' roles do not give are refused, as ``up`` would)."""
         inv = self.inventory()
         layout = self._choose(inv, "<run>", nodes)
+        self._check_links(layout, links or {})
         argv = {}
         for index, name in enumerate(layout.chain[1:], start=1):
             host = self._host_info(layout, index, name, Address.placeholder(layout.srn(name).interface, name))
@@ -188,9 +191,7 @@ class ColosseumTestbed(InventoryTestbed):
         def one(name: str) -> None:
             checks = plan.check_commands(layout, name)
             results = self._srn_shell(layout, name).run_many([c.command for c in checks], cwd="/", keep_going=True)
-            failed = [f"{check.meaning}: no (`{check.command}`: "
-                      f"{(r.stderr.strip() or r.stdout.strip() or f'exit {r.exit_code}')[-300:]})"
-                      for check, r in zip(checks, results) if not r.ok]
+            failed = failed_checks(checks, results)
             if failed:
                 raise TestbedError(f"{name}: " + "; ".join(failed))
 
@@ -378,20 +379,6 @@ class ColosseumTestbed(InventoryTestbed):
     def shell(self, host: HostInfo) -> SshShell:
         return self._srn_shell(self._layout(self._ready()), host.ssh_host)
 
-    def start_service(self, host: HostInfo, argv: list[str], log_name: str = "service.out") -> int:
-        """Start the node service detached in its own process group; its pid is recorded for faults and down."""
-        result = self.shell(host).run(service_command(argv, log_name))
-        pid = int(result.stdout.strip().splitlines()[-1])
-        self.state.update(lambda d: d["services"].update({host.name: {"srn": host.ssh_host, "pid": pid}}))
-        return pid
-
-    def stop_service(self, host: HostInfo) -> None:
-        """Kill the recorded service's process group (only if that pid still runs the payload)."""
-        service = self._ready()["services"].get(host.name)
-        if service is not None:
-            self.shell(host).run(plan.stop_service_command(service["pid"]), check=False, timeout=15)
-            self.state.update(lambda d: d["services"].pop(host.name, None))
-
     def popen(self, host: HostInfo, argv: list[str]) -> RemoteProcess:
         return self.shell(host).popen(argv)
 
@@ -412,22 +399,6 @@ class ColosseumTestbed(InventoryTestbed):
 
     # -- faults ----------------------------------------------------------------------------------
 
-    def _service_pid(self, host: HostInfo) -> int:
-        service = self._ready()["services"].get(host.name)
-        if service is None:
-            raise TestbedError(f"{host.name}: no node service was started there")
-        return int(service["pid"])
-
-    def _signal(self, host: HostInfo, signal: str, until: str, action: str) -> FaultResult:
-        """Signal the service's process group and return once ``ps`` shows the effect (one round trip)."""
-        pid = self._service_pid(host)
-        result = self.shell(host).run(plan.signal_command(pid, signal, until), check=False)
-        if result.exit_code == plan.NOT_RUNNING:
-            raise TestbedError(f"{host.name}: node service (pid {pid}) is not running: {result.stderr.strip()}")
-        if not result.ok:
-            raise TestbedError(f"{host.name}: node service (pid {pid}) did not take SIG{signal} within 5 s")
-        return FaultResult.now(action, host.name, f"SIG{signal} to process group {pid} on {host.ssh_host}")
-
     def link_down(self, host: HostInfo) -> FaultResult:
         interface = host.extra["interface"]
         self.shell(host).run(plan.link_command(interface, "down"))
@@ -447,7 +418,7 @@ class ColosseumTestbed(InventoryTestbed):
     def _teardown(self, data: dict) -> list[str]:
         """Undo everything recorded: services, radios, routes, forwarding, the RF scenario."""
         layout = self._layout(data)
-        pids = {s["srn"]: s["pid"] for s in data["services"].values()}
+        pids = {s["host"]: s["pid"] for s in data["services"].values()}
         work = {}
         for name in layout.names:
             commands = plan.teardown_commands(layout, name, radio=name in data["radios"],

@@ -15,7 +15,6 @@ plus the packets in flight in the delay line.
 from __future__ import annotations
 
 import json
-import math
 import os
 import signal
 import subprocess
@@ -30,10 +29,9 @@ from testbed.interface import TestbedError
 
 from emu import system
 from emu.plan import DATA_IF, Plan
+from testbed.netem import netem_argv
 from testbed.profiles import directions
 
-FRAME_BYTES = 1514
-LINE_RATE_BIT = 10_000_000_000
 PARTITION_GROUP = 1
 _DIRECTION_FIELDS = ("delay_ms", "jitter_ms", "distribution", "loss_pct", "rate_mbit", "queue_pkts")
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -185,33 +183,6 @@ class UserspaceShaper:
 
 
 # -- netem ------------------------------------------------------------------------------------
-
-
-def _us(ms: float) -> str:
-    return f"{round(ms * 1000)}us"
-
-
-def netem_limit(direction: LinkProfile) -> int:
-    """netem's ``limit`` counts every packet it holds, delayed or queued: queue plus what the delay holds."""
-    rate = LINE_RATE_BIT if direction.rate_mbit is None else direction.rate_mbit * 1e6
-    in_flight = rate * (direction.delay_ms + 3 * direction.jitter_ms) / 1000 / (8 * FRAME_BYTES)
-    return direction.queue_pkts + math.ceil(in_flight)
-
-
-def netem_argv(dev: str, direction: LinkProfile, *, netns: str | None = None, preserve_order: bool = True
-               ) -> list[str]:
-    """``tc qdisc replace ... netem`` for one direction of a profile."""
-    argv = ["tc", *(["-n", netns] if netns else []), "qdisc", "replace", "dev", dev, "root", "netem",
-            "limit", str(netem_limit(direction)), "delay", _us(direction.delay_ms)]
-    if direction.jitter_ms:
-        argv += [_us(direction.jitter_ms), "distribution", direction.distribution]
-    if direction.loss_pct:
-        argv += ["loss", "random", f"{direction.loss_pct:.6g}%"]
-    if direction.rate_mbit is not None:
-        argv += ["rate", f"{round(direction.rate_mbit * 1e6)}bit"]
-    elif preserve_order and direction.jitter_ms:
-        argv += ["rate", f"{LINE_RATE_BIT}bit"]
-    return argv
 
 
 def netem_bridges(plan: Plan) -> tuple[str, str]:

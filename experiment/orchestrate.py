@@ -22,15 +22,16 @@ from testbed.interface import FaultKind, Testbed, TestbedError
 from testbed.remote import InventoryTestbed
 from testbed.profiles import resolve
 
-# testbed name -> "module:class"; imported on demand (emu needs root, colosseum and rpi need inventories)
+# testbed name -> "module:class"; imported on demand (emu needs root, colosseum, rpi and ssh need inventories)
 TESTBEDS = {
     "local": "local.testbed:LocalTestbed",
     "emu": "emu.testbed:EmuTestbed",
     "colosseum": "colosseum.testbed:ColosseumTestbed",
     "rpi": "rpi.testbed:RpiTestbed",
+    "ssh": "sshhosts.testbed:SshTestbed",
 }
 CHOICES = ("auto", *TESTBEDS)
-INVENTORY_TESTBEDS = ("colosseum", "rpi")
+INVENTORY_TESTBEDS = ("colosseum", "rpi", "ssh")
 
 
 def resolve_kind(kind: str, *, announce: bool = True) -> str:
@@ -186,7 +187,7 @@ def default_out(name: str) -> Path:
 def scenario_for(path: str, testbed: Testbed) -> Scenario:
     """Load a scenario and refuse, before anything starts, faults that ``testbed`` cannot inject."""
     scenario = load_scenario(path)
-    check_supported(scenario, Path(path), testbed.kind, testbed.faults)
+    check_supported(scenario, Path(path), testbed.kind, testbed.supported_faults())
     return scenario
 
 

@@ -1,26 +1,21 @@
-"""The Raspberry Pi inventory: which Pis, how to log in, which Wi-Fi they join, where JARVIS lives on them.
+"""The Raspberry Pi inventory: the SSH-hosts inventory plus the Wi-Fi the Pis join and their clock source.
 
-Ansible-style (hosts with a user) and secret-free: the SSH key is a path
-on the control machine, the Wi-Fi passphrase is read from the environment
-variable the inventory names.  Paths may contain ``{host}`` (replaced by the
-Pi's inventory name) for setups where several Pis share one filesystem,
-like the emulated Pis of the test suite.
+Secret-free like every inventory: the SSH key is a path on the control
+machine, the Wi-Fi passphrase is read from the environment variable the
+inventory names.  The Pis' links are their real Wi-Fi (no shaping), their
+data address is read from the Wi-Fi interface, and provisioning always runs
+(packages, chrony, Wi-Fi, the venv).
 """
 
 from __future__ import annotations
 
-import re
-from pathlib import Path
-from typing import Literal
+from typing import ClassVar, Literal
 
-import paramiko
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from testbed.interface import TestbedError
-from testbed.yamlfile import load_validated
+from sshhosts.inventory import NAME, INTERFACE, SshInventory, load_inventory as load_hosts
 
 DEFAULT_PACKAGES = ["python3-venv", "python3-pip", "chrony", "network-manager", "iputils-ping"]
-USER = r"^[a-z_][a-z0-9_-]{0,31}$"
 SUPPORTED_PYTHON = ("3.11", "3.12", "3.13")  # Bookworm ships 3.11, Trixie 3.13: PyTorch has aarch64 wheels for both
 
 
@@ -28,7 +23,7 @@ class Pi(BaseModel):
     """One Pi: its inventory name, how SSH reaches it, and whether it is the end-user node."""
 
     model_config = ConfigDict(extra="forbid")
-    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9-]*$")
+    name: str = Field(pattern=NAME)
     host: str | None = Field(default=None, description="SSH host (ssh config alias, DNS name or IP; default: name)")
     role: Literal["user", "layer"] = "layer"
 
@@ -44,7 +39,7 @@ class Wifi(BaseModel):
     ssid: str = Field(pattern=r"^[^\n\r\x00]{1,32}$", description="network name (1-32 characters, one line)")
     psk_env: str | None = Field(default=None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$",
                                 description="environment variable holding the passphrase (none: open network)")
-    interface: str = Field(default="wlan0", pattern=r"^[A-Za-z0-9_.-]{1,15}$", description="Linux interface name")
+    interface: str = Field(default="wlan0", pattern=INTERFACE, description="Linux interface name")
     connection: str = Field(default="jarvis-wifi", pattern=r"^[A-Za-z0-9_.-]{1,64}$",
                             description="NetworkManager connection name")
     keyfile_dir: str = Field(default="/etc/NetworkManager/system-connections",
@@ -68,96 +63,39 @@ class Timeouts(BaseModel):
     install_s: float = Field(default=3600.0, gt=0, description="apt and pip installs")
 
 
-class RpiInventory(BaseModel):
+class RpiInventory(SshInventory):
     """The Pis of one testbed."""
 
-    model_config = ConfigDict(extra="forbid")
-    user: str | None = Field(default=None, pattern=USER,
-                             description="login user on the Pis (default: the User your ssh config gives them; "
-                                         "Raspberry Pi OS has had no default `pi` user since 2022)")
+    noun: ClassVar[str] = "Pi"
     key: str | None = Field(default="~/.ssh/id_ed25519", description="private key on this machine (a path)")
-    ssh_config: str | None = Field(default=None, description="ssh config file (ports, jump hosts, known hosts)")
-    agent: bool = True
     wifi: Wifi
-    base_dir: str | None = Field(default=None, description="runs and model on the Pi (default: ~user/jarvis)")
-    venv: str | None = Field(default=None, description="the payload's venv (default: <base_dir>/venv)")
     clock: Clock = Clock()
-    system_python: str = "python3"
     apt_packages: list[str] = Field(default_factory=lambda: list(DEFAULT_PACKAGES))
-    torch_index: str = "https://download.pytorch.org/whl/cpu"
     timeouts: Timeouts = Timeouts()
-    path_prepend: list[str] = Field(default_factory=list, description="directories put in front of PATH on the Pis")
+    provision: Literal[True] = Field(default=True, description="Pis are always provisioned")
+    shaping: Literal["none"] = Field(default="none", description="the links are the real Wi-Fi")
     hosts: list[Pi] = Field(min_length=2)
 
     @model_validator(mode="after")
-    def _check(self) -> "RpiInventory":
-        names = [p.name for p in self.hosts]
-        if len(set(names)) != len(names):
-            raise ValueError(f"Pi names repeat: {sorted(n for n in set(names) if names.count(n) > 1)}")
-        users = [p.name for p in self.hosts if p.role == "user"]
-        if len(users) != 1:
-            raise ValueError(f"exactly one Pi needs role user (the end-user node), found {len(users)}")
+    def _pi_fields(self) -> "RpiInventory":
+        misplaced = sorted({"interface", "profile"} & self.model_fields_set)
+        if misplaced:
+            raise ValueError(f"{', '.join(misplaced)}: a Pi's data plane is its Wi-Fi (set `wifi.interface`; "
+                             "its link profile is the real Wi-Fi)")
         return self
 
     @property
     def user_pi(self) -> Pi:
-        return next(p for p in self.hosts if p.role == "user")
+        return self.user_host
 
     @property
     def layer_pis(self) -> list[Pi]:
-        return [p for p in self.hosts if p.role == "layer"]
+        return self.layer_hosts
 
-    def by_name(self, name: str) -> Pi:
-        return next(p for p in self.hosts if p.name == name)
-
-    @property
-    def login(self) -> str:
-        """The login user, once :func:`load_inventory` has settled it."""
-        if self.user is None:
-            raise TestbedError("no login user: name it with `user:` in the inventory or `User` in your ssh config")
-        return self.user
-
-    @property
-    def home(self) -> str:
-        return "/root" if self.login == "root" else f"/home/{self.login}"
-
-    def base_of(self, name: str) -> str:
-        return (self.base_dir or f"{self.home}/jarvis").replace("{host}", name)
-
-    def venv_of(self, name: str) -> str:
-        return (self.venv or f"{self.base_of(name)}/venv").replace("{host}", name)
-
-    @property
-    def sudo(self) -> str:
-        """Prefix for commands that need root: none when logging in as root."""
-        return "" if self.login == "root" else "sudo -n "
+    def interface_of(self, name: str) -> str:
+        return self.wifi.interface
 
 
-def load_inventory(path: Path | str) -> RpiInventory:
-    """Read and validate a Raspberry Pi inventory; every problem is reported with its field and line.
-
-    Without ``user``, the login user is what the ssh config says for the Pis (one user for all of them).
-    """
-    inv = load_validated(path, RpiInventory, what="Raspberry Pi inventory", error=TestbedError,
-                         forbid_secrets=True)
-    if inv.user is None:
-        inv = inv.model_copy(update={"user": user_from_ssh_config(inv)})
-    return inv
-
-
-def user_from_ssh_config(inv: RpiInventory) -> str:
-    config = Path(inv.ssh_config or "~/.ssh/config").expanduser()
-    parsed = paramiko.SSHConfig.from_path(str(config)) if config.is_file() else paramiko.SSHConfig()
-    users = {p.name: parsed.lookup(p.ssh_host).get("user") for p in inv.hosts}
-    found = set(users.values())
-    if found == {None} or None in found:
-        missing = sorted(n for n, u in users.items() if u is None)
-        raise TestbedError(f"no login user for {', '.join(missing)}: Raspberry Pi OS has no default `pi` user "
-                           f"since 2022; set `user:` in the inventory or `User` for these hosts in {config}")
-    if len(found) > 1:
-        raise TestbedError(f"the ssh config gives the Pis different users ({users}); JARVIS logs in to all of "
-                           "them as one user: set `user:` in the inventory")
-    user = found.pop()
-    if not re.match(USER, user):
-        raise TestbedError(f"the ssh config's User {user!r} is not a Linux user name")
-    return user
+def load_inventory(path) -> RpiInventory:
+    """Read and validate a Raspberry Pi inventory; every problem is reported with its field and line."""
+    return load_hosts(path, RpiInventory, what="Raspberry Pi inventory")

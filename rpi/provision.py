@@ -12,8 +12,8 @@ can provision on every run and a provisioned Pi costs a few quick probes:
   a keyfile written with mode 600, its passphrase read from standard input
   into ``$JARVIS_WIFI_PSK`` by a shell builtin, so it never appears in a
   process's argv, a transcript or a dry run; then ``nmcli connection load``;
-* a venv whose torch/transformers/safetensors match JARVIS's pins, from
-  PyTorch's CPU wheel index (it has aarch64 wheels).
+* then the venv, as on any SSH host (:mod:`sshhosts.provision`): torch
+  from PyTorch's CPU wheel index, which has aarch64 wheels.
 """
 
 from __future__ import annotations
@@ -95,32 +95,3 @@ def wifi_command(inv: RpiInventory, name: str, *, active: bool) -> str:
     if not active:
         script.append(f"{sudo}nmcli connection up {q(inv.wifi.connection)}")
     return " && ".join(script)
-
-
-def venv_commands(inv: RpiInventory, name: str) -> list[str]:
-    venv = inv.venv_of(name)
-    return [f"test -x {q(venv + '/bin/python')} || {q(inv.system_python)} -m venv {q(venv)}"]
-
-
-def versions_probe(inv: RpiInventory, name: str, packages: list[str]) -> str:
-    """Print the installed ``packages``' versions from their metadata (fails if one is missing).
-
-    Reading metadata takes milliseconds; importing torch on a Pi takes many seconds.
-    """
-    code = f"from importlib.metadata import version; print(*(version(p) for p in {tuple(packages)!r}))"
-    return f"{q(inv.venv_of(name) + '/bin/python')} -c {q(code)}"
-
-
-def installed_versions(output: str, packages: list[str]) -> dict[str, str] | None:
-    """Parse the probe's output; local version labels (``2.13.0+cpu``) are dropped."""
-    parts = output.split()
-    if len(parts) != len(packages):
-        return None
-    return {name: version.split("+")[0] for name, version in zip(packages, parts)}
-
-
-def pip_commands(inv: RpiInventory, name: str, pins: dict[str, str]) -> list[str]:
-    """torch from the CPU wheel index (aarch64 wheels), the rest from PyPI."""
-    pip = q(inv.venv_of(name) + "/bin/pip")
-    others = " ".join(f"{pkg}=={version}" for pkg, version in pins.items() if pkg != "torch")
-    return [f"{pip} install --index-url {q(inv.torch_index)} torch=={pins['torch']}", f"{pip} install {others}"]

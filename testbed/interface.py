@@ -22,6 +22,7 @@ from typing import ClassVar, Protocol
 
 from payload.errors import JarvisError
 from testbed.profiles import LinkProfile
+from testbed.services import service_command
 
 
 class TestbedError(JarvisError):
@@ -119,12 +120,6 @@ class Shell(Protocol):
 SERVICE_PID = "service.pid"  # in a host's work directory: the running node service's pid (its process group)
 
 
-def service_command(argv: list[str], log_name: str) -> str:
-    """Start ``argv`` detached in its own session (pgid = pid, for faults), output to ``log_name``; print the pid."""
-    return (f"PYTHONUNBUFFERED=1 setsid nohup {shlex.join(argv)} > {shlex.quote(log_name)} 2>&1 < /dev/null "
-            "& echo $!")
-
-
 def stop_pid_command(pid_file: str = SERVICE_PID) -> str:
     """Kill the process group named by ``pid_file`` and remove the file; nothing to stop is fine."""
     q = shlex.quote(pid_file)
@@ -185,19 +180,26 @@ class Testbed(abc.ABC):
         """Testbed description written into the run directory."""
         return {"kind": self.kind, "hosts": [h.to_dict() for h in self.hosts()]}
 
-    def dry_run(self, nodes: int) -> str:
-        """Every remote command ``up`` would run for ``nodes`` layer nodes, per host, without connecting."""
+    def dry_run(self, nodes: int, links: dict[int, LinkProfile] | None = None) -> str:
+        """Every remote command ``up`` (with ``links``) would run for ``nodes`` layer nodes, per host, without
+        connecting."""
         raise TestbedError(f"--dry-run is not available for the {self.kind} testbed (it runs on this machine: "
                            "try it for real, `fab down` undoes it)")
 
     # -- faults --------------------------------------------------------------------------------------
 
+    def supported_faults(self) -> frozenset[FaultKind]:
+        """The faults this testbed can inject as configured (``faults`` is what its class implements; an
+        inventory may narrow it, e.g. SSH hosts whose links are not shaped)."""
+        return self.faults
+
     def inject(self, action: FaultKind, hosts: list[HostInfo], *, profile: LinkProfile | None = None
                ) -> list[FaultResult]:
         """Apply one fault primitive to ``hosts``; return when each took effect (a partition is one result)."""
-        if action not in self.faults:
+        supported = self.supported_faults()
+        if action not in supported:
             raise TestbedError(f"the {self.kind} testbed cannot {action.value.replace('_', ' ')} "
-                               f"(it supports {', '.join(sorted(f.value for f in self.faults))})")
+                               f"(it supports {', '.join(sorted(f.value for f in supported))})")
         if action == FaultKind.PARTITION:
             return [self.partition(hosts)]
         if action == FaultKind.DEGRADE:

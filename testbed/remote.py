@@ -18,6 +18,7 @@ from typing import ClassVar
 
 from pydantic import BaseModel
 
+from testbed import services
 from testbed.interface import FaultResult, HostInfo, Testbed, TestbedError
 from testbed.ssh import SshShell
 from testbed.state import StateStore, state_root
@@ -81,19 +82,47 @@ class InventoryTestbed(Testbed):
                 self._shells[name] = make()
             return self._shells[name]
 
+    # -- node services: detached in their own process group, pid recorded in the state -----------------
+
+    def start_service(self, host: HostInfo, argv: list[str], log_name: str = "service.out") -> int:
+        """Start the node service detached in its own process group; its pid is recorded for faults and down."""
+        result = self.shell(host).run(services.service_command(argv, log_name))
+        pid = int(result.stdout.strip().splitlines()[-1])
+        self.state.update(lambda d: d["services"].update({host.name: {"host": host.ssh_host, "pid": pid}}))
+        return pid
+
+    def stop_service(self, host: HostInfo) -> None:
+        """Kill the recorded service's process group (only if that pid still runs the payload)."""
+        service = self._ready()["services"].get(host.name)
+        if service is not None:
+            self.shell(host).run(services.stop_service_command(service["pid"]), check=False, timeout=15)
+            self.state.update(lambda d: d["services"].pop(host.name, None))
+
+    def _service_pid(self, host: HostInfo) -> int:
+        service = self._ready()["services"].get(host.name)
+        if service is None:
+            raise TestbedError(f"{host.name}: no node service was started there")
+        return int(service["pid"])
+
     # Process faults: the node service gets a signal, and each returns once ``ps`` on the host shows its effect.
-    @abc.abstractmethod
     def _signal(self, host: HostInfo, signal: str, until: str, action: str) -> FaultResult:
-        """Send SIG``signal`` to ``host``'s node service; return once it is ``until`` (gone, stopped, running)."""
+        """Signal the service's process group and return once ``ps`` shows the effect (one round trip)."""
+        pid = self._service_pid(host)
+        result = self.shell(host).run(services.signal_command(pid, signal, until), check=False)
+        if result.exit_code == services.NOT_RUNNING:
+            raise TestbedError(f"{host.name}: node service (pid {pid}) is not running: {result.stderr.strip()}")
+        if not result.ok:
+            raise TestbedError(f"{host.name}: node service (pid {pid}) did not take SIG{signal} within 5 s")
+        return FaultResult.now(action, host.name, f"SIG{signal} to process group {pid} on {host.ssh_host}")
 
     def kill(self, host: HostInfo) -> FaultResult:
-        return self._signal(host, "KILL", "gone", "kill")
+        return self._signal(host, *services.PROCESS_SIGNALS["kill"], "kill")
 
     def pause(self, host: HostInfo) -> FaultResult:
-        return self._signal(host, "STOP", "stopped", "pause")
+        return self._signal(host, *services.PROCESS_SIGNALS["pause"], "pause")
 
     def resume(self, host: HostInfo) -> FaultResult:
-        return self._signal(host, "CONT", "running", "resume")
+        return self._signal(host, *services.PROCESS_SIGNALS["resume"], "resume")
 
     @abc.abstractmethod
     def _teardown(self, data: dict) -> list[str]:

@@ -289,11 +289,20 @@ class SshShell:
         except (OSError, *SSH_ERRORS) as exc:
             raise TestbedError(f"{self.name}: get {remote} -> {local} failed: {exc}") from exc
 
+    def channel(self, command: str, *, timeout: float | None = None) -> paramiko.Channel:
+        """A session channel running ``command`` (wrapped as :meth:`wrap` says), to talk to it directly."""
+        self._open()
+        try:
+            channel = self.connection.client.get_transport().open_session()
+            channel.settimeout(timeout)
+            channel.exec_command(self.wrap(command))
+        except SSH_ERRORS as exc:
+            raise TestbedError(f"{self.name}: ssh failed starting `{command}`: {describe_ssh_error(exc)}") from None
+        return channel
+
     def popen(self, argv: Sequence[str]) -> "RemoteProcess":
         """Start ``argv`` in the workdir with its stdout streamed back line by line."""
-        self._open()
-        return RemoteProcess(self, self.wrap(f"echo $$; PYTHONUNBUFFERED=1 exec {shlex.join(argv)}"),
-                             " ".join(argv))
+        return RemoteProcess(self, f"echo $$; PYTHONUNBUFFERED=1 exec {shlex.join(argv)}", " ".join(argv))
 
     def close(self) -> None:
         """Close the connection and the jump host under it; nothing open is fine."""
@@ -311,11 +320,10 @@ class RemoteProcess:
     process's stderr as it arrives (as a local Popen with ``stderr=None`` would).
     """
 
-    def __init__(self, shell: SshShell, wrapped: str, label: str) -> None:
+    def __init__(self, shell: SshShell, command: str, label: str) -> None:
         self.shell = shell
         self.label = label
-        self.channel = shell.connection.client.get_transport().open_session()
-        self.channel.exec_command(wrapped)
+        self.channel = shell.channel(command)
         self.stdout = self.channel.makefile("r")
         first = self.stdout.readline().strip()
         if not first.isdigit():

@@ -118,8 +118,9 @@ class EmulatedHosts:
         return subprocess.run(["tmux", "-L", socket, "has-session"], capture_output=True).returncode == 0
 
 
-def emulate(emu: EmuTestbed, root: Path, aliases: list[str]) -> EmulatedHosts:
-    """Map ``aliases`` onto the emu nodes in order (user, node1, ...) and bridge their data links."""
+def emulate(emu: EmuTestbed, root: Path, aliases: list[str], *, bridge: bool = True) -> EmulatedHosts:
+    """Map ``aliases`` onto the emu nodes in order (user, node1, ...); ``bridge`` their data links for stand-in
+    radios to attach to (without it, each keeps its emu address on ``data0``)."""
     hosts = emu.hosts()
     if len(aliases) > len(hosts):
         raise ValueError(f"{len(aliases)} aliases for {len(hosts)} emu nodes")
@@ -128,5 +129,6 @@ def emulate(emu: EmuTestbed, root: Path, aliases: list[str]) -> EmulatedHosts:
     emulated = EmulatedHosts(emu, root, dict(zip(aliases, hosts)))
     emulated.install(STANDINS / "standin.py")
     for host in emulated.by_alias.values():
-        standin.bridge_data_link(host.namespace)
+        if bridge:
+            standin.bridge_data_link(host.namespace)
     return emulated

@@ -12,7 +12,8 @@ from testbed.interface import TestbedError
 from emu.plan import make_plan, tag_for
 from testbed.profiles import load_profiles, profile_from_dict
 from emu.shaper import Direction, DirectionConfig
-from emu.shaping import netem_argv, netem_commands, netem_limit, shaper_config
+from emu.shaping import netem_commands, shaper_config
+from testbed.netem import netem_argv, netem_limit
 from emu.sshd import client_config, endpoints, sshd_config
 
 PLAN = make_plan("jv-demo", 7, 2, Path("/tmp/jarvis-emu/jv-demo"))
