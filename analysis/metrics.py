@@ -220,7 +220,7 @@ def _fault_row(fault: Any, data: RunData) -> dict:
 
     end = _window_end(fault, data.faults, names)
     window = after[after["t_emit_ns"] <= end]
-    degraded = window[[bool(targets & set(indices(out))) for out in window["nodes_out"]]]
+    degraded = window[window["nodes_out"].map(lambda out: bool(targets & set(indices(out)))).astype(bool)]
     held = set().union(*(indices(s) for s in nodes.loc[nodes["index"].isin(targets), "layers"]))
     lost = set().union(*(held - set(indices(layers)) for layers in degraded["layers"]))
     row.update(degraded_tokens=len(degraded), layers_lost=" ".join(map(str, sorted(lost))), n_layers_lost=len(lost))
@@ -230,7 +230,7 @@ def _fault_row(fault: Any, data: RunData) -> dict:
 def _window_end(fault: Any, faults: pd.DataFrame, names: list[str]) -> float:
     """Effective time of the next fault in the run touching one of ``names`` (or +inf)."""
     later = faults[(faults["run_id"] == fault.run_id) & (faults["effective_wall_ns"] > fault.effective_wall_ns)]
-    touching = later[[bool(set(t.split()) & set(names)) for t in later["target"]]]
+    touching = later[later["target"].map(lambda t: bool(set(t.split()) & set(names))).astype(bool)]
     return float(touching["effective_wall_ns"].min()) if len(touching) else float("inf")
 
 

@@ -85,6 +85,15 @@ class TestFaultMetrics:
         assert fault["degraded_tokens"] == 3
         assert fault["layers_lost"] == "2 3" and fault["n_layers_lost"] == 2
 
+    def test_a_fault_after_the_last_token_gets_zero_degraded_tokens_not_an_error(self):
+        """A kill that bites as the last tokens are emitted (the testbed reports it after them) leaves no token
+        after its effective time: found on a fast emulated Colosseum run, where analysis raised KeyError."""
+        data = fault_data()
+        data.faults["effective_wall_ns"] = data.tokens["t_emit_ns"].max() + MS
+        fault = fault_metrics(data).iloc[0]
+        assert fault["degraded_tokens"] == 0 and fault["n_layers_lost"] == 0 and fault["layers_lost"] == ""
+        assert pd.isna(fault["reroute_ns"])
+
     def test_restoring_actions_get_no_figures(self):
         fault = fault_metrics(fault_data("resume")).iloc[0]
         assert pd.isna(fault["detection_ns"]) and pd.isna(fault["reroute_ns"]) and pd.isna(fault["degraded_tokens"])

@@ -286,3 +286,26 @@ class TestStandInsModelTheTraps:
         finally:
             srns.set_control("rf-start-fails", False)
         assert started.returncode == 0 and "failed to schedule" in started.stdout
+
+
+def test_fab_experiment_on_colosseum_is_the_whole_job(srns, inventory, tmp_path, monkeypatch):
+    """`fab experiment --testbed colosseum --inventory FILE --scenario S`: up (RF scenario, radios, routes),
+    deploy, the scenario's prompts and kill, collection from every SRN, analysis, teardown."""
+    from experiment.orchestrate import experiment
+    from tests.conftest import _save_tiny
+
+    monkeypatch.setenv("JARVIS_CACHE", str(tmp_path / "cache"))
+    model = _save_tiny("llama", tmp_path / "tiny-llama")
+    scenario = tmp_path / "colosseum.yaml"
+    scenario.write_text(f"name: on-colosseum\nmodel: {model}\nnodes: 3\nprompts: [the cat sat on the]\n"
+                        "max_new_tokens: 6\nlinks: {'1': server, '2-3': wifi}\n"
+                        "faults:\n  - {at_token: 3, action: kill, node: 2}\n")
+    prefix = f"jv-tcol-{uuid.uuid4().hex[:6]}"
+    run = experiment("colosseum", str(scenario), out=str(tmp_path / "run"), prefix=prefix, inventory=str(inventory))
+    assert all((run / name).exists() for name in RUN_FILES) and (run / "report.md").exists()
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["testbed"] == "colosseum" and summary["sessions"][0]["tokens"] == 6
+    assert "kill,node2" in (run / "faults.csv").read_text()
+    for node in ("user", "node1", "node2", "node3"):  # every SRN's log came back, node2's up to its kill
+        assert (run / "nodes" / node / "events.jsonl").stat().st_size > 0
+    nothing_running(srns, ColosseumTestbed(prefix, inventory=inventory), [f"{prefix}-{a}" for a in SRNS])
