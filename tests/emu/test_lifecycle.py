@@ -75,7 +75,7 @@ def test_two_prefixes_coexist_on_distinct_subnets(require_root):
         assert leftovers(first_manifest) == []
         assert all(system.netns_exists(ns) for ns in second_manifest["namespaces"])
         assert all(system.link_exists(link) for link in second_manifest["links"])
-        ping = ["ip", "netns", "exec", b[1].namespace, "ping", "-c", "1", "-W", "2", b[0].address]
+        ping = ["ip", "netns", "exec", b[1].namespace, "ping", "-c", "3", "-i", "0.2", "-W", "2", b[0].address]
         assert subprocess.run(ping, capture_output=True).returncode == 0
         assert second.shell(b[1]).run("echo ok").stdout == "ok\n"
     finally:

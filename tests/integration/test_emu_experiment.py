@@ -27,10 +27,11 @@ def tiny(tiny_prepared):
     return tiny_prepared("llama")
 
 
-def test_kill_at_a_token_over_ssh_gives_a_complete_consistent_run(require_root, smollm2, tmp_path):
-    """The bundled SmolLM2 deployed over ssh to four namespaced nodes; node 3 is killed at token 3."""
+def test_kill_at_a_token_over_ssh_gives_a_complete_consistent_run(require_root, tiny, tmp_path):
+    """A model deployed over ssh to four namespaced nodes; node 3 is killed at token 3.  (A tiny Llama: the
+    bundled models' exactness over many nodes is checked on the local testbed, where shipping them is free.)"""
     with emu_testbed("e2e", 4) as bed:
-        dep = deploy_even(bed, smollm2, 4)
+        dep = deploy_even(bed, tiny, 4)
         assert set(dep.bytes_shipped) == {"user", "node1", "node2", "node3", "node4"}
         for host in bed.hosts():  # each node runs the payload shipped into its own directory over ssh
             code = Path(host.workdir) / "code"
@@ -41,7 +42,7 @@ def test_kill_at_a_token_over_ssh_gives_a_complete_consistent_run(require_root, 
                 assert f"PYTHONPATH={code}".encode() in environ
         run = run_job(bed, dep, {"prompts": [PROMPT], "max_new_tokens": 8}, [Fault("kill", (3,), at_token=3)],
                       tmp_path / "run")
-        again = deploy_even(bed, smollm2, 4)  # re-deploy: files unchanged on every host are not sent again
+        again = deploy_even(bed, tiny, 4)  # re-deploy: files unchanged on every host are not sent again
     tokens = pd.read_csv(run / "tokens.csv", keep_default_na=False)
     faults = pd.read_csv(run / "faults.csv", keep_default_na=False)
     hops = pd.read_csv(run / "hops.csv")
@@ -56,7 +57,7 @@ def test_kill_at_a_token_over_ssh_gives_a_complete_consistent_run(require_root, 
         assert any('"ev":"ready"' in line for line in events), name
     assert json.loads((run / "testbed.json").read_text())["backend"] == "userspace"
     assert sum(again.bytes_shipped.values()) < sum(dep.bytes_shipped.values()) / 10
-    for result in check_run(run, smollm2, model=Monolith(smollm2)):
+    for result in check_run(run, tiny, model=Monolith(tiny)):
         assert result.ok
 
 

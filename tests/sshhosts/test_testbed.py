@@ -15,11 +15,13 @@ import json
 import shlex
 import subprocess
 import sys
+import time
 import uuid
 from pathlib import Path
 
 import pandas as pd
 import pytest
+import yaml
 
 from experiment.deploy import deploy
 from experiment.replay import check_run
@@ -184,3 +186,34 @@ def test_a_venv_without_the_pins_is_refused_with_the_fix(lab, tmp_path):
                                            r"not all of them; JARVIS needs \{'torch'.*set `provision: true`"):
         testbed.up(2)
     assert not testbed.state.exists()
+
+
+def test_a_login_through_the_agent_alone(lab, tmp_path, monkeypatch):
+    """No key in the inventory or the ssh config: the key is in the user's ssh-agent, as on a lab laptop."""
+    inventory = write_inventory(tmp_path / "hosts.yaml", lab)
+    config = tmp_path / "ssh_config"
+    key = next(line.split()[1] for line in config.read_text().splitlines() if "IdentityFile" in line)
+    config.write_text("\n".join(line for line in config.read_text().splitlines()
+                                if "IdentityFile" not in line and "IdentitiesOnly" not in line) + "\n")
+    socket = tmp_path / "agent.sock"
+    agent = subprocess.Popen(["ssh-agent", "-D", "-a", str(socket)], stdout=subprocess.DEVNULL)
+    try:
+        for _ in range(100):
+            if socket.exists():
+                break
+            time.sleep(0.02)
+        monkeypatch.setenv("SSH_AUTH_SOCK", str(socket))
+        without_agent = ssh_testbed(inventory)
+        with pytest.raises(TestbedError, match="lab-a: cannot log in"):
+            without_agent._shell(without_agent.inventory(), "lab-a", "probe").run("true")
+        subprocess.run(["ssh-add", "-q", key], check=True, env={"SSH_AUTH_SOCK": str(socket)})
+        data = yaml.safe_load(inventory.read_text())
+        inventory.write_text(yaml.safe_dump({**data, "agent": True}))
+        testbed = ssh_testbed(inventory)
+        shell = testbed._shell(testbed.inventory(), "lab-a", "probe")
+        try:
+            assert shell.run("ip netns identify $$", cwd="/").stdout.strip() == lab.by_alias["lab-a"].namespace
+        finally:
+            testbed.down()
+    finally:
+        agent.terminate()
