@@ -7,13 +7,15 @@ the user node declared dead.  The flooders run in this process, on the same core
 includes the CPU they take.
 
     PYTHONPATH=. .venv/bin/python benchmarks/soak.py [--model smollm2-135m-instruct] [--nodes 4]
-        [--sessions 8] [--concurrency 4] [--tokens 24] [--rounds 2] [--flooders 6]
+        [--sessions 8] [--concurrency 4] [--tokens 24] [--rounds 2] [--flooders 6] [--keep DIR]
+        [--ack-floor-ms 250] [--heartbeat-floor-ms 500]
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import socket
 import statistics
 import tempfile
@@ -27,6 +29,7 @@ import pandas as pd
 from experiment.deploy import deploy
 from experiment.run import run_job
 from local.testbed import LocalTestbed
+from payload.config import Timing
 from payload.events import read_events
 from payload.frames import Frame, FrameType, Hop, WireDtype, encode
 from payload.prepare import load_manifest, prepare
@@ -94,12 +97,18 @@ class Flood:
         self.sent["replay"] += 100
 
 
-def one_round(testbed, deployment, job: dict) -> tuple[float, int, int]:
-    """Median decode ms per token, sessions failed, nodes declared dead."""
+def one_round(testbed, deployment, job: dict, keep: Path | None = None) -> tuple[float, int, int]:
+    """Median decode ms per token, sessions failed, nodes declared dead; a round with a failure or a node
+    declared dead is kept in ``keep`` (its run directory, for a look at every node's events)."""
     with tempfile.TemporaryDirectory() as tmp:
         run = run_job(testbed, deployment, job, [], Path(tmp) / "run", stream=lambda line: None)
         tokens = pd.read_csv(run / "tokens.csv")
         user = read_events(run / "nodes" / "user" / "events.jsonl")
+        if keep is not None and any(e["ev"] == "node_out" or (e["ev"] == "session_end" and e.get("error"))
+                                    for e in user):
+            target = keep / f"round-{time.strftime('%H%M%S')}"
+            shutil.copytree(run, target)
+            print(f"  kept {target}", flush=True)
     failed = sum(1 for e in user if e["ev"] == "session_end" and e.get("error"))
     failed += job["repeats"] * len(job["prompts"]) - tokens["session"].nunique()
     outs = [e for e in user if e["ev"] == "node_out"]
@@ -117,6 +126,11 @@ def main() -> int:
     parser.add_argument("--tokens", type=int, default=24)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--flooders", type=int, default=6, help="flooding threads (kinds taken in turn)")
+    parser.add_argument("--keep", type=Path, help="keep the run directory of every round with a failure here")
+    parser.add_argument("--ack-floor-ms", type=float, default=Timing().ack_floor_ms,
+                        help="the deployment's ack deadline floor (detection latency traded for fewer false alarms)")
+    parser.add_argument("--heartbeat-floor-ms", type=float, default=Timing().heartbeat_floor_ms,
+                        help="the deployment's heartbeat silence floor (the same trade)")
     args = parser.parse_args()
     prepared = prepare(args.model)
     manifest = load_manifest(prepared)
@@ -127,14 +141,15 @@ def main() -> int:
     quiet, flooded, counts = [], [], {"failed": 0, "dead": 0}
     try:
         deployment = deploy(testbed, prepared, even_placement(manifest["num_layers"], args.nodes), model=args.model,
+                            timing=Timing(ack_floor_ms=args.ack_floor_ms, heartbeat_floor_ms=args.heartbeat_floor_ms),
                             progress=lambda m: None)
         targets = [(h["address"], h["extra"]["port"]) for h in deployment.hosts if h["index"] > 0]
         for index in range(args.rounds):
-            ms, failed, dead = one_round(testbed, deployment, job)
+            ms, failed, dead = one_round(testbed, deployment, job, args.keep)
             quiet.append(ms)
             with Flood(targets, bytes.fromhex(deployment.key_hex), manifest["hidden_size"], args.flooders) as flood:
                 time.sleep(0.5)  # the flood is under way before the sessions start
-                fms, ffailed, fdead = one_round(testbed, deployment, job)
+                fms, ffailed, fdead = one_round(testbed, deployment, job, args.keep)
             flooded.append(fms)
             counts["failed"] += failed + ffailed
             counts["dead"] += dead + fdead
@@ -144,7 +159,8 @@ def main() -> int:
         testbed.down()
     ratios = [f / q for f, q in zip(flooded, quiet)]
     print(f"model {args.model}, {args.nodes} layer nodes, {job['repeats'] * len(PROMPTS)} sessions at concurrency "
-          f"{args.concurrency}, {args.flooders} flooding threads on the same {os.cpu_count()} cores")
+          f"{args.concurrency}, {args.flooders} flooding threads on the same {os.cpu_count()} cores, ack floor "
+          f"{args.ack_floor_ms:.0f} ms, heartbeat floor {args.heartbeat_floor_ms:.0f} ms")
     print(f"per-token latency, flooded / quiet: {statistics.median(ratios):.2f} "
           f"(rounds {min(ratios):.2f}-{max(ratios):.2f})")
     print(f"sessions failed: {counts['failed']} (must be 0); healthy nodes declared dead: {counts['dead']} "
