@@ -34,7 +34,7 @@ class Timing:
     ack_multiplier: float = 4.0  # deadline = max(floor, multiplier x p99 observed ack RTT, 2 x p99 + retransmit)
     slowest_link_mbps: float = 1.0  # ack deadlines and heartbeat silence allow a frame's bytes at this rate
     retransmit_ms: float = 250.0  # room for one TCP retransmission (Linux: 200 ms minimum RTO) before "silent"
-    connect_timeout_ms: float = 1000.0
+    connect_timeout_ms: float = 1500.0  # room for one lost SYN: Linux resends it after 1 s (its initial RTO)
     heartbeat_ms: float = 100.0  # node -> user node liveness
     heartbeat_floor_ms: float = 500.0  # silence longer than max(floor, 4 x p99 gap) = failed
     step_timeout_s: float = 60.0  # backstop per attempt at the user node (compute of long prefills)
