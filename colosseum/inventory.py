@@ -20,7 +20,7 @@ from colosseum.rf import SCOPE_CELLULAR_SCENARIOS, UES_PER_BS, radio_map
 from colosseum.scope import CONFIG_NAME as SCOPE_CONFIG_NAME
 
 from testbed.interface import TestbedError
-from testbed.yamlfile import load_validated
+from testbed.yamlfile import load_validated, roster_problem
 
 Role = Literal["user", "wifi", "cellular-ue", "cellular-bs", "server"]
 Radio = Literal["wifi", "cellular-ue", "server"]
@@ -155,11 +155,9 @@ class Inventory(BaseModel):
     @model_validator(mode="after")
     def _check(self) -> "Inventory":
         ids = [s.id for s in self.srns]
-        if len(set(ids)) != len(ids):
-            raise ValueError(f"SRN ids repeat: {sorted(i for i in set(ids) if ids.count(i) > 1)}")
-        users = [s.id for s in self.srns if s.role == "user"]
-        if len(users) != 1:
-            raise ValueError(f"exactly one SRN needs role user (the end-user node), found {len(users)}")
+        problem = roster_problem(ids, [s.role for s in self.srns], noun="SRN", key="ids")
+        if problem:
+            raise ValueError(problem)
         if self.rf_srn is not None and self.rf_srn not in ids:
             raise ValueError(f"rf_srn {self.rf_srn} is not one of the SRNs {ids}")
         networks = {s.network for s in self.srns}

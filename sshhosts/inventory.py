@@ -21,7 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from testbed.interface import TestbedError
 from testbed.profiles import load_profiles
 from testbed.ssh import SshAccess
-from testbed.yamlfile import load_validated
+from testbed.yamlfile import load_validated, roster_problem
 
 USER = r"^[a-z_][a-z0-9_-]{0,31}$"
 NAME = r"^[A-Za-z0-9][A-Za-z0-9-]*$"
@@ -88,12 +88,9 @@ class SshInventory(BaseModel):
 
     @model_validator(mode="after")
     def _check(self) -> "SshInventory":
-        names = [h.name for h in self.hosts]
-        if len(set(names)) != len(names):
-            raise ValueError(f"{self.noun} names repeat: {sorted(n for n in set(names) if names.count(n) > 1)}")
-        users = [h.name for h in self.hosts if h.role == "user"]
-        if len(users) != 1:
-            raise ValueError(f"exactly one {self.noun} needs role user (the end-user node), found {len(users)}")
+        problem = roster_problem([h.name for h in self.hosts], [h.role for h in self.hosts], noun=self.noun)
+        if problem:
+            raise ValueError(problem)
         known = load_profiles()
         unknown = sorted({p for p in [self.profile, *(getattr(h, "profile", None) for h in self.hosts)]
                           if p is not None and p not in known})

@@ -133,6 +133,9 @@ class LinkControl(Protocol):
     def apply(self, state: LinkState, names: set[str]) -> None:
         """Put ``state`` in force on the hosts ``names``; return once it is."""
 
+    def clear_plan(self, name: str) -> list[str]:
+        """The commands :meth:`clear` runs on ``name`` (for ``--dry-run``)."""
+
     def clear(self, names: list[str]) -> list[str]:
         """Undo everything on ``names``; return what could not be undone."""
 
@@ -169,12 +172,14 @@ class NetemLinks:
 
         on_each({n: (lambda n=n: one(n)) for n in sorted(names)}, what="shaping the links")
 
+    def clear_plan(self, name: str) -> list[str]:
+        return clear_commands(interface=self.interface_of(name), ifb=self.ifb, sudo=self.sudo)
+
     def clear(self, names: list[str]) -> list[str]:
         problems = []
         for name in names:
             try:
-                self.shell_of(name).run_many(clear_commands(interface=self.interface_of(name), ifb=self.ifb,
-                                                            sudo=self.sudo), cwd="/", keep_going=True)
+                self.shell_of(name).run_many(self.clear_plan(name), cwd="/", keep_going=True)
             except TestbedError as exc:
                 problems.append(str(exc))
         return problems
@@ -202,6 +207,9 @@ class BareLinks:
 
     def apply(self, state: LinkState, names: set[str]) -> None:
         pass  # nothing is shaped
+
+    def clear_plan(self, name: str) -> list[str]:
+        return []
 
     def clear(self, names: list[str]) -> list[str]:
         return []

@@ -38,9 +38,13 @@ def workdir(inv: SshInventory, name: str, run: str) -> str:
     return f"{inv.base_of(name)}/runs/{run}"
 
 
-def python_check(inv: SshInventory, name: str) -> Check:
+def checked_python(inv: SshInventory, name: str) -> str:
     """The interpreter that matters: the system one that will make the venv, or the venv's own."""
-    python = inv.system_python if inv.provision else inv.python_of(name)
+    return inv.system_python if inv.provision else inv.python_of(name)
+
+
+def python_check(inv: SshInventory, name: str) -> Check:
+    python = checked_python(inv, name)
     return Check(f"{q(python)} -c {q(PYTHON_VERSION)}", f"{python} runs (Python 3.11 or newer)")
 
 

@@ -27,7 +27,7 @@ from pathlib import Path
 
 from sshhosts import clock, plan, provision
 from sshhosts.inventory import SshInventory, load_inventory
-from sshhosts.links import BareLinks, LinkControl, LinkState, NetemLinks, clear_commands, ifb_name
+from sshhosts.links import BareLinks, LinkControl, LinkState, NetemLinks, ifb_name
 from testbed import services
 from testbed.addresses import Address, parse_address
 from testbed.fanout import on_each
@@ -103,7 +103,7 @@ class SshTestbed(InventoryTestbed):
         """Problems that the checks' outputs show (``outputs``: command -> stdout of the checks that passed)."""
         check = plan.python_check(inv, name)
         version = outputs.get(check.command, "").strip()
-        problem = plan.python_problem(version, check.command.split()[0]) if version else None
+        problem = plan.python_problem(version, plan.checked_python(inv, name)) if version else None
         return [problem] if problem else []
 
     def before_up(self, inv: SshInventory) -> None:
@@ -296,9 +296,7 @@ class SshTestbed(InventoryTestbed):
                                                                                   "node.json")))
         for name in chain:
             out.add(name, "faults", self.fault_plan(inv, control, state, name))
-            out.add(name, "teardown", [*self.teardown_plan(inv, name),
-                                       *(clear_commands(interface=inv.interface_of(name), ifb=ifb_name(self.prefix),
-                                                        sudo=inv.sudo) if control.plan(state, name) else [])])
+            out.add(name, "teardown", [*self.teardown_plan(inv, name), *control.clear_plan(name)])
         return out
 
     def fault_plan(self, inv: SshInventory, control: LinkControl, state: LinkState, name: str) -> list[str]:

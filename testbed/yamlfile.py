@@ -126,3 +126,14 @@ def load_validated(path: Path | str, model: type[Model], *, what: str, error: ty
     if problems:
         raise error(f"{path}: invalid {what}:\n" + describe_problems(problems, root, what))
     return value
+
+
+def roster_problem(keys: list, roles: list[str], *, noun: str, key: str = "names") -> str | None:
+    """What is wrong with an inventory's list of hosts: a repeated key, or not exactly one end-user host."""
+    if len(set(keys)) != len(keys):
+        return f"{noun} {key} repeat: {sorted(k for k in set(keys) if keys.count(k) > 1)}"
+    users = roles.count("user")
+    if users != 1:
+        return f"exactly one {noun} needs role user (the end-user node), found {users}"
+    return None
+

@@ -88,6 +88,9 @@ class EmulatedLabLinks:
             self.emu.partition([self.by_name[n] for n, group in state.groups.items() if group])
         self.applied = state
 
+    def clear_plan(self, name: str) -> list[str]:
+        return []
+
     def clear(self, names: list[str]) -> list[str]:
         self.apply(LinkState(self.applied.addresses, {}), set(names))
         return []
