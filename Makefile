@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.jarvis-setup
 
-.PHONY: setup demo test bench clean-venv
+.PHONY: setup demo test lab bench clean-venv
 
 setup: $(STAMP)
 
@@ -22,6 +22,11 @@ demo: setup
 
 test: setup
 	$(BIN)/python -m pytest
+
+# JupyterLab on notebooks/ (each notebook reads the latest run under runs/ unless told otherwise).
+# LAB_ARGS passes options through, e.g. make lab LAB_ARGS="--no-browser --port=8899".
+lab: setup
+	$(BIN)/jupyter lab --notebook-dir=notebooks $(if $(filter 0,$(shell id -u)),--allow-root,) $(LAB_ARGS)
 
 bench: setup
 	$(BIN)/python benchmarks/chain_latency.py

@@ -14,6 +14,7 @@ from invoke.exceptions import Exit
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 TESTBED_HELP = "local | emu | colosseum | rpi | ssh"
+DASHBOARD_PORT = 8050  # dashboard.server.DEFAULT_PORT, without importing the web stack for every task
 
 
 def _guard(fn, *args, **kwargs):
@@ -160,12 +161,56 @@ def colosseum_image(c, inventory, srn, name, wheels="jarvis-wheels", dry_run=Fal
 
 @task(help={"testbed": "auto (emu as root, else local) | " + TESTBED_HELP, "scenario": "scenario YAML",
             "out": "run directory", "prefix": "name prefix of this testbed",
-            "inventory": "inventory file (colosseum, rpi, ssh)"})
-def experiment(c, scenario, testbed="auto", out=None, prefix=None, inventory=None):
+            "inventory": "inventory file (colosseum, rpi, ssh)",
+            "live": "serve a live dashboard of the run (http://127.0.0.1:PORT/); it stays up until Ctrl-C",
+            "port": "dashboard port (default 8050)", "bind": "dashboard address (default 127.0.0.1: this machine only)"})
+def experiment(c, scenario, testbed="auto", out=None, prefix=None, inventory=None, live=False, port=DASHBOARD_PORT,
+               bind="127.0.0.1"):
     """up -> deploy -> run -> collect -> analyze -> down, then print where the results are."""
     from experiment.orchestrate import experiment as run_experiment
 
-    _guard(run_experiment, testbed, scenario, out=out, prefix=prefix, inventory=inventory)
+    if not live:
+        _guard(run_experiment, testbed, scenario, out=out, prefix=prefix, inventory=inventory)
+        return
+    from dashboard.server import Dashboard
+
+    board = _guard(Dashboard(host=bind, port=int(port)).start)
+    try:
+        _guard(run_experiment, testbed, scenario, out=out, prefix=prefix, inventory=inventory, dashboard=board)
+        _serve_until_interrupted(board)
+    finally:
+        board.stop()
+
+
+@task(help={"run": "run directory to replay", "speed": "times real time (default 1; 0: everything at once)",
+            "port": "dashboard port (default 8050)", "bind": "dashboard address (default 127.0.0.1)"})
+def dashboard(c, run, speed="1", port=DASHBOARD_PORT, bind="127.0.0.1"):
+    """Replay a finished run in the live dashboard, at real or any speed; it stays up until Ctrl-C."""
+    from pathlib import Path
+
+    from dashboard.replay import replay
+    from dashboard.server import Dashboard
+
+    board = _guard(Dashboard(host=bind, port=int(port)).start)
+    try:
+        board.run_dir = Path(run)
+        sent = _guard(replay, Path(run), board.feed, speed=float(speed))
+        print(f"[dashboard] replayed {sent} events of {run}")
+        _serve_until_interrupted(board)
+    finally:
+        board.stop()
+
+
+def _serve_until_interrupted(board) -> None:
+    """Keep the dashboard up after the run (to look at, or reload) until Ctrl-C."""
+    import time
+
+    print(f"[dashboard] still at {board.url}; press Ctrl-C to close it", flush=True)
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        print("[dashboard] closed")
 
 
 @task(help={"run": "run directory", "baseline": "baseline run directory (same prompts, no faults)"})

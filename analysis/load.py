@@ -149,6 +149,28 @@ def load(
     return RunData(runs=infos, **{name: _concat(frames) for name, frames in tables.items()})
 
 
+def latest_run(root: str | os.PathLike | None = None) -> Path:
+    """The most recently written run directory under ``root`` (default: the first ``runs/`` found in the
+    working directory or above it, so notebooks/ finds the repository's runs/).
+
+    "Written" is when its ``summary.json`` was (a run's last file, renamed into place whole); directories
+    without one (a skip study, a ``DIR.partial/`` still being collected) are not runs.
+    """
+    if root is None:
+        here = Path.cwd().resolve()
+        found = next((d / "runs" for d in (here, *here.parents) if (d / "runs").is_dir()), None)
+        if found is None:
+            raise RunDirError(f"no runs/ directory in {here} or above it: run `make demo` (or `fab experiment`) "
+                              "first, or set RUN_DIR")
+        root = found
+    root = Path(root)
+    runs = [d for d in root.iterdir() if not d.name.endswith(".partial") and (d / "summary.json").is_file()] \
+        if root.is_dir() else []
+    if not runs:
+        raise RunDirError(f"no run directory in {root}: run `make demo` (or `fab experiment`) first, or set RUN_DIR")
+    return max(runs, key=lambda d: (d / "summary.json").stat().st_mtime_ns)
+
+
 def _load_run(path: Path, *, cache: bool, allow_incomplete: bool) -> tuple[RunInfo, dict[str, pd.DataFrame]]:
     _check_layout(path)
     summary = _read_json(path / "summary.json")

@@ -1,17 +1,23 @@
-"""One run directory to report.md, figures/*.png|pdf and analysis.json, plus a terminal table.
+"""One run directory to report.md, report.html, figures/*.png|pdf and analysis.json, plus a terminal table.
 
 ``analyze`` backs ``fab analyze --run DIR [--baseline DIR]``; ``summary_table`` is the
 text printed at the end of ``make demo``.  Everything written lands in the run directory
-(next to the data it describes) and is overwritten on the next analysis.
+(next to the data it describes) and is overwritten on the next analysis.  ``report.html`` holds the
+same tables and figures as ``report.md`` with the figures embedded: one file that opens from disk,
+mails, and prints (page breaks avoid splitting a figure or a table).
 """
 
 from __future__ import annotations
 
+import base64
 import json
+import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import jinja2
+import markupsafe
 import pandas as pd
 from tabulate import tabulate
 
@@ -21,6 +27,7 @@ from analysis.metrics import Metrics, compute
 from analysis.tables import cell, in_ms, markdown, ms, with_hop_names
 
 REPORT = "report.md"
+REPORT_HTML = "report.html"
 SUMMARY = "analysis.json"
 FIGURES = "figures"
 
@@ -65,11 +72,12 @@ def analyze(run: Path, baseline: Path | None = None, *, allow_incomplete: bool =
         written[name] = figures.save(draw(metrics, data), run / FIGURES, name)
     report = run / REPORT
     report.write_text(render_markdown(metrics, data, baseline), encoding="utf-8")
+    (run / REPORT_HTML).write_text(render_html(metrics, data, baseline), encoding="utf-8")
     summary = summary_json(metrics, data, baseline, written)
     (run / SUMMARY).write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
     print(table_text(metrics, data))
     figures_written = [path for paths in written.values() for path in paths if path.suffix == ".png"]
-    print(f"report: {report}")
+    print(f"report: {report} (and {REPORT_HTML}, self-contained)")
     print(f"figures ({len(figures_written)}): " + ", ".join(str(path.relative_to(run)) for path in figures_written))
     return report
 
@@ -120,21 +128,53 @@ def _fault_sentence(fault: Any) -> str:
     return text
 
 
-def render_markdown(metrics: Metrics, data: RunData, baseline: Path | None) -> str:
-    """The report's Markdown: each table with how it was computed, then the figures with their captions."""
+def _heading(data: RunData) -> tuple[str, str, list[str]]:
+    """(title, the line under it, warnings) shared by both renderings of the report."""
     info = data.info
     versions = ", ".join(f"{k} {v}" for k, v in info.versions.items() if v)
-    out = [f"# Run {info.run_id}", "", f"**{info.label}** · model {info.summary.get('model', '?')} · {versions}", ""]
+    warnings = []
     if not info.complete:
-        out += ["> **Incomplete run**: summary.json says the run did not finish; figures cover what was logged.", ""]
+        warnings.append("Incomplete run: summary.json says the run did not finish; figures cover what was logged.")
     if info.missing_event_logs:
-        out += [f"> No event log for {', '.join(info.missing_event_logs)}: their detections cannot be counted.", ""]
+        warnings.append(f"No event log for {', '.join(info.missing_event_logs)}: their detections cannot be counted.")
+    return f"Run {info.run_id}", f"model {info.summary.get('model', '?')} · {versions}", warnings
+
+
+def render_markdown(metrics: Metrics, data: RunData, baseline: Path | None) -> str:
+    """The report's Markdown: each table with how it was computed, then the figures with their captions."""
+    title, subtitle, warnings = _heading(data)
+    out = [f"# {title}", "", f"**{data.info.label}** · {subtitle}", ""]
+    out += [line for warning in warnings for line in (f"> **{warning.replace(':', '**:', 1)}", "")]
     for heading, frame, note in _sections(metrics, data, baseline):
         out += [f"## {heading}", "", markdown(frame), "", note, ""]
     out += ["## Figures", ""]
     for name, (_, caption) in FIGURE_CAPTIONS.items():
         out += [f"![{caption}]({FIGURES}/{name}.png)", "", f"{caption} ([PDF]({FIGURES}/{name}.pdf))", ""]
     return "\n".join(out)
+
+
+def _code_spans(note: str) -> markupsafe.Markup:
+    """A note written for Markdown, escaped for HTML with its `code` spans as <code>."""
+    return markupsafe.Markup(re.sub(r"`([^`]+)`", r"<code>\1</code>", str(markupsafe.escape(note))))
+
+
+_TEMPLATES = jinja2.Environment(loader=jinja2.PackageLoader("analysis", "templates"), autoescape=True)
+_TEMPLATES.filters["code_spans"] = _code_spans
+
+
+def render_html(metrics: Metrics, data: RunData, baseline: Path | None) -> str:
+    """The report as one HTML file: the Markdown report's tables and notes, figures embedded as PNG data."""
+    title, subtitle, warnings = _heading(data)
+    sections = [{"heading": heading, "note": note,
+                 "table": "<p><em>none</em></p>" if frame.empty else
+                 frame.to_html(index=False, na_rep="–", float_format=lambda x: f"{x:.2f}", border=0)}
+                for heading, frame, note in _sections(metrics, data, baseline)]
+    figures_dir = data.info.path / FIGURES
+    shown = [{"name": name, "caption": caption,
+              "src": "data:image/png;base64," + base64.b64encode((figures_dir / f"{name}.png").read_bytes()).decode()}
+             for name, (_, caption) in FIGURE_CAPTIONS.items() if (figures_dir / f"{name}.png").exists()]
+    return _TEMPLATES.get_template("report.html.j2").render(title=title, subtitle=subtitle, label=data.info.label,
+                                                            warnings=warnings, sections=sections, figures=shown)
 
 
 def _sections(metrics: Metrics, data: RunData, baseline: Path | None) -> list[tuple[str, pd.DataFrame, str]]:

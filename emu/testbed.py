@@ -42,7 +42,7 @@ from emu import sshd, state, system
 from emu.plan import DATA_IF, MGMT_BRIDGE, MGMT_IF, UPLINK_IF, NodePlan, Plan, check_prefix, make_plan
 from emu.shaping import PARTITION_GROUP, NetemShaper, Shaper, UserspaceShaper, probe_netem
 from testbed.fanout import on_each
-from testbed.interface import ALL_FAULTS, FaultResult, HostInfo, Testbed, TestbedError
+from testbed.interface import ALL_FAULTS, FOLLOW_ARGV, FaultResult, HostInfo, Testbed, TestbedError
 from testbed.profiles import DEFAULT_PROFILE, LinkProfile, load_profiles, profile_from_dict, profile_to_dict
 from testbed.shipping import CODE_ARCHIVE, payload_archive, unpack_command
 from testbed.ssh import SshAccess, SshShell, connect, in_workdir
@@ -279,6 +279,11 @@ class EmuTestbed(Testbed):
         command = f"PYTHONUNBUFFERED=1 exec {shlex.join(argv)}"
         return subprocess.Popen(self.ssh_argv(host, command), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                 text=True)
+
+    def follow(self, host: HostInfo, name: str) -> subprocess.Popen:
+        command = f"exec {shlex.join([*FOLLOW_ARGV, name])} 2>/dev/null"
+        return subprocess.Popen(self.ssh_argv(host, command), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                stderr=subprocess.DEVNULL, text=True)
 
     def describe(self) -> dict:
         manifest = self._manifest()

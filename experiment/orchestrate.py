@@ -8,10 +8,14 @@ for the user surfaces as a :class:`payload.errors.JarvisError`.
 from __future__ import annotations
 
 import importlib
+import json
 import os
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+from dashboard.feed import phase_message, topology_message
+from experiment.collect import nodes_frame
 from experiment.deploy import Deployment, deploy
 from experiment.run import Fault, run_job
 from experiment.scenario import Scenario, check_supported, load_scenario
@@ -21,6 +25,9 @@ from payload.routing import Placement, Policy, even_placement, explicit_placemen
 from testbed.interface import FaultKind, Testbed, TestbedError
 from testbed.remote import InventoryTestbed
 from testbed.profiles import resolve
+
+if TYPE_CHECKING:
+    from dashboard.server import Dashboard
 
 # testbed name -> "module:class"; imported on demand (emu needs root, colosseum, rpi and ssh need inventories)
 TESTBEDS = {
@@ -199,9 +206,24 @@ def run_scenario(testbed: Testbed, scenario_path: str, *, out: str | None = None
                    Path(out) if out else default_out(scenario.name), scenario=scenario.model_dump(mode="json"))
 
 
+def live_topology(deployment: Deployment, label: str) -> dict:
+    """The dashboard's topology message for what is deployed (the rows nodes.csv will hold)."""
+    nodes = nodes_frame(deployment, {"peak_rss_bytes": {}}).drop(columns="peak_rss_bytes")
+    return topology_message(json.loads(nodes.to_json(orient="records")), label=label, model=deployment.model,
+                            policy=deployment.policy, replay=False)
+
+
 def experiment(kind: str, scenario_path: str, *, out: str | None = None, prefix: str | None = None,
-               inventory: str | None = None) -> Path:
-    """up -> deploy -> run -> collect -> analyze -> down; return the run directory."""
+               inventory: str | None = None, dashboard: "Dashboard | None" = None) -> Path:
+    """up -> deploy -> run -> collect -> analyze -> down; return the run directory.
+
+    With a ``dashboard`` (started by the caller) every step is shown there live: the phase, the chain once
+    deployed, the run's events as the nodes log them, and the report once written.
+    """
+    def phase(name: str, detail: str = "") -> None:
+        if dashboard is not None:
+            dashboard.feed.publish(phase_message(name, detail))
+
     testbed = make_testbed(kind, prefix=prefix, inventory=inventory)
     scenario = scenario_for(scenario_path, testbed)
     prepared = prepare(scenario.model)
@@ -214,18 +236,29 @@ def experiment(kind: str, scenario_path: str, *, out: str | None = None, prefix:
     num_layers = load_manifest(prepared)["num_layers"]
     placement = None if scenario.placement == "memory" else scenario.placement_for(num_layers)  # fail before up
     try:
+        phase("up", f"{scenario.nodes} layer nodes on the {testbed.kind} testbed")
         testbed.up(scenario.nodes, links or None)
         if placement is None:
             placement = scenario.placement_for(num_layers, reported_memory(testbed))
+        phase("deploy", f"model {scenario.model}")
         deployment = do_deploy(testbed, scenario.model, placement, policy=scenario.on_failure,
                                wire_dtype=scenario.wire_dtype, compute_dtype=scenario.compute_dtype,
                                timing=Timing(**scenario.timing), encrypt=scenario.encrypt)
+        if dashboard is not None:
+            dashboard.feed.publish(live_topology(deployment, scenario.name))
+        phase("run", scenario.description or scenario.name)
         run_job(testbed, deployment, job_from(scenario, Path(scenario_path).parent), faults_from(scenario), run_dir,
-                scenario=scenario.model_dump(mode="json"))
+                scenario=scenario.model_dump(mode="json"), feed=None if dashboard is None else dashboard.feed)
     finally:
+        phase("down")
         testbed.down()
     from analysis.report import analyze
 
+    phase("analyze")
     analyze(run_dir)  # prints the summary table
+    if dashboard is not None:
+        dashboard.run_dir = run_dir
+        complete = json.loads((run_dir / "summary.json").read_text())["complete"]
+        dashboard.feed.publish({"ev": "end", "run_dir": str(run_dir), "complete": complete, "report": True})
     print(f"[experiment] results in {run_dir}")
     return run_dir

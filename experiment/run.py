@@ -12,9 +12,12 @@ from __future__ import annotations
 import json
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from dashboard.feed import Feed, fault_message
+from dashboard.follow import LiveLogs
 from experiment.collect import write_run_dir
 from experiment.deploy import Deployment
 from testbed.interface import FaultKind, FaultResult, HostInfo, Testbed, TestbedError
@@ -53,6 +56,7 @@ class FaultRunner:
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _timers: list[tuple[threading.Timer, threading.Event, Fault, FaultKind | None]] = field(default_factory=list)
     current: dict = field(default_factory=dict)
+    on_record: Callable[[dict], None] | None = None  # told each record as it is made (the live dashboard)
 
     def fire(self, fault: Fault, action: FaultKind | None = None) -> None:
         action = action or fault.action
@@ -65,13 +69,16 @@ class FaultRunner:
         except TestbedError as exc:
             effective = FaultResult.now(action.value, " ".join(h.name for h in targets), f"FAILED: {exc}")
             detail = effective.detail
+        record = {
+            "action": action.value, "target": " ".join(h.name for h in targets), "trigger": fault.trigger,
+            "session": self.current.get("session", ""), "step": self.current.get("step", -1),
+            "requested_wall_ns": requested, "effective_wall_ns": effective.effective_wall_ns,
+            "effective_mono_ns": effective.effective_mono_ns, "detail": detail,
+        }
         with self._lock:
-            self.records.append({
-                "action": action.value, "target": " ".join(h.name for h in targets), "trigger": fault.trigger,
-                "session": self.current.get("session", ""), "step": self.current.get("step", -1),
-                "requested_wall_ns": requested, "effective_wall_ns": effective.effective_wall_ns,
-                "effective_mono_ns": effective.effective_mono_ns, "detail": detail,
-            })
+            self.records.append(record)
+        if self.on_record is not None:
+            self.on_record(record)
         print(f"[fault] {action.value} {' '.join(h.name for h in targets)} ({fault.trigger}): {detail}", flush=True)
         if fault.duration and action.undo is not None:
             self.schedule(fault.duration, fault, action.undo)
@@ -103,8 +110,12 @@ class FaultRunner:
 
 
 def run_job(testbed: Testbed, deployment: Deployment, job: dict, faults: list[Fault], out: Path, *,
-            scenario: dict | None = None, stream=print) -> Path:
-    """Run ``job`` (prompts, max_new_tokens, sampling, repeats) with ``faults``; write the run dir to ``out``."""
+            scenario: dict | None = None, stream=print, feed: Feed | None = None) -> Path:
+    """Run ``job`` (prompts, max_new_tokens, sampling, repeats) with ``faults``; write the run dir to ``out``.
+
+    With a ``feed`` (the live dashboard's), every host's event log is followed into it while the job runs, and
+    each fault record goes there as it is made.
+    """
     hosts = {h["index"]: HostInfo(**h) for h in deployment.hosts}
     user = hosts[0]
     shell = testbed.shell(user)
@@ -112,9 +123,14 @@ def run_job(testbed: Testbed, deployment: Deployment, job: dict, faults: list[Fa
     job_file.write_text(json.dumps(job))
     shell.put(job_file, "job.json")
     shell.run("rm -f events.jsonl", check=False)
-    runner = FaultRunner(testbed, hosts)
+    runner = FaultRunner(testbed, hosts, on_record=None if feed is None else
+                         (lambda record: feed.publish(fault_message(record))))
     pending = list(faults)
     started_wall = time.time_ns()
+    # 1 s of slack: a remote host's clock may run behind ours (NTP keeps it to milliseconds), and an earlier
+    # run on the same deployment ended longer ago than that (its collection alone takes longer).
+    live = None if feed is None else LiveLogs(testbed, list(hosts.values()), feed,
+                                              since_wall_ns=started_wall - 1_000_000_000)
     proc = testbed.popen(user, service_argv(user, "payload.user", "--config", "user.json", "--job", "job.json",
                                             "--jsonl"))
     interrupted = False
@@ -148,6 +164,8 @@ def run_job(testbed: Testbed, deployment: Deployment, job: dict, faults: list[Fa
         proc.wait(timeout=10)
     finally:
         runner.finish()
+        if live is not None:
+            live.stop()
     complete = proc.returncode == 0 and not interrupted
     if proc.returncode != 0 and not interrupted:
         how = f"was killed by signal {-proc.returncode}" if proc.returncode < 0 else f"exited {proc.returncode}"

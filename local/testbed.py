@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 from local.spawner import ModuleCall, SpawnerClient, code_fingerprint
-from testbed.interface import FaultResult, HostInfo, Testbed, TestbedError
+from testbed.interface import FOLLOW_ARGV, FaultResult, HostInfo, Testbed, TestbedError
 from testbed.profiles import LinkProfile
 from testbed.shell import LocalShell
 from testbed.state import StateStore, state_root
@@ -188,6 +188,10 @@ class LocalTestbed(Testbed):
             pid = proc.pid
         self._record_pid(host, pid)
         return proc
+
+    def follow(self, host: HostInfo, name: str) -> subprocess.Popen:
+        return subprocess.Popen([*FOLLOW_ARGV, name], cwd=host.workdir, stdin=subprocess.DEVNULL,
+                                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, start_new_session=True)
 
     def pid(self, host: HostInfo) -> int:
         pid = self._load()["pids"].get(host.name)

@@ -68,16 +68,19 @@ class EventLog:
             self._fd = -1
 
 
+def parse_event_line(line: str) -> dict | None:
+    """One log line as an event, or None for a blank or torn one (a node killed mid-write)."""
+    line = line.strip()
+    if not line:
+        return None
+    try:
+        event = json.loads(line)
+    except json.JSONDecodeError:
+        return None
+    return event if isinstance(event, dict) else None
+
+
 def read_events(path: Path | str) -> list[dict]:
     """Read an event log, skipping a torn last line (a node killed mid-write)."""
-    events = []
     with open(path, encoding="utf-8") as handle:
-        for line in handle:
-            line = line.strip()
-            if not line:
-                continue
-            try:
-                events.append(json.loads(line))
-            except json.JSONDecodeError:
-                continue
-    return events
+        return [event for line in handle if (event := parse_event_line(line)) is not None]

@@ -117,6 +117,7 @@ class Shell(Protocol):
     def get(self, remote: str, local: Path) -> None: ...
 
 
+FOLLOW_ARGV = ("tail", "-n", "+1", "-F", "-s", "0.1")  # GNU tail: inotify where it can, 100 ms polls where not
 SERVICE_PID = "service.pid"  # in a host's work directory: the running node service's pid (its process group)
 
 
@@ -175,6 +176,12 @@ class Testbed(abc.ABC):
     def popen(self, host: HostInfo, argv: list[str]):
         """Start ``argv`` on ``host`` with its stdout piped back here (a ``subprocess.Popen``-like object)."""
         raise TestbedError(f"the {self.kind} testbed cannot stream a command's output")
+
+    def follow(self, host: HostInfo, name: str):
+        """Stream the lines of file ``name`` in ``host``'s work directory, from its start and as they are appended
+        (a ``subprocess.Popen``-like object: ``stdout``, ``terminate``, ``wait``); a file not there yet is waited
+        for.  What the live dashboard reads node logs through; nothing about the node service changes."""
+        raise TestbedError(f"the {self.kind} testbed cannot follow a file on its hosts")
 
     def describe(self) -> dict:
         """Testbed description written into the run directory."""

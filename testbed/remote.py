@@ -19,7 +19,7 @@ from typing import ClassVar
 from pydantic import BaseModel
 
 from testbed import services
-from testbed.interface import FaultResult, HostInfo, Testbed, TestbedError
+from testbed.interface import FOLLOW_ARGV, FaultResult, HostInfo, Testbed, TestbedError
 from testbed.ssh import SshShell
 from testbed.state import StateStore, state_root
 
@@ -97,6 +97,10 @@ class InventoryTestbed(Testbed):
         if service is not None:
             self.shell(host).run(services.stop_service_command(service["pid"]), check=False, timeout=15)
             self.state.update(lambda d: d["services"].pop(host.name, None))
+
+    def follow(self, host: HostInfo, name: str):
+        """``tail -F`` over the host's SSH connection (a channel of its own beside the shell's commands)."""
+        return self.shell(host).popen([*FOLLOW_ARGV, name], stderr=False)
 
     def _service_pid(self, host: HostInfo) -> int:
         service = self._ready()["services"].get(host.name)

@@ -300,9 +300,11 @@ class SshShell:
             raise TestbedError(f"{self.name}: ssh failed starting `{command}`: {describe_ssh_error(exc)}") from None
         return channel
 
-    def popen(self, argv: Sequence[str]) -> "RemoteProcess":
-        """Start ``argv`` in the workdir with its stdout streamed back line by line."""
-        return RemoteProcess(self, f"echo $$; PYTHONUNBUFFERED=1 exec {shlex.join(argv)}", " ".join(argv))
+    def popen(self, argv: Sequence[str], *, stderr: bool = True) -> "RemoteProcess":
+        """Start ``argv`` in the workdir with its stdout streamed back line by line (its stderr copied to ours,
+        or discarded when ``stderr`` is false)."""
+        discard = "" if stderr else " 2>/dev/null"
+        return RemoteProcess(self, f"echo $$; PYTHONUNBUFFERED=1 exec {shlex.join(argv)}{discard}", " ".join(argv))
 
     def close(self) -> None:
         """Close the connection and the jump host under it; nothing open is fine."""

@@ -15,7 +15,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 PROJECT = {"payload", "testbed", "local", "emu", "colosseum", "rpi", "sshhosts", "experiment", "analysis", "quality",
-           "fabfile"}
+           "dashboard", "fabfile"}
 TESTBEDS = {"local", "emu", "colosseum", "rpi", "sshhosts"}
 # The one testbed built on another: Raspberry Pis are SSH hosts plus Pi provisioning, not a copy of them.
 BUILDS_ON = {"rpi": {"sshhosts"}}
@@ -30,6 +30,7 @@ ALLOWED = {
     **{name: {"testbed", "payload", *BUILDS_ON.get(name, ())} for name in TESTBEDS},
     "analysis": {"payload"},  # and of the payload only the run-data schema: see below
     "quality": {"payload"},
+    "dashboard": {"payload", "testbed"},  # reads node logs through the Testbed interface, never a testbed itself
     "experiment": PROJECT - {"fabfile", "experiment"},
 }
 ANALYSIS_MAY_READ = {"payload.schema"}

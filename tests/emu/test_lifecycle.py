@@ -109,3 +109,15 @@ def test_auto_backend_picks_netem_only_where_the_kernel_has_it_and_says_which(re
         with pytest.raises(TestbedError, match="this kernel has no netem"):
             forced.up(1)
         assert state.load(forced.prefix) is None
+
+
+@pytest.mark.root
+def test_a_node_s_file_is_followed_over_ssh_as_it_is_written(require_root):
+    from tests.follow_check import assert_follows
+
+    testbed = EmuTestbed(unique_prefix("follow"), backend="userspace")
+    try:
+        hosts = testbed.up(1)
+        assert_follows(testbed, hosts[1])
+    finally:
+        testbed.down()

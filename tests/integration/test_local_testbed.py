@@ -132,3 +132,11 @@ def test_fab_experiment_runs_the_demo_scenario_end_to_end(tmp_path):
     assert figures and f"figures ({len(figures)}): " in out.stdout
     assert all(str(figure) in out.stdout for figure in figures), "the terminal names every plot"
     assert not (LocalTestbed(prefix).state_dir).exists(), "experiment must bring the testbed down"
+
+
+def test_a_host_s_file_is_followed_as_it_is_written():
+    from tests.follow_check import assert_follows
+    from tests.integration.conftest import local_testbed
+
+    with local_testbed(1) as testbed:
+        assert_follows(testbed, testbed.hosts()[1])

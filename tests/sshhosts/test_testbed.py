@@ -34,6 +34,7 @@ from testbed.interface import FaultKind, TestbedError
 from testbed.profiles import directions, load_profiles
 
 from tests.sshhosts.conftest import HOSTS, MISSING, EmulatedLabLinks, write_inventory
+from tests.follow_check import assert_follows
 
 pytestmark = [pytest.mark.root, pytest.mark.timeout(240)]
 PROFILES = load_profiles()
@@ -114,6 +115,7 @@ def test_the_dry_run_is_what_runs_and_a_fault_reshapes_only_the_hosts_it_must(la
         ifb = ifb_name(testbed.prefix)
         assert subprocess.run(["ip", "-n", lab.by_alias["lab-a"].namespace, "link", "show", ifb],
                               capture_output=True).returncode == 0
+        assert_follows(testbed, hosts[1])  # the live dashboard's view of a host's log, over its SSH connection
     finally:
         testbed.down()
     for name in HOSTS:

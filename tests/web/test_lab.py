@@ -1,0 +1,51 @@
+"""`make lab` serves JupyterLab on notebooks/ from the venv, and the notebooks open in a real browser."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import time
+import urllib.request
+from pathlib import Path
+
+from tests.web.conftest import open_page, wait_for
+
+REPO = Path(__file__).resolve().parents[2]
+NOTEBOOKS = {"inference_time.ipynb", "network_behavior.ipynb", "layer_skip.ipynb"}
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_make_lab_serves_the_notebooks_and_one_opens_in_the_browser(browser, tmp_path):
+    port, token = _free_port(), "jarvis-test"
+    args = f"--no-browser --ip=127.0.0.1 --port={port} --IdentityProvider.token={token} --ServerApp.open_browser=False"
+    env = {**os.environ, "JUPYTER_RUNTIME_DIR": str(tmp_path / "runtime"), "JUPYTER_CONFIG_DIR": str(tmp_path / "cfg")}
+    log = tmp_path / "lab.log"  # a file, not a pipe: JupyterLab logs more than a pipe holds unread
+    lab = subprocess.Popen(["make", "--no-print-directory", "lab", f"LAB_ARGS={args}"], cwd=REPO, env=env,
+                           stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            assert lab.poll() is None, f"make lab exited {lab.returncode}:\n{log.read_text()}"
+            try:
+                listing = json.load(urllib.request.urlopen(f"{base}/api/contents?token={token}", timeout=5))
+                break
+            except OSError:
+                assert time.monotonic() < deadline, "JupyterLab never answered"
+                time.sleep(0.5)
+        assert NOTEBOOKS <= {item["name"] for item in listing["content"]}, "the lab is rooted at notebooks/"
+        open_page(browser, f"{base}/lab/tree/inference_time.ipynb?token={token}")
+        wait_for(browser, "return document.querySelectorAll('.jp-Notebook .jp-Cell').length >= 3 &&"
+                          " document.querySelector('.jp-Notebook').innerText.includes('latest_run')",
+                 timeout_s=90, what="the notebook's cells, its run directory cell among them")
+    finally:
+        os.killpg(lab.pid, signal.SIGTERM)
+        lab.wait(timeout=30)
