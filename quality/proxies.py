@@ -80,7 +80,7 @@ def _reduce(logits: torch.Tensor, picks: torch.Tensor) -> _Reduced:
     return _Reduced(peak, picked, lse)
 
 
-class _Reference:
+class Reference:
     """The full model's next-token distribution over one window, chunk by chunk."""
 
     def __init__(self, model: SkipModel, hidden: torch.Tensor):
@@ -109,7 +109,7 @@ class _Reference:
         return torch.einsum("tv,tv->t", self.probs[chunk], self.logits[chunk] - logits)
 
 
-def _token_metrics(model: SkipModel, hidden: torch.Tensor, ref: _Reference, targets: torch.Tensor):
+def token_metrics(model: SkipModel, hidden: torch.Tensor, ref: Reference, targets: torch.Tensor):
     """(nll, kl, top1) per position of one window, for the final hidden states of one skip set."""
     nll, kl, top1 = [], [], []
     for chunk, start in enumerate(range(0, hidden.shape[1], HEAD_CHUNK)):
@@ -155,12 +155,12 @@ def evaluate_proxies(model: SkipModel, windows: list[Window], sets: list[SkipSet
         started = time.perf_counter()
         seq = model.sequence(window.token_ids)
         states = trunk(model, seq, lambda n: bar.advance(n * layer_work))
-        ref = _Reference(model, states[-1])
+        ref = Reference(model, states[-1])
         bar.advance(head_work)
         seconds_full += time.perf_counter() - started
 
         def visit(skip: SkipSet, hidden: torch.Tensor) -> None:
-            values = _token_metrics(model, hidden, ref, targets)
+            values = token_metrics(model, hidden, ref, targets)
             row = rows[skip]
             nll[row, span], kl[row, span], top1[row, span] = (v.numpy() for v in values)
             bar.advance(head_work)

@@ -21,12 +21,13 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from payload.events import read_events
 from tests.conftest import _save_tiny
 from tests.web.conftest import artifacts_dir, open_page, page_errors, wait_for
 
 REPO = Path(__file__).resolve().parents[2]
 FAB = str(Path(sys.executable).parent / "fab")
-TOKENS = 48
+TOKENS = 120  # node3 resumed at token 18 must have time to rejoin (heartbeats every 100 ms) before the end
 KILL_AT = 6
 PAUSE_AT = 14
 
@@ -112,8 +113,11 @@ def test_the_live_page_shows_the_run_as_it_happens_and_the_replay_shows_it_again
     assert live["faults"] == [["kill", "node2", "detected"], ["pause", "node3", "detected"],
                               ["resume", "node3", "effective"]], "each fault is marked, and its detection"
     assert live["shapes"] == 3, "a marker on the latency chart for each fault"
+    user_events = read_events(run / "nodes" / "user" / "events.jsonl")
+    rejoined = [e["peer"] for e in user_events if e["ev"] == "rejoin"]
+    assert rejoined == [3], f"the run itself must have node3 rejoin for this test to check it: {rejoined}"
     assert live["out"] == [2] and live["outCards"] == [2], "node2 is drawn out; node3 is back"
-    assert any(line == "node3 rejoined" for line in live["log"]), live["log"]
+    assert "node3 rejoined" in live["log"], live["log"]
     assert live["reroutes"] >= 1, "the hop routed around node2 is listed as a reroute"
     assert ["1-2", "hop stale"] in live["arrows"], "the arrow into node2, which is out, is greyed"
     last_token_ms = tokens["t_emit_ns"].max() / 1e6
