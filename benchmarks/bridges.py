@@ -42,7 +42,7 @@ def main() -> int:
     parser.add_argument("--model", default="gemma3-270m")
     parser.add_argument("--nodes", type=int, default=6)
     parser.add_argument("--tokens", type=int, default=2048, help="evaluated tokens (the skip study's default)")
-    parser.add_argument("--ridge", default="1e-3", help="comma-separated relative ridge strengths to compare")
+    parser.add_argument("--ridge", default="1e-4", help="comma-separated relative ridge strengths to compare")
     args = parser.parse_args()
     torch.manual_seed(0)
     prepared = prepare(args.model)
