@@ -47,5 +47,19 @@ def test_make_lab_serves_the_notebooks_and_one_opens_in_the_browser(browser, tmp
                           " document.querySelector('.jp-Notebook').innerText.includes('latest_run')",
                  timeout_s=90, what="the notebook's cells, its run directory cell among them")
     finally:
+        browser.get("about:blank")  # an open notebook's websockets would hold the server's shutdown up
+        _shut_down(lab, f"{base}/api/shutdown?token={token}")
+
+
+def _shut_down(lab: subprocess.Popen, shutdown_url: str) -> None:
+    """Ask JupyterLab to stop (it shuts its kernels down first); kill its process group if it does not."""
+    try:
+        urllib.request.urlopen(urllib.request.Request(shutdown_url, method="POST"), timeout=10)
+    except OSError:
         os.killpg(lab.pid, signal.SIGTERM)
+    try:
         lab.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        os.killpg(lab.pid, signal.SIGKILL)
+        lab.wait(timeout=10)
+        raise AssertionError("JupyterLab did not stop within 30 s of being asked to") from None
