@@ -23,19 +23,13 @@ import pytest
 
 from payload.events import read_events
 from tests.conftest import _save_tiny
-from tests.web.conftest import artifacts_dir, open_page, page_errors, wait_for
+from tests.web.conftest import artifacts_dir, free_port, open_page, page_errors, wait_for
 
 REPO = Path(__file__).resolve().parents[2]
 FAB = str(Path(sys.executable).parent / "fab")
 TOKENS = 120  # node3 resumed at token 18 must have time to rejoin (heartbeats every 100 ms) before the end
 KILL_AT = 6
 PAUSE_AT = 14
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _fab(args: list[str], log: Path, env: dict) -> subprocess.Popen:
@@ -91,7 +85,7 @@ def live_scenario(tmp_path):
 
 def test_the_live_page_shows_the_run_as_it_happens_and_the_replay_shows_it_again(browser, live_scenario, tmp_path):
     run = tmp_path / "run"
-    port = _free_port()
+    port = free_port()
     env = {**os.environ, "JARVIS_CACHE": str(tmp_path / "cache"), "PYTHONUNBUFFERED": "1"}
     log = tmp_path / "experiment.log"
     proc = _fab(["experiment", "--testbed", "local", "--scenario", str(live_scenario), "--out", str(run),
@@ -130,7 +124,7 @@ def test_the_live_page_shows_the_run_as_it_happens_and_the_replay_shows_it_again
     (artifacts_dir() / "dashboard-lag.json").write_text(json.dumps(figures, indent=2) + "\n")
     print(f"dashboard update lag (event logged -> drawn): {figures}")
 
-    port = _free_port()
+    port = free_port()
     log = tmp_path / "replay.log"
     replay = _fab(["dashboard", "--run", str(run), "--speed", "0", "--port", str(port)], log, env)
     try:

@@ -17,6 +17,7 @@ from dashboard.replay import ReplayError, replay, timed_messages, topology_of
 from dashboard.server import Dashboard, DashboardError
 from experiment.synth import Kill, Spec, write_run
 from payload.schema import EVENTS
+from tests.web.conftest import free_port
 
 
 def test_a_subscriber_gets_history_then_every_later_message_once_even_under_concurrent_publishing():
@@ -88,12 +89,6 @@ def test_replaying_what_is_not_a_run_directory_says_what_is_missing(tmp_path):
         replay(tmp_path, Feed())
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_the_server_binds_to_loopback_by_default_and_serves_every_asset_itself():
     board = Dashboard(port=0).start()
     try:
@@ -116,7 +111,7 @@ def test_the_server_binds_to_loopback_by_default_and_serves_every_asset_itself()
 
 
 def test_a_taken_port_is_a_clear_error():
-    port = _free_port()
+    port = free_port()
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", port))
         taken.listen()

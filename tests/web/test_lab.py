@@ -5,26 +5,19 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import time
 import urllib.request
 from pathlib import Path
 
-from tests.web.conftest import open_page, wait_for
+from tests.web.conftest import free_port, open_page, wait_for
 
 REPO = Path(__file__).resolve().parents[2]
 NOTEBOOKS = {"inference_time.ipynb", "network_behavior.ipynb", "layer_skip.ipynb"}
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_make_lab_serves_the_notebooks_and_one_opens_in_the_browser(browser, tmp_path):
-    port, token = _free_port(), "jarvis-test"
+    port, token = free_port(), "jarvis-test"
     args = f"--no-browser --ip=127.0.0.1 --port={port} --IdentityProvider.token={token} --ServerApp.open_browser=False"
     env = {**os.environ, "JUPYTER_RUNTIME_DIR": str(tmp_path / "runtime"), "JUPYTER_CONFIG_DIR": str(tmp_path / "cfg")}
     log = tmp_path / "lab.log"  # a file, not a pipe: JupyterLab logs more than a pipe holds unread
