@@ -35,6 +35,22 @@ def prepare(c, model="gemma3-270m"):
     print(_guard(run, model))
 
 
+@task(name="prepare-bridges",
+      help={"model": "model name (see prepare)", "nodes": "layer nodes of the placement",
+            "placement": "'even' or a file with one first-last layer range per node",
+            "corpus": "UTF-8 text file to fit on (default: the bundled corpus past the skip study's text)",
+            "ridge": "relative ridge strength (default 1e-4)", "tokens": "calibration tokens at most (default 4096)"})
+def prepare_bridges(c, nodes, model="gemma3-270m", placement="even", corpus=None, ridge=None, tokens=None):
+    """Fit one bridge per slice of a placement (for on_failure: bridge), cached beside the prepared model."""
+    from experiment.orchestrate import bridges_for, placement_from
+    from payload.prepare import load_manifest, prepare as prepare_model
+
+    prepared = _guard(prepare_model, model)
+    plan = _guard(placement_from, placement, load_manifest(prepared)["num_layers"], int(nodes), 0)
+    print(_guard(bridges_for, prepared, plan, corpus=corpus, ridge=float(ridge) if ridge is not None else None,
+                 tokens=int(tokens) if tokens is not None else None))
+
+
 @task(help={"testbed": TESTBED_HELP, "nodes": "number of layer nodes (the user node is added)",
             "links": "emu link spec, e.g. 'wifi' or '1=wifi,2-5=cellular'", "prefix": "name prefix of this testbed",
             "inventory": "inventory file (colosseum, rpi, ssh)",
@@ -71,14 +87,17 @@ def hosts(c, testbed="local", json_=False, prefix=None):
 
 @task(help={"testbed": TESTBED_HELP, "model": "model name (see prepare)",
             "placement": "'even' or a file with one first-last layer range per node",
-            "replicas": "each slice held by K+1 nodes", "on_failure": "skip | replica | replica-then-skip",
+            "replicas": "each slice held by K+1 nodes",
+            "on_failure": "skip | replica | replica-then-skip | bridge | replica-then-bridge",
+            "bridges": "bridge file from prepare-bridges (default: fitted for this placement, cached)",
             "wire_dtype": "bfloat16 | float16 | float32", "prefix": "name prefix of this testbed",
             "encrypt": "seal every frame's payload with ChaCha20-Poly1305 (frames are authenticated either way)",
             "inventory": "inventory file (colosseum, rpi, ssh): brings the testbed up first if it is not",
             "nodes": "layer nodes to bring up (default: all the inventory holds)",
             "dry_run": "print every remote command per host (up and deploy) without connecting"})
 def deploy(c, testbed="local", model="gemma3-270m", placement="even", replicas=0, on_failure="skip",
-           wire_dtype="bfloat16", prefix=None, encrypt=False, inventory=None, nodes=None, dry_run=False):
+           wire_dtype="bfloat16", prefix=None, encrypt=False, inventory=None, nodes=None, dry_run=False,
+           bridges=None):
     """Ship each node only its layers, write configs, start node services, wait for health (on an inventory
     testbed that is not up, bring it up first: checks, radios or Wi-Fi, addresses)."""
     from experiment.orchestrate import deploy_model, dry_run_nodes, make_testbed
@@ -89,7 +108,7 @@ def deploy(c, testbed="local", model="gemma3-270m", placement="even", replicas=0
         print(_guard(tb.dry_run, _guard(dry_run_nodes, tb, count)), end="")
         return
     _guard(deploy_model, tb, model, placement=placement, replicas=int(replicas), on_failure=on_failure,
-           wire_dtype=wire_dtype, encrypt=bool(encrypt), nodes=count)
+           wire_dtype=wire_dtype, encrypt=bool(encrypt), nodes=count, bridges=bridges)
 
 
 @task(help={"testbed": TESTBED_HELP, "prompt": "prompt text", "max_new_tokens": "tokens to generate",

@@ -26,11 +26,10 @@ from tabulate import tabulate
 
 from payload.prepare import prepare
 from payload.routing import even_placement
-from quality.bridges import calibration_states, compose, fit_bridges
+from quality.bridges import calibration_states, calibration_windows, compose, fit_bridges
 from quality.corpus import read_corpus, windows
 from quality.examples import classify
 from quality.model import SkipModel, load_tokenizer
-from quality.corpus import Window
 from quality.proxies import Reference, token_metrics
 from quality.walk import trunk
 
@@ -51,10 +50,8 @@ def main() -> int:
     bos = tokenizer.bos_token_id if model.adds_bos else None
     stream = tokenizer.encode(read_corpus(None), add_special_tokens=False)
     evaluated = windows(stream, tokens=args.tokens, window=WINDOW, bos=bos)
-    used = args.tokens + (0 if bos is not None else len(evaluated))  # tokens the evaluation reads
-    rest = stream[used:]  # calibration needs inputs only: every remaining token, in windows like the evaluation's
-    prefix = [bos] if bos is not None else []
-    calibration = [Window(tuple(prefix + rest[i:i + WINDOW]), ()) for i in range(0, len(rest), WINDOW)]
+    calibration = calibration_windows(stream, bos=bos, own_file=False, limit=len(stream), evaluated=args.tokens,
+                                      window=WINDOW)  # the rest of the corpus: disjoint from the evaluated tokens
     calibration_tokens = sum(len(w.token_ids) for w in calibration)
     print(f"model {args.model}: {model.num_layers} layers; evaluated {args.tokens} tokens; calibration "
           f"{calibration_tokens} tokens (disjoint, the rest of the bundled corpus)", flush=True)

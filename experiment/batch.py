@@ -49,7 +49,9 @@ from colosseum.network import SrnAddresses, needs_wired
 from colosseum.plan import Layout
 from colosseum.scope import scope_config_text
 from experiment.deploy import Deployment, node_config
+from payload.bridges import FILE as BRIDGES_FILE
 from payload.config import Timing
+from payload.prepare import sha256_file
 from testbed.addresses import Address
 from testbed.interface import FaultResult, HostInfo, Testbed, TestbedError
 from testbed.profiles import LinkProfile
@@ -130,7 +132,8 @@ def radio_conf(layout: Layout, name: str, *, addresses: dict[str, SrnAddresses],
         cfg = node_config(host, hosts, deployment.placement_obj(), key_hex=deployment.key_hex,
                           wire_dtype=deployment.wire_dtype, compute_dtype=deployment.compute_dtype, timing=timing)
         # The key stays in the image (snapshotted by the team), never in radio.conf (on the team NAS) or /logs.
-        cfg = dataclasses.replace(cfg, model_dir=f"{paths.jarvis}/model", key_hex="", key_file=f"{paths.jarvis}/key")
+        cfg = dataclasses.replace(cfg, model_dir=f"{paths.jarvis}/model", key_hex="", key_file=f"{paths.jarvis}/key",
+                                  bridges_file=f"{paths.jarvis}/model/{BRIDGES_FILE}" if deployment.bridges else "")
         config = json.loads(cfg.to_json())
         if host.index == 0:
             config = {"node": config, "placement": deployment.placement, "policy": deployment.policy}
@@ -158,7 +161,7 @@ def radio_conf(layout: Layout, name: str, *, addresses: dict[str, SrnAddresses],
 def write_bundle(inventory: Path | str, scenario_path: Path | str, out: Path | str, *, duration_s: int,
                  traffic_scenario: int, prepared: Path | None = None) -> Path:
     """Write the batch bundle for ``scenario_path`` on the SRNs of ``inventory`` into ``out``; return ``out``."""
-    from experiment.orchestrate import job_from
+    from experiment.orchestrate import bridges_for, job_from
     from experiment.scenario import load_scenario
     from payload.prepare import load_manifest, prepare
 
@@ -169,6 +172,9 @@ def write_bundle(inventory: Path | str, scenario_path: Path | str, out: Path | s
                            "remove them or run the scenario interactively")
     prepared = Path(prepared or prepare(scenario.model))
     placement = scenario.placement_for(load_manifest(prepared)["num_layers"])
+    bridges = None
+    if scenario.on_failure.bridges:
+        bridges = bridges_for(prepared, placement, **scenario.bridges.options(Path(scenario_path).parent))
     layout = Layout.choose(inv, PREFIX, f"jarvis-{scenario.name}-{time.strftime('%Y%m%d-%H%M%S')}", scenario.nodes)
     links = {k: p for k in range(1, scenario.nodes + 1) if isinstance(p := scenario.profile_of(k), str)}
     wrong = plan.link_mismatches(layout, links)
@@ -181,7 +187,8 @@ def write_bundle(inventory: Path | str, scenario_path: Path | str, out: Path | s
                             placement=placement.to_dict(), policy=scenario.on_failure.value,
                             hosts=[h.to_dict() for h in hosts], key_hex=secrets.token_hex(32),
                             wire_dtype=scenario.wire_dtype, compute_dtype=scenario.compute_dtype,
-                            timing=dataclasses.asdict(timing))
+                            timing=dataclasses.asdict(timing), bridges=str(bridges or ""),
+                            bridges_sha256=sha256_file(bridges) if bridges else "")
     job = job_from(scenario, Path(scenario_path).parent)
     out = Path(out)
     if out.exists():
@@ -200,7 +207,10 @@ def write_bundle(inventory: Path | str, scenario_path: Path | str, out: Path | s
     shutil.copy2(RUNNER, out / "image" / "radio_api" / "jarvis_batch.py")
     shutil.copytree(Path(payload.__file__).parent, out / "image" / "jarvis" / "code" / "payload",
                     ignore=shutil.ignore_patterns("__pycache__"))
-    shutil.copytree(prepared, out / "image" / "jarvis" / "model")
+    # The model without its cache of other placements' bridges; this placement's, if it bridges, by their node name.
+    shutil.copytree(prepared, out / "image" / "jarvis" / "model", ignore=shutil.ignore_patterns("bridges"))
+    if bridges:
+        shutil.copy2(bridges, out / "image" / "jarvis" / "model" / BRIDGES_FILE)
     write_private(out / "image" / "jarvis" / "key", deployment.key_hex)
     deployment.save(out / "deployment.json")
     (out / "scenario.json").write_text(json.dumps(scenario.model_dump(mode="json"), indent=2))

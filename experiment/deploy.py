@@ -19,7 +19,8 @@ from functools import partial
 from pathlib import Path
 
 from payload.config import NodeConfig, Timing, UserConfig
-from payload.prepare import MANIFEST, load_manifest
+from payload.bridges import FILE as BRIDGES_FILE
+from payload.prepare import MANIFEST, load_manifest, sha256_file
 from payload.routing import Placement, Policy
 from testbed.fanout import on_each
 from testbed.interface import HostInfo, Testbed, TestbedError
@@ -46,6 +47,8 @@ class Deployment:
     compute_dtype: str = "float32"
     timing: dict = field(default_factory=dict)
     encrypt: bool = False
+    bridges: str = ""  # the bridges file every host holds (on_failure: bridge), here on the control machine
+    bridges_sha256: str = ""
 
     def save(self, path: Path) -> None:
         """Write it readable by this user only: it holds the deployment key."""
@@ -90,21 +93,25 @@ def _remote_sums(shell, files: list[str]) -> dict[str, str]:
     return sums
 
 
-def ship_model(testbed: Testbed, host: HostInfo, prepared: Path, files: list[str]) -> tuple[int, int]:
-    """Send ``files`` that differ on the host, verify checksums there; return (bytes sent, files skipped)."""
+def ship_model(testbed: Testbed, host: HostInfo, prepared: Path, files: list[str],
+               extras: dict[str, Path] | None = None) -> tuple[int, int]:
+    """Send ``files`` of the prepared model (and ``extras``: name in ``model/`` -> local file, such as the
+    bridges) that differ on the host, verify checksums there; return (bytes sent, files skipped)."""
     manifest = load_manifest(prepared)
+    sources = {rel: prepared / rel for rel in files} | dict(extras or {})
+    expected = {rel: manifest["files"][rel]["sha256"] for rel in files if rel != MANIFEST}
+    expected |= {rel: sha256_file(path) for rel, path in (extras or {}).items()}
     shell = testbed.shell(host)
-    have = _remote_sums(shell, files)
+    have = _remote_sums(shell, list(sources))
     sent = skipped = 0
-    for rel in files:
-        expected = manifest["files"].get(rel, {}).get("sha256") if rel != MANIFEST else None
-        if expected is not None and have.get(rel) == expected:
+    for rel, path in sources.items():
+        if rel in expected and have.get(rel) == expected[rel]:
             skipped += 1
             continue
-        shell.put(prepared / rel, f"model/{rel}")
-        sent += (prepared / rel).stat().st_size
-    after = _remote_sums(shell, [f for f in files if f != MANIFEST])
-    bad = [f for f in files if f != MANIFEST and after.get(f) != manifest["files"][f]["sha256"]]
+        shell.put(path, f"model/{rel}")
+        sent += path.stat().st_size
+    after = _remote_sums(shell, list(expected))
+    bad = [f for f in expected if after.get(f) != expected[f]]
     if bad:
         raise TestbedError(f"{host.name}: checksum mismatch after transfer for {bad}")
     return sent, skipped
@@ -118,7 +125,7 @@ def key_path(host: HostInfo) -> str | None:
 
 
 def node_config(host: HostInfo, hosts: list[HostInfo], placement: Placement, *, key_hex: str, wire_dtype: str,
-                compute_dtype: str, timing: Timing, encrypt: bool = False) -> NodeConfig:
+                compute_dtype: str, timing: Timing, encrypt: bool = False, bridges: bool = False) -> NodeConfig:
     """A node's config; it listens on the address the testbed assigned it (``extra["listen"]`` overrides),
     never on every interface, and names its key file instead of holding the key where one is set."""
     ranges = [] if host.index == 0 else placement.ranges_of(host.index)
@@ -136,6 +143,7 @@ def node_config(host: HostInfo, hosts: list[HostInfo], placement: Placement, *, 
         wire_dtype=wire_dtype,
         timing=timing,
         encrypt=encrypt,
+        bridges_file=f"{host.workdir}/model/{BRIDGES_FILE}" if bridges else "",
     )
 
 
@@ -162,19 +170,26 @@ def stop_started(testbed: Testbed, started: dict[str, HostInfo]) -> None:
 
 def deploy(testbed: Testbed, prepared: Path, placement: Placement, *, model: str, policy: Policy = Policy.SKIP,
            wire_dtype: str = "bfloat16", compute_dtype: str = "float32", timing: Timing = Timing(),
-           encrypt: bool = False, ready_timeout_s: float = 600.0, progress=print) -> Deployment:
-    """Ship, configure and start every node; return the Deployment (also saved by the caller)."""
+           encrypt: bool = False, bridges: Path | None = None, ready_timeout_s: float = 600.0,
+           progress=print) -> Deployment:
+    """Ship, configure and start every node; return the Deployment (also saved by the caller).
+
+    ``bridges`` (a bridge file of this placement, :func:`quality.bridges.bridge_file`) goes to every host:
+    any node may be the one before a gap.  A policy that bridges needs it."""
     hosts = testbed.hosts()
     if len(hosts) - 1 != len(placement.nodes):
         raise TestbedError(f"placement has {len(placement.nodes)} layer nodes but the testbed has {len(hosts) - 1}")
+    if policy.bridges and bridges is None:
+        raise TestbedError(f"on_failure: {policy.value} needs the placement's bridges (fab prepare-bridges)")
     manifest = load_manifest(prepared)
     key_hex = secrets.token_hex(32)
+    extras = {BRIDGES_FILE: Path(bridges)} if bridges is not None else {}
 
     def one(host: HostInfo) -> tuple[int, int]:
         files = files_for(manifest, placement, host.index)
-        sent, skipped = ship_model(testbed, host, prepared, files)
+        sent, skipped = ship_model(testbed, host, prepared, files, extras)
         cfg = node_config(host, hosts, placement, key_hex=key_hex, wire_dtype=wire_dtype,
-                          compute_dtype=compute_dtype, timing=timing, encrypt=encrypt)
+                          compute_dtype=compute_dtype, timing=timing, encrypt=encrypt, bridges=bool(extras))
         shell = testbed.shell(host)
         if cfg.key_file:
             local_key = testbed.state_dir / f"{host.name}.key"
@@ -211,4 +226,6 @@ def deploy(testbed: Testbed, prepared: Path, placement: Placement, *, model: str
         policy=policy.value, hosts=[h.to_dict() for h in hosts],
         bytes_shipped={n: r[0] for n, r in results.items()}, files_skipped={n: r[1] for n, r in results.items()},
         key_hex=key_hex, wire_dtype=wire_dtype, compute_dtype=compute_dtype, timing=asdict(timing), encrypt=encrypt,
+        bridges=str(bridges) if bridges is not None else "",
+        bridges_sha256=sha256_file(Path(bridges)) if bridges is not None else "",
     )

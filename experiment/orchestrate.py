@@ -108,12 +108,38 @@ def placement_from(spec: str, num_layers: int, nodes: int, replicas: int) -> Pla
     return explicit_placement(num_layers, ranges, replicas)
 
 
+def bridges_for(prepared: Path, placement: Placement, *, file: str | None = None, corpus: str | None = None,
+                ridge: float | None = None, tokens: int | None = None) -> Path:
+    """``fab prepare-bridges``: the bridge file of ``placement``'s slices (``file``, checked, or fitted on
+    first use and cached beside the prepared model: quality/bridges.py)."""
+    from payload.bridges import BridgeSet, load_bridges
+
+    spans = [placement.slices[n] for n in placement.nodes]
+    if file:
+        path = Path(file)
+        held = BridgeSet(load_bridges(path, hidden=int(load_manifest(prepared)["hidden_size"])))
+        missing = [f"{a}-{b - 1}" for a, b in spans if held.cover(a, b) is None]
+        if missing:
+            raise TestbedError(f"{path} has no bridge for slice(s) {', '.join(missing)} of this placement")
+        return path
+    from quality.bridges import bridge_file
+
+    options = {k: v for k, v in {"corpus": Path(corpus) if corpus else None, "ridge": ridge, "tokens": tokens}.items()
+               if v is not None}
+    return bridge_file(prepared, spans, **options)
+
+
 def do_deploy(testbed: Testbed, model: str, placement: Placement, *, policy: Policy = Policy.SKIP,
               wire_dtype: str = "bfloat16", compute_dtype: str = "float32", timing: Timing = Timing(),
-              encrypt: bool = False) -> Deployment:
+              encrypt: bool = False, bridges: Path | None = None) -> Deployment:
+    """Deploy ``model`` as ``placement``; a policy that bridges gets the placement's bridges (fitted with the
+    defaults unless ``bridges`` names a file)."""
     prepared = prepare(model)
+    if policy.bridges and bridges is None:
+        bridges = bridges_for(prepared, placement)
     deployment = deploy(testbed, prepared, placement, model=model, policy=policy, wire_dtype=wire_dtype,
-                        compute_dtype=compute_dtype, timing=timing, encrypt=encrypt)
+                        compute_dtype=compute_dtype, timing=timing, encrypt=encrypt,
+                        bridges=bridges if policy.bridges else None)
     deployment.save(deployment_path(testbed))
     total = sum(deployment.bytes_shipped.values())
     print(f"[deploy] shipped {total / 1e6:.1f} MB in total; deployment saved to {deployment_path(testbed)}")
@@ -130,7 +156,7 @@ def policy_of(name: str) -> Policy:
 
 def deploy_model(testbed: Testbed, model: str, *, placement: str = "even", replicas: int = 0,
                  on_failure: str = "skip", wire_dtype: str = "bfloat16", encrypt: bool = False,
-                 nodes: int | None = None) -> Deployment:
+                 nodes: int | None = None, bridges: str | None = None) -> Deployment:
     """``fab deploy``: place ``model`` over the testbed's layer nodes (``even`` or a ranges file) and deploy it.
 
     An inventory testbed (Colosseum, Pis) that is not up is brought up first with ``nodes`` layer nodes (default:
@@ -139,7 +165,9 @@ def deploy_model(testbed: Testbed, model: str, *, placement: str = "even", repli
     layers = load_manifest(prepare(model))["num_layers"]
     ensure_up(testbed, nodes)
     plan = placement_from(placement, layers, len(testbed.hosts()) - 1, replicas)
-    return do_deploy(testbed, model, plan, policy=policy_of(on_failure), wire_dtype=wire_dtype, encrypt=encrypt)
+    policy = policy_of(on_failure)
+    chosen = bridges_for(prepare(model), plan, file=bridges) if bridges and policy.bridges else None
+    return do_deploy(testbed, model, plan, policy=policy, wire_dtype=wire_dtype, encrypt=encrypt, bridges=chosen)
 
 
 def ensure_up(testbed: Testbed, nodes: int | None) -> None:
@@ -235,15 +263,20 @@ def experiment(kind: str, scenario_path: str, *, out: str | None = None, prefix:
         links = {k: resolve(p) for k in range(1, scenario.nodes + 1) if (p := scenario.profile_of(k))}
     num_layers = load_manifest(prepared)["num_layers"]
     placement = None if scenario.placement == "memory" else scenario.placement_for(num_layers)  # fail before up
+    bridges = None
+    if scenario.on_failure.bridges and placement is not None:  # fitted (or found) before anything is brought up
+        bridges = bridges_for(prepared, placement, **scenario.bridges.options(Path(scenario_path).parent))
     try:
         phase("up", f"{scenario.nodes} layer nodes on the {testbed.kind} testbed")
         testbed.up(scenario.nodes, links or None)
         if placement is None:
             placement = scenario.placement_for(num_layers, reported_memory(testbed))
+            if scenario.on_failure.bridges:
+                bridges = bridges_for(prepared, placement, **scenario.bridges.options(Path(scenario_path).parent))
         phase("deploy", f"model {scenario.model}")
         deployment = do_deploy(testbed, scenario.model, placement, policy=scenario.on_failure,
                                wire_dtype=scenario.wire_dtype, compute_dtype=scenario.compute_dtype,
-                               timing=Timing(**scenario.timing), encrypt=scenario.encrypt)
+                               timing=Timing(**scenario.timing), encrypt=scenario.encrypt, bridges=bridges)
         if dashboard is not None:
             dashboard.feed.publish(live_topology(deployment, scenario.name))
         phase("run", scenario.description or scenario.name)

@@ -7,7 +7,10 @@ cache holding only the positions of steps where it ran; layers listed in
 ``rebuilt`` have their cache rebuilt from the previous hop's history, as the
 chain replays it: the output of the last layer applied before them at every
 earlier position, followed by the step's own positions, in one forward (as the
-rebuilding node computes them).  The replay must reproduce the recorded token ids.
+rebuilding node computes them).  Spans listed in ``bridges`` are not computed but
+bridged (:mod:`payload.bridges`) on exactly what the chain bridged: the step's
+positions, the last position only before the head, or the whole history when
+the hop after the gap rebuilds.  The replay must reproduce the recorded token ids.
 """
 
 from __future__ import annotations
@@ -19,9 +22,11 @@ from pathlib import Path
 import pandas as pd
 import torch
 
+from payload.bridges import BridgeSet, bridge_wire, load_bridges
 from payload.config import compute_threads
 from payload.events import read_events
 from payload.frames import WireDtype
+from payload.prepare import sha256_file
 from payload.schema import TABLES, RunDirError
 from payload.slices import Head, LayerSlice, ModelSpec, SessionCache
 from payload.tensors import to_wire
@@ -74,8 +79,8 @@ def _contiguous_runs(layers: list[int]) -> list[list[int]]:
 
 
 def replay_session(model: Monolith, prompt_ids: list[int], steps: pd.DataFrame, slices: dict[int, tuple[int, int]],
-                   wire: WireDtype) -> list[int]:
-    """Token ids the monolith produces when each step applies the recorded layers."""
+                   wire: WireDtype, bridges: BridgeSet | None = None) -> list[int]:
+    """Token ids the monolith produces when each step applies the recorded layers (and bridges)."""
     caches = {i: SessionCache.new(model.spec, (i,)) for i in range(model.spec.num_layers)}
     # Wire-rounded output of each layer at every position (None where it did not run): a rebuild replays
     # the history of the hop before it on the route, which is its last layer's output at each position.
@@ -87,20 +92,38 @@ def replay_session(model: Monolith, prompt_ids: list[int], steps: pd.DataFrame, 
     for row in steps.itertuples():
         layers = set(_indices(row.layers))
         runs = {run[0]: run for run in _contiguous_runs(sorted(_indices(row.rebuilt)))}
+        spans = _spans(getattr(row, "bridges", ""))
         new_ids = ids[positions:]
         hidden = to_wire(model.head.embed_ids(torch.tensor([new_ids])), wire)
+        unbridged: dict[int, tuple[list, torch.Tensor]] = {}  # layer after a gap -> (maps, state before them)
         layer = 0
         while layer < model.spec.num_layers:
             if layer in boundaries:
                 hidden = to_wire(hidden, wire)
+            if layer in spans:
+                end = spans[layer]
+                maps = bridges.cover(layer, end) if bridges is not None else None
+                if maps is None:
+                    raise ValueError(f"the run bridged layers {layer}-{end - 1} but no bridges for them were given")
+                unbridged[end] = (maps, hidden)
+                # The last hop sends the user node its last position only: a gap at the end is bridged on that.
+                hidden = bridge_wire(maps, hidden[:, -1:] if end == model.spec.num_layers else hidden, wire)
+                for index in range(layer, end):
+                    outputs[index].extend([None] * len(new_ids))
+                layer = end
+                continue
             if layer in runs:
                 # A rebuilding node gets the previous hop's history and this step's positions in one frame and
                 # computes them in one forward: so does the replay (a forward over T+1 positions is not bit for
-                # bit a forward over T, then 1).
+                # bit a forward over T, then 1).  After a gap the previous hop bridges that whole frame at once.
                 run = runs[layer]
                 if positions:
                     history = _replay_source(model, ids[:positions], outputs, sorted(layers), layer, wire)
-                    hidden = torch.cat([history, hidden], dim=1)
+                    if layer in unbridged:
+                        maps, before = unbridged[layer]
+                        hidden = bridge_wire(maps, torch.cat([history, before], dim=1), wire)
+                    else:
+                        hidden = torch.cat([history, hidden], dim=1)
                 for index in run:
                     caches[index] = SessionCache.new(model.spec, (index,))
                     outputs[index] = []
@@ -118,6 +141,15 @@ def replay_session(model: Monolith, prompt_ids: list[int], steps: pd.DataFrame, 
         positions = len(ids)
         ids.append(int(row.token_id))
     return produced
+
+
+def _spans(cell: object) -> dict[int, int]:
+    """A ``bridges`` cell (``first-last`` spans) as ``{first: end}``."""
+    spans = {}
+    for span in cell.split() if isinstance(cell, str) else []:
+        first, _, last = span.partition("-")
+        spans[int(first)] = int(last) + 1
+    return spans
 
 
 def _indices(cell: object) -> list[int]:
@@ -183,17 +215,30 @@ def check_run(run_dir: Path, prepared: Path, *, model: Monolith | None = None) -
     starts = {e["session"]: e["prompt_ids"] for e in read_events(run_dir / "nodes" / user / "events.jsonl")
               if e["ev"] == "session_start"}
     model = model or Monolith(prepared)
+    bridges = run_bridges(deployment, model.spec.hidden_size) if (tokens["bridges"] != "").any() else None
     results = []
     threads = torch.get_num_threads()
     torch.set_num_threads(compute_threads())  # the nodes' float sums, bit for bit: a greedy token can hinge on them
     try:
         for sid, steps in tokens.groupby("session", sort=False):
             steps = steps.sort_values("step")
-            replayed = replay_session(model, starts[sid], steps, _node_layers(nodes), wire)
+            replayed = replay_session(model, starts[sid], steps, _node_layers(nodes), wire, bridges)
             results.append(ReplayResult(str(sid), steps["token_id"].astype(int).tolist(), replayed))
     finally:
         torch.set_num_threads(threads)
     return results
+
+
+def run_bridges(deployment: dict, hidden: int) -> BridgeSet:
+    """The bridges a run's nodes held: the file its deployment names, refused if it changed since."""
+    path = Path(deployment.get("bridges") or "")
+    if not deployment.get("bridges") or not path.is_file():
+        raise RunDirError(f"this run bridged layers, but the bridges file its deployment names "
+                          f"({deployment.get('bridges') or 'none'}) is not here: refit it with the same "
+                          f"`fab prepare-bridges` options")
+    if sha256_file(path) != deployment.get("bridges_sha256"):
+        raise RunDirError(f"{path} is not the bridges file this run used (its sha256 differs)")
+    return BridgeSet(load_bridges(path, hidden=hidden))
 
 
 def check_run_dir(run_dir: Path) -> list[ReplayResult]:

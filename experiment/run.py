@@ -150,7 +150,8 @@ def run_job(testbed: Testbed, deployment: Deployment, job: dict, faults: list[Fa
             elif event["ev"] == "token":
                 runner.current = {"session": event["session"], "step": event["step"]}
                 stream(f"[{event['prompt_index']}.{event['repeat']} #{event['step']}] {event['text']!r} "
-                       f"layers={len(event['layers'].split())} out=[{event['nodes_out']}]")
+                       f"layers={len(event['layers'].split())} out=[{event['nodes_out']}]"
+                       + (f" bridged=[{event['bridges']}]" if event.get("bridges") else ""))
                 for fault in [f for f in pending if f.at_token == event["step"] and (f.prompt_index, f.repeat) == key]:
                     pending.remove(fault)
                     runner.fire(fault)

@@ -82,6 +82,25 @@ class Sampling(BaseModel):
     top_p: Annotated[StrictInt | StrictFloat, Field(gt=0, le=1)] = 1.0
 
 
+class BridgeOptions(BaseModel):
+    """How the bridges of ``on_failure: bridge`` are fitted (unset: quality/bridges.py's defaults), or the file
+    ``fab prepare-bridges`` wrote.  Relative paths are relative to the scenario file."""
+
+    model_config = ConfigDict(extra="forbid")
+    file: str | None = Field(default=None, description="a bridge file to use as it is")
+    corpus: str | None = Field(default=None, description="UTF-8 text to fit on (default: the bundled corpus)")
+    ridge: Annotated[StrictInt | StrictFloat, Field(ge=0)] | None = None
+    tokens: Annotated[StrictInt, Field(ge=16, le=1_000_000)] | None = None
+
+    def options(self, base: Path) -> dict:
+        """Keyword arguments of :func:`experiment.orchestrate.bridges_for`, paths resolved against ``base``."""
+        def resolved(name: str | None) -> str | None:
+            return None if name is None else str(Path(name) if Path(name).is_absolute() else base / name)
+
+        return {"file": resolved(self.file), "corpus": resolved(self.corpus), "ridge": self.ridge,
+                "tokens": self.tokens}
+
+
 class Scenario(BaseModel):
     model_config = ConfigDict(extra="forbid")
     name: Annotated[str, Field(pattern=NAME, description="letters, digits, '.', '_', '-'; it names the run")]
@@ -91,6 +110,7 @@ class Scenario(BaseModel):
     placement: Literal["even", "memory"] | list[tuple[Index, Index]] = "even"
     replicas: Index = 0
     on_failure: Policy = Policy.SKIP
+    bridges: BridgeOptions = Field(default_factory=BridgeOptions, description="on_failure: bridge only")
     links: dict[str, str | dict] = Field(default_factory=dict, description="node index, range 'a-b' or 'all' -> profile")
     prompts: list[str] = Field(default_factory=list)
     prompts_file: str | None = None
@@ -182,6 +202,7 @@ def problems(scenario: Scenario, base: Path) -> list[Problem]:
         prompts = scenario.prompt_list(base)
     found += _fault_problems(scenario, prompts, known)
     found += _placement_problems(scenario)
+    found += _bridge_problems(scenario, base)
     timing = {f.name for f in fields(Timing)}
     for name in scenario.timing:
         if name not in timing:
@@ -282,6 +303,19 @@ def _placement_problems(scenario: Scenario) -> list[Problem]:
                                             f"{what}"))
         expected = max(expected, end)
     return found
+
+
+def _bridge_problems(scenario: Scenario, base: Path) -> list[Problem]:
+    given = scenario.bridges.model_dump(exclude_none=True)
+    if given and not scenario.on_failure.bridges:
+        return [(("bridges",), f"bridges are for on_failure: bridge or replica-then-bridge, "
+                               f"not {scenario.on_failure.value}")]
+    if scenario.bridges.file and (scenario.bridges.corpus or scenario.bridges.ridge is not None
+                                  or scenario.bridges.tokens is not None):
+        return [(("bridges", "file"), "a bridge file is used as it is: give file, or corpus/ridge/tokens to fit")]
+    options = scenario.bridges.options(base)
+    return [(("bridges", name), f"{options[name]} does not exist") for name in ("file", "corpus")
+            if options[name] and not Path(options[name]).is_file()]
 
 
 def load_scenario(path: Path | str) -> Scenario:

@@ -80,6 +80,7 @@ class NodeConfig:
     timing: Timing = field(default_factory=Timing)
     encrypt: bool = False  # seal every payload with ChaCha20-Poly1305 (frames are authenticated either way)
     key_file: str = ""  # where the key is instead of key_hex: a private file outside anything copied off the node
+    bridges_file: str = ""  # the placement's bridges (on_failure: bridge): safetensors, payload/bridges.py
 
     @property
     def key(self) -> bytes:
@@ -108,6 +109,7 @@ class NodeConfig:
                 max_positions=int(data.get("max_positions", 8192)),
                 timing=Timing(**data.get("timing", {})),
                 encrypt=bool(data.get("encrypt", False)),
+                bridges_file=str(data.get("bridges_file", "")),
             )
         except (KeyError, TypeError, ValueError, IndexError) as exc:
             raise ValueError(f"invalid node config: {exc!r}") from exc

@@ -107,6 +107,7 @@ class WireDtype(enum.IntEnum):
 class HopFlag(enum.IntFlag):
     NONE = 0
     REPLAY = 1  # the sender must prepend its history so this hop can rebuild its cache
+    BRIDGE = 2  # this hop bridges the lost layers between its end and the next hop's first (or the model's end)
 
 
 @dataclass(frozen=True)
@@ -419,7 +420,7 @@ class Decoder:
         for node, first, end, hop_flags in _HOP.iter_unpack(raw):
             if end < first:
                 raise self._fail(f"route hop for node {node} has end {end} < first {first}")
-            route.append(Hop(node, first, end, HopFlag(hop_flags & int(HopFlag.REPLAY))))
+            route.append(Hop(node, first, end, HopFlag(hop_flags & int(HopFlag.REPLAY | HopFlag.BRIDGE))))
         return tuple(route)
 
     def _parse(self, signed: bytes) -> Frame:

@@ -59,7 +59,8 @@ class Liveness:
             self.log.log("node_out", peer=peer, kind=kind.value, reason=reason, reporter=reporter, critical=critical,
                          layers=list(range(first, end)))
             print(f"[user] node {peer} out ({kind.value}: {reason}); layers {first}-{end - 1} "
-                  f"{'CRITICAL ' if critical else ''}skipped or served by a replica", file=sys.stderr, flush=True)
+                  f"{'CRITICAL ' if critical else ''}routed around (skipped, bridged or served by a replica)",
+                  file=sys.stderr, flush=True)
         self.on_out(PeerFailed(peer, kind, reason, reporter=reporter))
 
     def heartbeat(self, peer: int) -> None:

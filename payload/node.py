@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from payload.bridges import BridgeSet, bridge_wire
 from payload.cache_rules import Action, admit, decide
 from payload.config import NodeConfig, compute_threads
 from payload.events import EventLog
@@ -140,6 +141,7 @@ class LayerNode:
         self.spec = ModelSpec(config.model_dir)
         compute = dtype_of(config.compute_dtype)
         self.slices = {a: LayerSlice.load(self.spec, a, b, compute) for a, b in config.ranges}
+        self.bridges = BridgeSet.load(config.bridges_file, self.spec.hidden_size)
         self.sessions = SessionTable(ttl_s=config.timing.session_ttl_s, limit=config.timing.max_sessions, log=self.log)
         self.links: dict[int, PeerLink] = {}
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="compute")
@@ -196,6 +198,9 @@ class LayerNode:
             return f"this node does not hold layers [{hop.first}, {hop.end})"
         if frame.hidden != self.spec.hidden_size:
             return f"hidden size {frame.hidden} does not match the model's {self.spec.hidden_size}"
+        if hop.flags & HopFlag.BRIDGE and self._bridge_after(frame.route, frame.hop) is None:
+            first, end = self._gap_after(frame.route, frame.hop)
+            return f"no bridges here cover layers [{first}, {end}) after this hop"
         if frame.dtype == WireDtype.NONE:
             return "DATA frame without a tensor dtype"
         if frame.n_pos == 0 or frame.pos_start + frame.n_pos > self.config.max_positions:
@@ -248,10 +253,23 @@ class LayerNode:
             self.log.log("recv", **received)
             self._spawn(self.process(frame, state, recv_mono))
 
+    def _gap_after(self, route, index: int) -> tuple[int, int]:
+        """Layers between hop ``index``'s end and the next hop's first (or the model's end)."""
+        follows = route[index + 1].first if index + 1 < len(route) else self.spec.num_layers
+        return route[index].end, follows
+
+    def _bridge_after(self, route, index: int):
+        """The bridges this hop applies to what it sends (``[]`` when it bridges nothing), None if it cannot."""
+        if not route[index].flags & HopFlag.BRIDGE:
+            return []
+        return self.bridges.cover(*self._gap_after(route, index))
+
     def _resumable(self, frame: Frame) -> str | None:
         """Why this node cannot re-forward the step's output now (None if it can)."""
         if not frame.route or frame.hop >= len(frame.route) or frame.route[frame.hop].node != self.config.node:
             return "route does not name this node at the frame's hop"
+        if self._bridge_after(frame.route, frame.hop) is None:
+            return "no bridges here cover the layers after this hop"
         state = self.sessions.get(frame.session)
         rs = state.ranges.get(frame.route[frame.hop].first) if state else None
         if state is None or rs is None:
@@ -371,6 +389,13 @@ class LayerNode:
             replay_len, pos_start = payload.shape[1] - new.shape[1], 0
         else:
             payload = new
+        maps = self._bridge_after(frame.route, frame.hop)  # checked when the frame was accepted
+        if maps:  # the history keeps this node's own output; what goes on stands in for the lost layers too
+            if payload.shape[1] <= INLINE_POSITIONS:
+                payload = bridge_wire(maps, payload, self.wire_dtype)
+            else:
+                payload = await asyncio.get_running_loop().run_in_executor(
+                    self.executor, bridge_wire, maps, payload, self.wire_dtype)
         out = Frame(FrameType.DATA, frame.session, step=frame.step, epoch=frame.epoch, pos_start=pos_start,
                     n_pos=payload.shape[1], replay_len=replay_len, hidden=frame.hidden, dtype=self.wire_dtype,
                     hop=frame.hop + 1 if not last else 0, route=frame.route, src=self.config.node, dst=nxt,

@@ -105,7 +105,8 @@ def resolve(name: str) -> ModelSource:
     )
 
 
-def _sha256(path: Path) -> str:
+def sha256_file(path: Path) -> str:
+    """Hex sha256 of a file, read in 1 MiB blocks (manifests, shipped extras, bridges)."""
     digest = hashlib.sha256()
     with path.open("rb") as handle:
         for block in iter(lambda: handle.read(1 << 20), b""):
@@ -173,7 +174,7 @@ def _write_prepared(source: ModelSource, out: Path, progress) -> None:
     for path in sorted(out.rglob("*")):
         if path.is_file():
             rel = path.relative_to(out).as_posix()
-            files[rel] = {"sha256": _sha256(path), "bytes": path.stat().st_size}
+            files[rel] = {"sha256": sha256_file(path), "bytes": path.stat().st_size}
     manifest = {
         "format": FORMAT_VERSION,
         "name": source.name,
@@ -236,6 +237,6 @@ def verify(prepared: Path, files: list[str] | None = None) -> list[str]:
     for rel in wanted:
         entry = manifest["files"].get(rel)
         path = Path(prepared) / rel
-        if entry is None or not path.exists() or path.stat().st_size != entry["bytes"] or _sha256(path) != entry["sha256"]:
+        if entry is None or not path.exists() or path.stat().st_size != entry["bytes"] or sha256_file(path) != entry["sha256"]:
             bad.append(rel)
     return bad

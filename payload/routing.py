@@ -27,9 +27,24 @@ class PlacementError(JarvisError, ValueError):
 
 
 class Policy(str, enum.Enum):
+    """What a step does about a node that is out: skip its layers, send them to a replica, or bridge them
+    (an affine map fitted offline stands in for them: :mod:`payload.bridges`); the ``replica-then-`` forms
+    fall back when no replica is live."""
+
     SKIP = "skip"
     REPLICA = "replica"
     REPLICA_THEN_SKIP = "replica-then-skip"
+    BRIDGE = "bridge"
+    REPLICA_THEN_BRIDGE = "replica-then-bridge"
+
+    @property
+    def uses_replicas(self) -> bool:
+        return self in (Policy.REPLICA, Policy.REPLICA_THEN_SKIP, Policy.REPLICA_THEN_BRIDGE)
+
+    @property
+    def bridges(self) -> bool:
+        """The deployment needs the placement's bridges (every node holds them)."""
+        return self in (Policy.BRIDGE, Policy.REPLICA_THEN_BRIDGE)
 
 
 @dataclass(frozen=True)
@@ -152,16 +167,24 @@ def memory_weighted_placement(num_layers: int, memory: dict[int, int], replicas:
 
 @dataclass(frozen=True)
 class RoutePlan:
-    """A step's route plus what it means for the user: skipped layers and nodes."""
+    """A step's route plus what it means for the user: the nodes routed around, their layers (skipped or
+    bridged), and the bridged spans ``(first, end)``.  A bridge between two hops is applied by the hop before
+    it (flagged BRIDGE); one before the first hop, by the user node (:attr:`lead_bridge`)."""
 
     hops: tuple[Hop, ...]
     skipped_nodes: tuple[int, ...]
     skipped_layers: tuple[int, ...]
     critical: bool
+    bridges: tuple[tuple[int, int], ...] = ()
 
     @property
     def layers(self) -> tuple[int, ...]:
         return tuple(i for h in self.hops for i in h.layers)
+
+    @property
+    def lead_bridge(self) -> tuple[int, int] | None:
+        """The span the user node bridges before the first hop, if the first slices are lost."""
+        return self.bridges[0] if self.bridges and self.bridges[0][0] == 0 else None
 
 
 def plan_route(
@@ -185,7 +208,7 @@ def plan_route(
     for owner in placement.nodes:
         first, end = placement.slices[owner]
         server = owner if owner not in dead else None
-        if server is None and policy in (Policy.REPLICA, Policy.REPLICA_THEN_SKIP):
+        if server is None and policy.uses_replicas:
             server = next((h for h in placement.holders_of(owner) if h not in dead), None)
             if server is None and policy == Policy.REPLICA:
                 raise RouteError(f"node {owner} (layers {first}-{end - 1}) failed and no live replica holds them")
@@ -198,4 +221,20 @@ def plan_route(
         hops.append(Hop(server, first, end, HopFlag.REPLAY if replay else HopFlag.NONE))
     if not hops:
         raise RouteError("every layer node has failed")
-    return RoutePlan(tuple(hops), tuple(skipped_nodes), tuple(skipped_layers), critical)
+    bridges: tuple[tuple[int, int], ...] = ()
+    if policy.bridges:
+        hops, bridges = _bridged(hops, placement.num_layers)
+    return RoutePlan(tuple(hops), tuple(skipped_nodes), tuple(skipped_layers), critical, bridges)
+
+
+def _bridged(hops: list[Hop], num_layers: int) -> tuple[list[Hop], tuple[tuple[int, int], ...]]:
+    """Every gap of lost layers as a bridged span, and each hop before a gap flagged to bridge it."""
+    spans = [(0, hops[0].first)] if hops[0].first > 0 else []
+    flagged = []
+    for index, hop in enumerate(hops):
+        follows = hops[index + 1].first if index + 1 < len(hops) else num_layers
+        if follows > hop.end:
+            spans.append((hop.end, follows))
+            hop = Hop(hop.node, hop.first, hop.end, hop.flags | HopFlag.BRIDGE)
+        flagged.append(hop)
+    return flagged, tuple(spans)

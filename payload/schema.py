@@ -118,6 +118,7 @@ TOKEN_FIELDS = (
     f("attempts", INT, "attempts needed for this step (1 = no re-send)"),
     f("nodes_out", STR, "space-separated layer nodes the step's plan routed around"),
     f("rebuilt", STR, "space-separated layers whose cache was rebuilt by replay before this step"),
+    f("bridges", STR, "space-separated first-last layer spans bridged at this step (on_failure: bridge)"),
 )
 
 EVENTS: MappingProxyType[str, EventKind] = MappingProxyType({k.name: k for k in (

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from payload.bridges import BridgeError, BridgeSet, bridge_wire, span_label
 from payload.config import UserConfig
 from payload.events import EventLog
 from payload.frames import Frame, FrameType, HopFlag, WireDtype
@@ -58,13 +59,19 @@ def resume_hop(failed: RoutePlan | None, plan: RoutePlan, reporter: int | None) 
 
     The node that reported its successor's failure (``reporter``) already holds
     the step's output; if the new route reaches it through exactly the same
-    hops, with no cache to rebuild, it can re-forward that output.
+    hops, with no cache to rebuild, it can re-forward that output (bridged,
+    if the new route has it bridge the lost successor: its history holds its
+    own output either way).
     """
     if failed is None or reporter in (None, USER_NODE):
         return None
     for index, hop in enumerate(failed.hops):
         if hop.node == reporter:
-            same_prefix = plan.hops[: index + 1] == failed.hops[: index + 1]
+            if index >= len(plan.hops):
+                return None
+            mine, was = plan.hops[index], hop
+            same_prefix = (plan.hops[:index] == failed.hops[:index] and plan.lead_bridge == failed.lead_bridge
+                           and (mine.node, mine.first, mine.end) == (was.node, was.first, was.end))
             clean = all(not (h.flags & HopFlag.REPLAY) for h in plan.hops[: index + 1])
             return index if same_prefix and clean else None
     return None
@@ -83,6 +90,13 @@ class UserNode:
         self.head = Head(self.spec, dtype_of(self.node.compute_dtype))
         self.tokenizer = AutoTokenizer.from_pretrained(self.node.model_dir)
         self.wire_dtype = WireDtype.from_name(self.node.wire_dtype)
+        self.bridges = BridgeSet.load(self.node.bridges_file, self.spec.hidden_size)
+        if config.policy.bridges:
+            placement = config.placement
+            missing = [f"{a}-{b - 1}" for a, b in placement.slices.values() if self.bridges.cover(a, b) is None]
+            if missing:
+                raise BridgeError(f"on_failure: {config.policy.value} needs a bridge for every slice; "
+                                  f"{self.node.bridges_file or 'no bridges file'} lacks {', '.join(missing)}")
         self.attempts: dict[uuid.UUID, Attempt] = {}
         self.cold: dict[uuid.UUID, set[int]] = {}
         self.unended: dict[int, set[uuid.UUID]] = {}  # node -> sessions that ended while it was out
@@ -204,6 +218,10 @@ class UserNode:
             else:
                 new_ids, pos_start, replay_len = ids[positions:], positions, 0
             hidden = to_wire(self.head.embed_ids(torch.tensor([new_ids])), self.wire_dtype)
+            if plan.lead_bridge is not None:  # the first slices are lost: the user node bridges them
+                maps = self.bridges.cover(*plan.lead_bridge)
+                hidden = await asyncio.get_running_loop().run_in_executor(None, bridge_wire, maps, hidden,
+                                                                          self.wire_dtype)
             frame = Frame(FrameType.DATA, sid, step=step, epoch=epoch, pos_start=pos_start, n_pos=len(new_ids),
                           replay_len=replay_len, hidden=self.spec.hidden_size, dtype=self.wire_dtype, hop=0,
                           route=plan.hops, src=USER_NODE, dst=first.node, payload=to_bytes(hidden))
@@ -311,6 +329,7 @@ class UserNode:
                     route=" ".join(map(str, [USER_NODE, *(h.node for h in plan.hops), USER_NODE])), epoch=epoch,
                     attempts=attempts, nodes_out=" ".join(map(str, out)),
                     rebuilt=" ".join(str(i) for h in plan.hops if h.flags & HopFlag.REPLAY for i in h.layers),
+                    bridges=" ".join(span_label(a, b) for a, b in plan.bridges),
                 )
                 self.log.log("token", **record)  # the schema's token fields: one row of tokens.csv
                 self.emit(record)

@@ -17,40 +17,26 @@ as in placement files) beside the prepared model they were fitted on.
 
 from __future__ import annotations
 
+import hashlib
 import json
-from collections.abc import Iterable
-from dataclasses import dataclass
+import math
+import os
+import time
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
-from quality.corpus import Window
+from payload.bridges import FORMAT, Bridge, load_bridges
+from quality.corpus import Window, read_corpus
 from quality.errors import StudyError
-from quality.model import SkipModel
+from quality.model import SkipModel, load_tokenizer
 from quality.walk import trunk
 
 DEFAULT_RIDGE = 1e-4  # best of 1e-4, 1e-3, 1e-2 on Gemma 3 270M (benchmarks/bridges.py)
-FORMAT = "jarvis-bridges-1"
-
-
-@dataclass(frozen=True)
-class Bridge:
-    """The affine stand-in for decoder layers ``[first, end)``: ``out = hidden @ weight + bias``."""
-
-    first: int
-    end: int
-    weight: torch.Tensor  # [hidden, hidden]
-    bias: torch.Tensor  # [hidden]
-
-    @property
-    def key(self) -> str:
-        return f"{self.first}-{self.end - 1}"
-
-    def apply(self, hidden: torch.Tensor) -> torch.Tensor:
-        """The bridged state for ``hidden`` [..., hidden], computed in float32 and returned in its dtype."""
-        out = hidden.to(torch.float32) @ self.weight.to(torch.float32) + self.bias.to(torch.float32)
-        return out.to(hidden.dtype)
+DEFAULT_CALIBRATION_TOKENS = 4096  # the bundled corpus past the skip study's 2,048 evaluated tokens holds ~3,200
+STUDY_TOKENS, STUDY_WINDOW = 2048, 512  # the skip study's defaults (quality/study.py): never calibrate on them
 
 
 def fit_affine(inputs: torch.Tensor, targets: torch.Tensor, *, ridge: float = DEFAULT_RIDGE
@@ -112,14 +98,46 @@ def save_bridges(bridges: list[Bridge], path: Path, *, meta: dict | None = None)
     return path
 
 
-def load_bridges(path: Path) -> dict[str, Bridge]:
-    """The bridges in ``path``, by key (``first-last``)."""
-    tensors = load_file(str(path))
-    bridges = {}
-    for name, weight in tensors.items():
-        kind, _, key = name.partition(".")
-        if kind != "weight":
-            continue
-        first, last = (int(x) for x in key.split("-"))
-        bridges[key] = Bridge(first, last + 1, weight, tensors[f"bias.{key}"])
-    return bridges
+def calibration_windows(stream: list[int], *, bos: int | None, own_file: bool, limit: int,
+                        evaluated: int = STUDY_TOKENS, window: int = STUDY_WINDOW) -> list[Window]:
+    """Windows of calibration text (inputs only): a user's file whole, the bundled corpus past the tokens the
+    skip study evaluates (its first ``evaluated`` predictions, with one context token per window when there is no BOS),
+    so that a study of bridged chains never scores text the bridges were fitted on."""
+    held_out = 0 if own_file else evaluated + (0 if bos is not None else math.ceil(evaluated / window))
+    rest = stream[held_out:held_out + limit]
+    if len(rest) < 2:
+        raise StudyError(f"the calibration text has {len(rest)} tokens past the study's; give a longer corpus")
+    prefix = [bos] if bos is not None else []
+    return [Window(tuple(prefix + rest[i:i + window]), ()) for i in range(0, len(rest), window)]
+
+
+def bridge_file(prepared: Path, spans: list[tuple[int, int]], *, corpus: Path | None = None,
+                ridge: float = DEFAULT_RIDGE, tokens: int = DEFAULT_CALIBRATION_TOKENS,
+                progress: Callable[[str], None] = print) -> Path:
+    """The bridges of ``spans`` (a placement's slices) fitted on ``prepared``: cached beside the prepared model,
+    keyed by the spans, the calibration text, the ridge and the token budget; fitted on first use."""
+    text = read_corpus(corpus)
+    key = hashlib.sha256(json.dumps({"format": FORMAT, "spans": [list(s) for s in spans], "ridge": ridge,
+                                     "tokens": tokens, "corpus": hashlib.sha256(text.encode()).hexdigest()},
+                                    sort_keys=True).encode()).hexdigest()[:16]
+    path = Path(prepared) / "bridges" / f"{len(spans)}-slices-{key}.safetensors"
+    if path.is_file():
+        return path
+    started = time.monotonic()
+    model, tokenizer = SkipModel(prepared), load_tokenizer(prepared)
+    bos = tokenizer.bos_token_id if model.adds_bos else None
+    cut = calibration_windows(tokenizer.encode(text, add_special_tokens=False), bos=bos, own_file=corpus is not None,
+                              limit=tokens)
+    count = sum(len(w.token_ids) for w in cut)
+    progress(f"[bridges] fitting {len(spans)} bridges on {count} calibration tokens "
+             f"({'bundled corpus, past the study text' if corpus is None else corpus}), ridge {ridge:g}")
+    bridges = fit_bridges(calibration_states(model, cut), spans, ridge=ridge)
+    staging = path.with_name(f".{path.name}.{os.getpid()}")
+    save_bridges(bridges, staging, meta={"spans": [list(s) for s in spans], "ridge": ridge, "tokens": count,
+                                         "corpus": str(corpus) if corpus else "bundled"})
+    staging.replace(path)  # whole or absent: a concurrent or interrupted fit never leaves half a file
+    progress(f"[bridges] {path} ({path.stat().st_size / 1e6:.1f} MB) in {time.monotonic() - started:.1f} s")
+    return path
+
+
+__all__ = ["Bridge", "bridge_file", "calibration_states", "calibration_windows", "compose", "fit_affine", "fit_bridges", "load_bridges", "save_bridges"]

@@ -102,6 +102,13 @@ BROKEN = {
                                 r"faults\.0 \(line 6\): degrade needs a profile"),
     "duration-on-a-kill": (BASE + "faults:\n  - {at_token: 1, action: kill, node: 1, duration: 2}\n",
                            r"duration is for pause and link_down"),
+    "bridges-without-a-bridge-policy": (BASE + "bridges: {ridge: 0.001}\n",
+                                        r"bridges \(line 5\): bridges are for on_failure: bridge .* not skip"),
+    "bridge-corpus-missing": (BASE + "on_failure: bridge\nbridges: {corpus: nowhere.txt}\n",
+                              r"bridges\.corpus \(line 6\): .*nowhere\.txt does not exist"),
+    "bridge-file-and-fit-options": (BASE + "on_failure: bridge\nbridges: {file: b.safetensors, ridge: 0.1}\n",
+                                    r"bridges\.file \(line 6\): a bridge file is used as it is"),
+    "unknown-policy": (BASE + "on_failure: heal\n", r"on_failure \(line 5\): Input should be 'skip'"),
 }
 
 

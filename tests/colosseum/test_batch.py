@@ -90,6 +90,24 @@ class TestTheBundle:
         assert (bundle / "image" / "jarvis" / "model" / "manifest.json").is_file()
         assert (bundle / "image" / "jarvis" / "code" / "payload" / "node.py").is_file()
 
+    def test_a_bridging_scenario_bundles_its_placements_bridges_and_names_them_in_every_config(
+            self, tmp_path, tiny_prepared):
+        from payload.bridges import load_bridges
+        from payload.prepare import sha256_file
+
+        scenario = scenario_file(tmp_path, on_failure="bridge", bridges={"tokens": 64})
+        bundle = write_bundle(plain_inventory(tmp_path), scenario, tmp_path / "bundle", duration_s=600,
+                              traffic_scenario=1, prepared=tiny_prepared("llama"))
+        model = bundle / "image" / "jarvis" / "model"
+        assert list(load_bridges(model / "bridges.safetensors")) == ["0-5"]  # the one node's slice
+        assert not (model / "bridges").exists(), "other placements' cached bridges stay behind"
+        deployment = json.loads((bundle / "deployment.json").read_text())
+        assert deployment["policy"] == "bridge"
+        assert deployment["bridges_sha256"] == sha256_file(model / "bridges.safetensors")
+        nodes = [json.loads(p.read_text())["node"] for p in (bundle / "config").glob("*")]
+        files = [n["config"].get("bridges_file") or n["config"]["node"]["bridges_file"] for n in nodes if n]
+        assert files == ["/root/jarvis/model/bridges.safetensors"] * 2, files
+
     def test_missing_static_addresses_are_listed(self, tmp_path, tiny_prepared):
         with pytest.raises(TestbedError, match="jvtest-107: address") as failure:
             write_bundle(plain_inventory(tmp_path, addresses=False), scenario_file(tmp_path), tmp_path / "b",

@@ -25,7 +25,7 @@ from experiment.replay import Monolith, check_run
 from experiment.run import Fault, run_job
 from payload.config import NodeConfig, Timing
 from payload.events import read_events
-from payload.frames import Decoder, Frame, FrameType, Hop, LocalFrameError, WireDtype, encode
+from payload.frames import Decoder, Frame, FrameType, Hop, HopFlag, LocalFrameError, WireDtype, encode
 from payload.routing import Placement
 from tests.integration.conftest import deploy_even, local_testbed, read_tokens, summary
 
@@ -309,6 +309,20 @@ class TestExhaustion:
             grown = log.stat().st_size - size
             assert grown < 2000, f"5000 replays grew the log by {grown} bytes"
             serves_a_session(testbed, deployment, tmp_path)
+
+
+def test_a_frame_asking_for_a_bridge_the_node_does_not_hold_is_refused(tiny, tmp_path):
+    """A route that has node 1 bridge layers 3-5 (node 2's) to a node deployed without bridges: refused with
+    the reason before anything is computed, and the node serves on."""
+    with local_testbed(2) as testbed:
+        deployment = deploy_even(testbed, tiny, 2)
+        attacker, session = Attacker(deployment), uuid.uuid4()
+        frame = Frame(FrameType.DATA, session, step=0, epoch=1, n_pos=3, hidden=64, dtype=WireDtype.FLOAT32,
+                      route=(Hop(1, 0, 3, HopFlag.BRIDGE),), src=0, dst=1, payload=bytes(3 * 64 * 4))
+        (error,) = replies(attacker.send(address(deployment, 1), attacker.frame(frame)), attacker.key)
+        assert error.type == FrameType.ERROR and b"no bridges here cover layers [3, 6)" in error.payload
+        assert not [e for e in events(testbed, 1) if e["ev"] == "compute" and e["session"] == str(session)]
+        serves_a_session(testbed, deployment, tmp_path)
 
 
 def rss(pid: int) -> int:

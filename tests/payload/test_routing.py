@@ -57,3 +57,33 @@ class TestPlanRoute:
     def test_all_nodes_failed(self):
         with pytest.raises(RouteError):
             plan_route(even_placement(4, 2), {1, 2})
+
+
+class TestBridgeRoutes:
+    """Under ``bridge`` every gap is one span, bridged by the hop before it (or the user node, at the start)."""
+
+    def test_a_middle_gap_is_bridged_by_the_hop_before_it(self):
+        plan = plan_route(even_placement(8, 4), {2, 3}, policy=Policy.BRIDGE)
+        assert [(h.node, bool(h.flags & HopFlag.BRIDGE)) for h in plan.hops] == [(1, True), (4, False)]
+        assert plan.bridges == ((2, 6),) and plan.lead_bridge is None
+        assert plan.skipped_layers == (2, 3, 4, 5) and plan.layers == (0, 1, 6, 7)
+
+    def test_gaps_at_both_ends_are_spans_too(self):
+        plan = plan_route(even_placement(8, 4), {1, 4}, policy=Policy.BRIDGE)
+        assert plan.bridges == ((0, 2), (6, 8)) and plan.lead_bridge == (0, 2)
+        assert [bool(h.flags & HopFlag.BRIDGE) for h in plan.hops] == [False, True]
+
+    def test_no_gap_no_bridge(self):
+        plan = plan_route(even_placement(8, 4), set(), policy=Policy.BRIDGE)
+        assert plan.bridges == () and not any(h.flags & HopFlag.BRIDGE for h in plan.hops)
+
+    def test_replica_then_bridge_prefers_a_live_replica(self):
+        placement = even_placement(6, 3, replicas=1)
+        served = plan_route(placement, {2}, policy=Policy.REPLICA_THEN_BRIDGE)
+        assert served.bridges == () and [h.node for h in served.hops] == [1, 3, 3]
+        bridged = plan_route(placement, {2, 3}, policy=Policy.REPLICA_THEN_BRIDGE)  # 3 held 2's replica
+        assert bridged.bridges == ((2, 4),) and [h.node for h in bridged.hops] == [1, 1]
+
+    def test_replay_and_bridge_flags_combine(self):
+        plan = plan_route(even_placement(6, 3), {3}, policy=Policy.BRIDGE, warm={(1, 0)}, positions=4)
+        assert plan.hops[1].flags == HopFlag.REPLAY | HopFlag.BRIDGE and plan.bridges == ((4, 6),)
