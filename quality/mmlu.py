@@ -32,7 +32,7 @@ from quality.mmlu_data import LETTERS, MMLUData, MMLUDataError, Question
 from quality.model import SkipModel
 from quality.progress import Bar
 from quality.skipsets import SkipSet
-from quality.walk import layer_calls, trunk, walk
+from quality.walk import StandIn, layer_calls, trunk, walk
 
 
 def description(subject: str) -> str:
@@ -166,8 +166,10 @@ def mmlu_work(model: SkipModel, encoded: list[Encoded], sets: list[SkipSet]) -> 
 
 
 @torch.inference_mode()
-def score(model: SkipModel, encoded: list[Encoded], sets: list[SkipSet], bar: Bar) -> MMLUScores:
-    """Log-likelihoods of " A".." D" for every question under every skip set, sharing prefixes across sets."""
+def score(model: SkipModel, encoded: list[Encoded], sets: list[SkipSet], bar: Bar,
+          stand_in: StandIn | None = None) -> MMLUScores:
+    """Log-likelihoods of " A".." D" for every question under every skip set, sharing prefixes across sets
+    (skipped layers replaced by ``stand_in``, if given)."""
     sets = list(dict.fromkeys(sets))
     rows = {skip: i for i, skip in enumerate(sets)}
     loglik = np.zeros((len(sets), len(encoded), 4), dtype=np.float64)
@@ -187,5 +189,5 @@ def score(model: SkipModel, encoded: list[Encoded], sets: list[SkipSet], bar: Ba
 
             seq = model.sequence(tokens)
             states = trunk(model, seq, lambda n: bar.advance(n * layer_work))
-            walk(model, seq, states, sets, visit, lambda n: bar.advance(n * layer_work))
+            walk(model, seq, states, sets, visit, lambda n: bar.advance(n * layer_work), stand_in)
     return MMLUScores(sets, [item.question for item in encoded], loglik)

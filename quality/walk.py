@@ -10,6 +10,11 @@ depth first, holding one hidden state per level.
 For 18 layers this needs 18 layer calls for the full model, 153 for all single
 skips and 816 more for all double skips, against 2,772 if every set ran from
 scratch (see :func:`layer_calls`).
+
+A skipped layer passes its entering state on unchanged, or, with a ``stand_in``,
+what the stand-in makes of it (a fitted bridge, the previous layer repeated:
+:mod:`quality.standins`).  A stand-in acts per layer, so a run of skipped layers
+is its layers' stand-ins in turn, and prefixes are shared as before.
 """
 
 from __future__ import annotations
@@ -24,6 +29,8 @@ from quality.skipsets import SkipSet
 
 Visit = Callable[[SkipSet, torch.Tensor], None]
 OnLayers = Callable[[int], None]
+# (the skipped layers so far, this one last; the state entering it; the input) -> the state leaving it
+StandIn = Callable[[SkipSet, torch.Tensor, Sequence], torch.Tensor]
 
 
 def trunk(model: SkipModel, seq: Sequence, on_layers: OnLayers | None = None) -> list[torch.Tensor]:
@@ -43,6 +50,7 @@ def walk(
     sets: list[SkipSet],
     visit: Visit,
     on_layers: OnLayers | None = None,
+    stand_in: StandIn | None = None,
 ) -> None:
     """Call ``visit(skip_set, final_hidden)`` for every set, reusing ``states`` and shared prefixes.
 
@@ -53,7 +61,13 @@ def walk(
     if () in wanted:
         visit((), states[-1])
     for first, group in groupby((s for s in wanted if s), key=lambda s: s[0]):
-        _descend(model, seq, states[first], first + 1, (first,), list(group), visit, on_layers)
+        _descend(model, seq, _skipped(stand_in, (first,), states[first], seq), first + 1, (first,), list(group),
+                 visit, on_layers, stand_in)
+
+
+def _skipped(stand_in: StandIn | None, prefix: SkipSet, hidden: torch.Tensor, seq: Sequence) -> torch.Tensor:
+    """The state leaving skipped layer ``prefix[-1]``: unchanged, or its stand-in's."""
+    return hidden if stand_in is None else stand_in(prefix, hidden, seq)
 
 
 def _descend(
@@ -65,13 +79,15 @@ def _descend(
     sets: list[SkipSet],
     visit: Visit,
     on_layers: OnLayers | None,
+    stand_in: StandIn | None = None,
 ) -> None:
     """``hidden`` enters layer ``at`` with the layers in ``prefix`` skipped; every set in ``sets`` starts with ``prefix``."""
     depth = len(prefix)
     for branch, group in groupby((s for s in sets if len(s) > depth), key=lambda s: s[depth]):
-        hidden = _advance(model, seq, hidden, at, branch, on_layers)
+        hidden = _advance(model, seq, hidden, at, branch, on_layers)  # kept: it enters the next branches too
         at = branch
-        _descend(model, seq, hidden, branch + 1, prefix + (branch,), list(group), visit, on_layers)
+        _descend(model, seq, _skipped(stand_in, prefix + (branch,), hidden, seq), branch + 1, prefix + (branch,),
+                 list(group), visit, on_layers, stand_in)
     if prefix in sets:
         visit(prefix, _advance(model, seq, hidden, at, model.num_layers, on_layers))
 

@@ -62,6 +62,30 @@ def test_figures_examples_raw_data_and_run_record_are_written(full_study):
     assert raw["kl"].shape == (23, 128) and raw["loglik"].shape == (23, 6, 4)
 
 
+def test_bridge_and_repeat_are_scored_on_the_same_data_and_compared_with_skipping(gemma3, tmp_path):
+    (tmp_path / "mmlu.jsonl").write_text("".join(json.dumps(r) + "\n" for r in mmlu_rows()))
+    out = study_on(gemma3, tmp_path / "out", single=True, double=False, mmlu_data=tmp_path / "mmlu.jsonl",
+                   methods=["repeat", "bridge"])
+    table = pd.read_csv(out / "results.csv")
+    assert len(table) == (1 + 6 * 3) * 4, "the full model once, every single skip under three methods"
+    assert table[table.skip_set == "none"].method.unique().tolist() == ["skip"]
+    skipped, others = table[table.method == "skip"], table[table.method != "skip"]
+    assert skipped.vs_skip.isna().all() and others[["vs_skip", "vs_skip_low", "vs_skip_p"]].notna().all().all()
+    assert (others.vs_skip_low <= others.vs_skip).all() and (others.vs_skip <= others.vs_skip_high).all()
+    assert (others.vs_skip_p_holm >= others.vs_skip_p).all()
+    by = table.set_index(["metric", "method", "skip_set"])
+    for method in ("bridge", "repeat"):  # vs_skip is the paired difference of the two rows' deltas
+        for layer in map(str, range(6)):
+            for metric in ("kl", "top1", "ppl"):
+                assert by.loc[(metric, method, layer), "vs_skip"] == pytest.approx(
+                    by.loc[(metric, method, layer), "delta"] - by.loc[(metric, "skip", layer), "delta"], abs=1e-9)
+    assert by.loc[("kl", "repeat", "0"), "vs_skip"] == 0, "layer 0 has no layer before it: repeat is skip"
+    assert by.loc[("kl", "bridge", "3"), "vs_skip"] != 0
+    raw = np.load(out / "raw.npz")
+    assert raw["bridge_kl"].shape == raw["kl"].shape == (7, 128) and raw["repeat_loglik"].shape == (7, 6, 4)
+    assert json.loads((out / "run.json").read_text())["methods"] == ["skip", "repeat", "bridge"]
+
+
 def test_proxies_alone_skip_mmlu_and_need_no_data(gemma3, tmp_path):
     out = study_on(gemma3, tmp_path / "out", metrics=["kl"], mmlu_data=tmp_path / "never-read.jsonl",
                    single=True, double=False)
@@ -95,6 +119,10 @@ class TestBadInputFailsBeforeTheModelLoads:
         (tmp_path / "sets.txt").write_text("3,three\n")
         with pytest.raises(SetsFileError, match="sets.txt:1"):
             self.call(tmp_path, sets_file=tmp_path / "sets.txt")
+
+    def test_unknown_method(self, tmp_path):
+        with pytest.raises(study.StudyError, match="unknown method 'heal'"):
+            self.call(tmp_path, methods=["bridge,heal"])
 
     def test_missing_corpus(self, tmp_path):
         with pytest.raises(FileNotFoundError, match="corpus file"):
