@@ -295,3 +295,30 @@ def experiment(kind: str, scenario_path: str, *, out: str | None = None, prefix:
         dashboard.feed.publish({"ev": "end", "run_dir": str(run_dir), "complete": complete, "report": True})
     print(f"[experiment] results in {run_dir}")
     return run_dir
+
+
+def campaign(kind: str, scenario_path: str, *, runs: int, seed: int, policies: list[str], max_lost: int = 2,
+             out: str | None = None, prefix: str | None = None) -> Path:
+    """``fab campaign``: up -> every seeded draw under every policy -> down; return the campaign directory."""
+    from experiment.campaign import run_campaign
+
+    for name in policies:
+        policy_of(name)
+    if runs < 1:
+        raise TestbedError(f"runs must be at least 1, got {runs}")
+    testbed = make_testbed(kind, prefix=prefix)
+    scenario = scenario_for(scenario_path, testbed)
+    target = Path(out) if out else default_out(f"campaign-{scenario.name}")
+    links = {}
+    if testbed.kind != "local" and scenario.links:
+        links = {k: resolve(p) for k in range(1, scenario.nodes + 1) if (p := scenario.profile_of(k))}
+    print(f"[campaign] {scenario.name}: {runs} draws (seed {seed}) x {', '.join(policies)} on the {testbed.kind} "
+          f"testbed, {scenario.nodes} layer nodes")
+    try:
+        testbed.up(scenario.nodes, links or None)
+        run_campaign(testbed, scenario, Path(scenario_path).parent, target, runs=runs, seed=seed,
+                     policies=policies, max_lost=max_lost)
+    finally:
+        testbed.down()
+    print(f"[campaign] results in {target}")
+    return target

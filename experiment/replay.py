@@ -37,6 +37,7 @@ class ReplayResult:
     session: str
     expected: list[int]
     replayed: list[int]
+    kl: list[float] | None = None  # per step: KL(full model || chain) of the next-token distribution, in nats
 
     @property
     def ok(self) -> bool:
@@ -79,8 +80,10 @@ def _contiguous_runs(layers: list[int]) -> list[list[int]]:
 
 
 def replay_session(model: Monolith, prompt_ids: list[int], steps: pd.DataFrame, slices: dict[int, tuple[int, int]],
-                   wire: WireDtype, bridges: BridgeSet | None = None) -> list[int]:
-    """Token ids the monolith produces when each step applies the recorded layers (and bridges)."""
+                   wire: WireDtype, bridges: BridgeSet | None = None,
+                   logits: list[torch.Tensor] | None = None) -> list[int]:
+    """Token ids the monolith produces when each step applies the recorded layers (and bridges); with
+    ``logits``, each step's next-token logits are appended to it (the distribution the chain chose from)."""
     caches = {i: SessionCache.new(model.spec, (i,)) for i in range(model.spec.num_layers)}
     # Wire-rounded output of each layer at every position (None where it did not run): a rebuild replays
     # the history of the hop before it on the route, which is its last layer's output at each position.
@@ -136,7 +139,10 @@ def replay_session(model: Monolith, prompt_ids: list[int], steps: pd.DataFrame, 
                 outputs[layer].extend([None] * len(new_ids))
             layer += 1
         hidden = to_wire(hidden, wire)
-        token = int(torch.argmax(model.head.logits(hidden[:, -1:])[0, -1]))
+        step_logits = model.head.logits(hidden[:, -1:])[0, -1]
+        if logits is not None:
+            logits.append(step_logits)
+        token = int(torch.argmax(step_logits))
         produced.append(token)
         positions = len(ids)
         ids.append(int(row.token_id))
@@ -200,11 +206,15 @@ def read_table(run_dir: Path, name: str) -> pd.DataFrame:
     return frame
 
 
-def check_run(run_dir: Path, prepared: Path, *, model: Monolith | None = None) -> list[ReplayResult]:
+def check_run(run_dir: Path, prepared: Path, *, model: Monolith | None = None,
+              divergence: bool = False) -> list[ReplayResult]:
     """Replay every session of a greedy run; return per-session expected vs replayed tokens.
 
     Prompt token ids come from the user node's log (``session_start``), so chat
     templates and tokenizer settings are replayed exactly as the run used them.
+    With ``divergence`` each result also holds, per step, the KL divergence of the
+    chain's next-token distribution from the full model's on the same prefix (the
+    chain's own tokens: teacher forcing), i.e. what the faults cost at each step.
     """
     run_dir = Path(run_dir)
     tokens = read_table(run_dir, "tokens")
@@ -222,11 +232,24 @@ def check_run(run_dir: Path, prepared: Path, *, model: Monolith | None = None) -
     try:
         for sid, steps in tokens.groupby("session", sort=False):
             steps = steps.sort_values("step")
-            replayed = replay_session(model, starts[sid], steps, _node_layers(nodes), wire, bridges)
-            results.append(ReplayResult(str(sid), steps["token_id"].astype(int).tolist(), replayed))
+            chain: list[torch.Tensor] | None = [] if divergence else None
+            replayed = replay_session(model, starts[sid], steps, _node_layers(nodes), wire, bridges, chain)
+            result = ReplayResult(str(sid), steps["token_id"].astype(int).tolist(), replayed)
+            if chain is not None:
+                full: list[torch.Tensor] = []
+                intact = steps.assign(layers=" ".join(map(str, range(model.spec.num_layers))), rebuilt="", bridges="")
+                replay_session(model, starts[sid], intact, _node_layers(nodes), wire, None, full)
+                result.kl = [_kl(p, q) for p, q in zip(full, chain)]
+            results.append(result)
     finally:
         torch.set_num_threads(threads)
     return results
+
+
+def _kl(full: torch.Tensor, chain: torch.Tensor) -> float:
+    """KL(softmax(full) || softmax(chain)) in nats, from logits."""
+    log_p, log_q = torch.log_softmax(full.double(), -1), torch.log_softmax(chain.double(), -1)
+    return float((log_p.exp() * (log_p - log_q)).sum())
 
 
 def run_bridges(deployment: dict, hidden: int) -> BridgeSet:

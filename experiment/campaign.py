@@ -1,0 +1,141 @@
+"""``fab campaign``: quality under failure as a curve, one per failure policy, from seeded random faults.
+
+Each of ``runs`` draws is a fault schedule made from ``seed``: how many layer nodes die (1 to ``max_lost``),
+which ones, and at which token they are killed together (a power cut).  Every policy asked for (``skip``,
+``bridge``, ``replica-then-skip``, ...) runs every draw on a fresh deployment of the scenario's model and
+placement (replica policies with at least one replica per slice), so the policies are compared on the same
+faults, paired.  Each run is checked by the consistency oracle and scored against the no-fault run:
+
+* ``agreement``: share of generated positions whose token is the no-fault run's;
+* ``first_divergence``: the first step whose token differs (empty when none does);
+* ``kl_after``: mean KL(full model || chain) of the next-token distribution over the steps after the fault,
+  on the chain's own prefix (the oracle replays both: :func:`experiment.replay.check_run`).
+
+Results go to ``campaign.csv`` (one row per policy and draw), with ``campaign.md`` and
+``quality_vs_layers_lost.png/.pdf`` made from it by :mod:`analysis.campaign`.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from experiment.deploy import deploy
+from experiment.replay import Monolith, check_run
+from experiment.run import Fault, run_job
+from experiment.scenario import Scenario
+from payload.config import Timing
+from payload.prepare import load_manifest, prepare
+from payload.routing import Placement, Policy
+from testbed.interface import Testbed, TestbedError
+
+DEFAULT_POLICIES = ("skip", "bridge", "replica-then-skip")
+COLUMNS = ["policy", "draw", "nodes_killed", "at_token", "layers_lost", "complete", "oracle_ok", "tokens",
+           "agreement", "first_divergence", "kl_after", "kl_all", "run_dir"]
+
+
+@dataclass(frozen=True)
+class Draw:
+    """One seeded fault schedule: ``nodes`` killed together after token ``at_token``."""
+
+    index: int
+    nodes: tuple[int, ...]
+    at_token: int
+
+
+def draw_schedules(seed: int, runs: int, *, nodes: int, max_new_tokens: int, max_lost: int) -> list[Draw]:
+    """``runs`` schedules from ``seed`` alone: the same seed gives the same schedules on any machine."""
+    if not 1 <= max_lost < nodes:
+        raise TestbedError(f"max_lost must be between 1 and {nodes - 1} (a chain needs one live node)")
+    if max_new_tokens < 3:
+        raise TestbedError("a campaign needs max_new_tokens >= 3: a fault, then tokens after it")
+    rng = random.Random(seed)
+    draws = []
+    for index in range(runs):
+        count = rng.randint(1, max_lost)
+        draws.append(Draw(index, tuple(sorted(rng.sample(range(1, nodes + 1), count))),
+                          rng.randint(1, max_new_tokens - 2)))
+    return draws
+
+
+def layers_of(placement: Placement, nodes: tuple[int, ...]) -> int:
+    return sum(placement.slices[n][1] - placement.slices[n][0] for n in nodes)
+
+
+def score(run: Path, baseline: list[int], at_token: int, monolith: Monolith, prepared: Path) -> dict:
+    """A run's quality against the no-fault tokens, and the oracle's verdict."""
+    summary = json.loads((run / "summary.json").read_text())
+    (result,) = check_run(run, prepared, model=monolith, divergence=True)
+    tokens = result.expected
+    same = [a == b for a, b in zip(tokens, baseline)]
+    first = next((i for i, ok in enumerate(same) if not ok), None)
+    after = result.kl[at_token + 1:]
+    return {"complete": bool(summary["complete"]), "oracle_ok": result.ok, "tokens": len(tokens),
+            "agreement": sum(same) / len(baseline), "first_divergence": first,
+            "kl_after": sum(after) / len(after) if after else None, "kl_all": sum(result.kl) / len(result.kl)}
+
+
+def run_campaign(testbed: Testbed, scenario: Scenario, base: Path, out: Path, *, runs: int, seed: int,
+                 policies: list[str], max_lost: int, progress=print) -> Path:
+    """Every draw under every policy on ``testbed`` (brought up by the caller); return ``out``."""
+    from experiment.orchestrate import bridges_for, job_from
+
+    if scenario.sampling.temperature:
+        raise TestbedError("a campaign compares greedy runs (the oracle replays them): set sampling.temperature 0")
+    chosen = [Policy(p) for p in policies]
+    prepared = prepare(scenario.model)
+    num_layers = load_manifest(prepared)["num_layers"]
+    job = job_from(scenario, base) | {"repeats": 1, "concurrency": 1}
+    job["prompts"] = job["prompts"][:1]
+    draws = draw_schedules(seed, runs, nodes=scenario.nodes, max_new_tokens=job["max_new_tokens"],
+                           max_lost=max_lost)
+    out.mkdir(parents=True, exist_ok=True)
+    timing = Timing(**scenario.timing)
+    monolith = Monolith(prepared)
+    quiet = lambda line: None  # noqa: E731  (the campaign prints one line per run instead)
+
+    def deployed(policy: Policy):
+        replicas = max(1, scenario.replicas) if policy.uses_replicas else scenario.replicas
+        placement = scenario.model_copy(update={"replicas": replicas}).placement_for(num_layers)
+        bridges = bridges_for(prepared, placement, **scenario.bridges.options(base)) if policy.bridges else None
+        return deploy(testbed, prepared, placement, model=scenario.model, policy=policy,
+                      wire_dtype=scenario.wire_dtype, compute_dtype=scenario.compute_dtype, timing=timing,
+                      bridges=bridges, progress=quiet), placement
+
+    deployment, _ = deployed(Policy.SKIP)
+    baseline_dir = run_job(testbed, deployment, job, [], out / "runs" / "baseline", stream=quiet)
+    (reference,) = check_run(baseline_dir, prepared, model=monolith)
+    if not reference.ok:
+        raise TestbedError(f"the no-fault run does not replay ({baseline_dir}): the chain is not exact here")
+    baseline = reference.expected
+    progress(f"[campaign] baseline: {len(baseline)} tokens; {len(draws)} draws x {len(chosen)} policies")
+    rows = []
+    started = time.monotonic()
+    for policy in chosen:
+        for draw in draws:
+            deployment, placement = deployed(policy)
+            run = out / "runs" / f"{policy.value}-{draw.index:03d}"
+            run_job(testbed, deployment, job, [Fault("kill", draw.nodes, at_token=draw.at_token)], run, stream=quiet)
+            row = {"policy": policy.value, "draw": draw.index, "nodes_killed": " ".join(map(str, draw.nodes)),
+                   "at_token": draw.at_token, "layers_lost": layers_of(placement, draw.nodes),
+                   "run_dir": str(run.relative_to(out))} | score(run, baseline, draw.at_token, monolith, prepared)
+            rows.append(row)
+            progress(f"[campaign] {policy.value} #{draw.index}: kill {row['nodes_killed']} at token {draw.at_token}"
+                     f" ({row['layers_lost']} layers): agreement {row['agreement']:.2f}, KL after "
+                     f"{row['kl_after'] if row['kl_after'] is None else round(row['kl_after'], 3)}, oracle "
+                     f"{'ok' if row['oracle_ok'] else 'FAILED'} ({time.monotonic() - started:.0f} s)")
+    pd.DataFrame(rows, columns=COLUMNS).to_csv(out / "campaign.csv", index=False)
+    (out / "campaign.json").write_text(json.dumps({
+        "scenario": scenario.name, "model": scenario.model, "nodes": scenario.nodes, "seed": seed, "runs": runs,
+        "max_lost": max_lost, "policies": [p.value for p in chosen], "prompt": job["prompts"][0],
+        "max_new_tokens": job["max_new_tokens"], "testbed": testbed.kind, "draws": [asdict(d) for d in draws],
+        "seconds": time.monotonic() - started}, indent=2))
+    from analysis.campaign import report
+
+    report(out)
+    return out
