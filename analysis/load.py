@@ -280,7 +280,7 @@ def _parse(name: str, sources: list[Path]) -> pd.DataFrame:
     if name == "events":
         return _read_events(sources)
     dtypes, index_lists, multiline = _CSV_TABLES[name]
-    frame = _read_csv(sources[0], dtypes, multiline=multiline)
+    frame = _read_csv(sources[0], dtypes, multiline=multiline, absent=TABLES[name].absent)
     for column in index_lists:
         _check_index_list(frame, column, sources[0])
     if name == "tokens":
@@ -291,7 +291,8 @@ def _parse(name: str, sources: list[Path]) -> pd.DataFrame:
     return frame
 
 
-def _read_csv(path: Path, dtypes: dict[str, str], *, multiline: bool) -> pd.DataFrame:
+def _read_csv(path: Path, dtypes: dict[str, str], *, multiline: bool, absent: dict[str, str] | None = None
+              ) -> pd.DataFrame:
     try:
         table = pacsv.read_csv(
             path,
@@ -302,13 +303,14 @@ def _read_csv(path: Path, dtypes: dict[str, str], *, multiline: bool) -> pd.Data
         )
     except pa.ArrowInvalid as exc:
         raise RunDirError(f"{path}: {exc}") from exc
-    missing = [c for c in dtypes if c not in table.column_names]
+    older = {c: v for c, v in (absent or {}).items() if c not in table.column_names}  # a run from before them
+    missing = [c for c in dtypes if c not in table.column_names and c not in older]
     if missing:
         raise RunDirError(f"{path} lacks column(s) {', '.join(missing)} (docs/run-directory.md)")
     for column, dtype in dtypes.items():
-        if dtype == "int64" and table.column(column).null_count:
+        if dtype == "int64" and column not in older and table.column(column).null_count:
             raise RunDirError(f"{path}: column {column} has empty cells; the contract needs an integer in every row")
-    return table.to_pandas().astype(dtypes)
+    return table.to_pandas().assign(**older)[list(dtypes)].astype(dtypes)
 
 
 def _check_index_list(frame: pd.DataFrame, column: str, path: Path) -> None:

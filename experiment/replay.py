@@ -200,6 +200,7 @@ def read_table(run_dir: Path, name: str) -> pd.DataFrame:
     table = TABLES[name]
     frame = pd.read_csv(run_dir / table.file, keep_default_na=False, dtype={c: "str" for c, d in table.dtypes.items()
                                                                             if d == "str"})
+    frame = frame.assign(**{c: v for c, v in table.absent.items() if c not in frame.columns})  # an older run
     missing = [c for c in table.names if c not in frame.columns]
     if missing:
         raise RunDirError(f"{run_dir / table.file} lacks column(s) {', '.join(missing)} (payload/schema.py)")

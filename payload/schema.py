@@ -121,6 +121,9 @@ TOKEN_FIELDS = (
     f("bridges", STR, "space-separated first-last layer spans bridged at this step (on_failure: bridge)"),
 )
 
+# Token fields added after run directories were first written, with the value they stand for in older ones.
+ADDED_TOKEN_FIELDS = {"bridges": ""}
+
 EVENTS: MappingProxyType[str, EventKind] = MappingProxyType({k.name: k for k in (
     _kind("start", "the process started (before loading weights)", (LAYER,), TO_EVENTS, _RSS),
     _kind("ready", "the node serves (weights loaded, listening)", (LAYER, USER), TO_EVENTS, _RSS,
@@ -187,11 +190,13 @@ EVENTS: MappingProxyType[str, EventKind] = MappingProxyType({k.name: k for k in 
 
 @dataclass(frozen=True)
 class Column:
-    """One column: name, pandas dtype (``Int64`` is a nullable integer), meaning."""
+    """One column: name, pandas dtype (``Int64`` is a nullable integer), meaning; ``absent`` is its value in
+    run directories written before the column existed (None: it always did, and a table without it is refused)."""
 
     name: str
     dtype: str
     doc: str
+    absent: str | None = None
 
 
 @dataclass(frozen=True)
@@ -209,12 +214,17 @@ class Table:
     def dtypes(self) -> dict[str, str]:
         return {c.name: c.dtype for c in self.columns}
 
+    @property
+    def absent(self) -> dict[str, str]:
+        """Columns added after the first runs, and the value older run directories have for them."""
+        return {c.name: c.absent for c in self.columns if c.absent is not None}
+
 
 _DTYPE_OF = {int: "int64", str: "str", bool: "bool", float: "float64"}
 
 TABLES: MappingProxyType[str, Table] = MappingProxyType({t.name: t for t in (
     Table("tokens", "tokens.csv", "one row per emitted token (the user node's `token` events)",
-          tuple(Column(x.name, _DTYPE_OF[x.types[0]], x.doc) for x in TOKEN_FIELDS)),
+          tuple(Column(x.name, _DTYPE_OF[x.types[0]], x.doc, ADDED_TOKEN_FIELDS.get(x.name)) for x in TOKEN_FIELDS)),
     Table("hops", "hops.csv", "one row per frame sent across one hop: the sender's `ack` event (the frame was "
           "acknowledged) joined with the receiver's `recv` and `compute` events of the same frame, keyed by receiver, "
           "session, step, epoch and sender; a frame the receiver took but whose ack the sender never saw (it had "

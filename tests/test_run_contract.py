@@ -21,7 +21,7 @@ from experiment.collect import write_tables
 from experiment.deploy import Deployment
 from experiment.synth import Kill, Spec, write_run
 from payload.events import EventLog, read_events
-from payload.schema import EVENTS, EVENTS_FRAME, RUN_FILES, SUMMARY_KEYS, TABLES, EventSchemaError
+from payload.schema import EVENTS, EVENTS_FRAME, RUN_FILES, SUMMARY_KEYS, TABLES, EventSchemaError, RunDirError
 
 ROOT = Path(__file__).resolve().parent.parent
 DOC = ROOT / "docs" / "run-directory.md"
@@ -151,3 +151,21 @@ class TestCollection:
         nodes = pd.read_csv(again / "nodes.csv", keep_default_na=False)
         assert nodes.loc[nodes["name"] == "node2", "peak_rss_bytes"].tolist() == [""]
         assert (nodes.loc[nodes["name"] != "node2", "peak_rss_bytes"] != "").all()
+
+
+def test_a_run_written_before_a_column_was_added_still_loads_with_its_documented_value(synthetic, tmp_path):
+    """tokens.csv gained ``bridges`` after runs were first written: an older run reads as bridging nothing;
+    a column that was always there stays required."""
+    from analysis.load import load
+    from experiment.replay import read_table
+
+    assert TABLES["tokens"].absent == {"bridges": ""}
+    run = tmp_path / "older"
+    shutil.copytree(synthetic, run)
+    tokens = pd.read_csv(run / "tokens.csv", keep_default_na=False)
+    tokens.drop(columns=["bridges"]).to_csv(run / "tokens.csv", index=False)
+    assert (load([run]).tokens["bridges"] == "").all()
+    assert (read_table(run, "tokens")["bridges"] == "").all()
+    tokens.drop(columns=["bridges", "rebuilt"]).to_csv(run / "tokens.csv", index=False)
+    with pytest.raises(RunDirError, match="lacks column.*rebuilt"):
+        read_table(run, "tokens")
