@@ -177,17 +177,19 @@ def fault_metrics(data: RunData) -> pd.DataFrame:
       if none was in progress).
     - degraded_tokens: tokens with a target in nodes_out, until the next fault on a target.
     - layers_lost: target layers missing from at least one of those tokens (none if a
-      replica served them).
+      replica served them); layers_bridged: those of them a bridge stood in for at every
+      such token (on_failure: bridge).
     Times compare the control host's clock with the nodes' clocks: exact on one host
     (emulated testbeds), off by the NTP offset on real ones.  Restoring actions
     (resume, link_up) get no figures.
     """
     rows = [_fault_row(fault, data) for fault in data.faults.itertuples(index=False)]
     columns = ["run_id", "fault", "action", "target", "trigger", "session", "step", "effective_wall_ns",
-               "detection_ns", "detected_by", "reroute_ns", "degraded_tokens", "layers_lost", "n_layers_lost"]
+               "detection_ns", "detected_by", "reroute_ns", "degraded_tokens", "layers_lost", "n_layers_lost", "layers_bridged"]
     frame = pd.DataFrame(rows, columns=columns)
     return frame.astype({"detection_ns": "float64", "reroute_ns": "float64", "detected_by": "Int64",
-                         "degraded_tokens": "Int64", "n_layers_lost": "Int64", "layers_lost": "str"})
+                         "degraded_tokens": "Int64", "n_layers_lost": "Int64", "layers_lost": "str",
+                         "layers_bridged": "str"})
 
 
 def _fault_row(fault: Any, data: RunData) -> dict:
@@ -195,7 +197,7 @@ def _fault_row(fault: Any, data: RunData) -> dict:
     row = {key: getattr(fault, key) for key in ("run_id", "fault", "action", "target", "trigger", "session", "step",
                                                  "effective_wall_ns")}
     row.update(detection_ns=None, detected_by=None, reroute_ns=None, degraded_tokens=None, layers_lost="",
-               n_layers_lost=None)
+               n_layers_lost=None, layers_bridged="")
     if fault.action not in DISRUPTIVE:
         return row
     nodes = data.nodes[data.nodes["run_id"] == fault.run_id]
@@ -223,8 +225,18 @@ def _fault_row(fault: Any, data: RunData) -> dict:
     degraded = window[window["nodes_out"].map(lambda out: bool(targets & set(indices(out)))).astype(bool)]
     held = set().union(*(indices(s) for s in nodes.loc[nodes["index"].isin(targets), "layers"]))
     lost = set().union(*(held - set(indices(layers)) for layers in degraded["layers"]))
-    row.update(degraded_tokens=len(degraded), layers_lost=" ".join(map(str, sorted(lost))), n_layers_lost=len(lost))
+    bridged = set(lost)
+    for spans in degraded["bridges"]:
+        bridged &= {layer for span in str(spans).split() for layer in _span_layers(span)}
+    row.update(degraded_tokens=len(degraded), layers_lost=" ".join(map(str, sorted(lost))), n_layers_lost=len(lost),
+               layers_bridged=" ".join(map(str, sorted(bridged))))
     return row
+
+
+def _span_layers(span: str) -> range:
+    """The layers of a ``first-last`` span of tokens.csv's ``bridges``."""
+    first, _, last = span.partition("-")
+    return range(int(first), int(last) + 1)
 
 
 def _window_end(fault: Any, faults: pd.DataFrame, names: list[str]) -> float:

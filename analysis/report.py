@@ -124,7 +124,11 @@ def _fault_sentence(fault: Any) -> str:
     if pd.notna(fault.degraded_tokens):
         text += f"; {fault.degraded_tokens} tokens degraded"
     if fault.layers_lost:
-        text += f"; layers {figures.layer_ranges([int(x) for x in fault.layers_lost.split()])} lost"
+        lost = [int(x) for x in fault.layers_lost.split()]
+        bridged = [int(x) for x in fault.layers_bridged.split()]
+        text += f"; layers {figures.layer_ranges(lost)} lost"
+        if bridged:
+            text += f" ({'all' if bridged == lost else figures.layer_ranges(bridged)} bridged)"
     return text
 
 

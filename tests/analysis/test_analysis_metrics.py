@@ -16,7 +16,7 @@ EFFECTIVE = 1_760_000_010_000_000_000
 
 def tokens_frame(rows: list[dict]) -> pd.DataFrame:
     defaults = {"run_id": "r", "session": "s", "prompt_index": 0, "repeat": 0, "token_id": 1, "text": "x",
-                "layers": "0 1 2 3", "route": "0 1 2 0", "epoch": 0, "attempts": 1, "nodes_out": ""}
+                "layers": "0 1 2 3", "route": "0 1 2 0", "epoch": 0, "attempts": 1, "nodes_out": "", "bridges": ""}
     frame = pd.DataFrame([{**defaults, **row} for row in rows])
     frame["degraded"] = frame["nodes_out"] != ""
     frame["n_layers"] = frame["layers"].str.split().str.len()
@@ -84,6 +84,15 @@ class TestFaultMetrics:
         assert fault["reroute_ns"] == 400 * MS  # next token of the fault's session, not session t's
         assert fault["degraded_tokens"] == 3
         assert fault["layers_lost"] == "2 3" and fault["n_layers_lost"] == 2
+        assert fault["layers_bridged"] == ""
+
+    def test_lost_layers_a_bridge_stood_in_for_at_every_degraded_token_are_bridged(self):
+        data = fault_data()
+        degraded = data.tokens["nodes_out"] == "2"
+        data.tokens.loc[degraded, "bridges"] = "2-3"
+        assert fault_metrics(data).iloc[0]["layers_bridged"] == "2 3"
+        data.tokens.loc[data.tokens.index[degraded][0], "bridges"] = ""  # one token skipped them instead
+        assert fault_metrics(data).iloc[0]["layers_bridged"] == ""
 
     def test_a_fault_after_the_last_token_gets_zero_degraded_tokens_not_an_error(self):
         """A kill that bites as the last tokens are emitted (the testbed reports it after them) leaves no token
