@@ -285,18 +285,21 @@ def check_run(c, run):
 
 @task(help={"scenario": "scenario file (its model, nodes, placement, links, first prompt; its faults are not used)",
             "runs": "seeded fault draws per policy", "seed": "seed of the draws (same seed, same schedules)",
-            "policy": "comma-separated failure policies (default skip,bridge,replica-then-skip)",
-            "max_lost": "most layer nodes killed in one draw (default 2)", "testbed": TESTBED_HELP,
+            "policy": "comma-separated failure policies (default skip,bridge,replica-then-skip), or placements "
+                      "resilient,even-budget (the scenario's resilient options, replicas then skip)",
+            "max_lost": "most layer nodes killed in one draw (default 2)",
+            "independent": "each node fails independently with the scenario's failure_p (instead of max_lost)",
+            "testbed": TESTBED_HELP,
             "out": "output directory (default runs/<time>-campaign-<scenario>)", "prefix": "name prefix of this testbed"})
-def campaign(c, scenario, runs=10, seed=0, policy="skip,bridge,replica-then-skip", max_lost=2, testbed="local",
-             out=None, prefix=None):
+def campaign(c, scenario, runs=10, seed=0, policy="skip,bridge,replica-then-skip", max_lost=2, independent=False,
+             testbed="local", out=None, prefix=None):
     """Quality under failure as a curve: seeded random node kills under each policy, oracle-checked, scored
     against the no-fault run (campaign.csv, campaign.md, quality_vs_layers_lost.png)."""
     from experiment.orchestrate import campaign as run
 
     _guard(run, testbed, scenario, runs=int(runs), seed=int(seed),
-           policies=[p.strip() for p in policy.split(",") if p.strip()], max_lost=int(max_lost), out=out,
-           prefix=prefix)
+           policies=[p.strip() for p in policy.split(",") if p.strip()], max_lost=int(max_lost),
+           independent=bool(independent), out=out, prefix=prefix)
 
 
 @task(help={"testbed": "emu (default) or local", "out": "output directory"})

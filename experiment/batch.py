@@ -161,9 +161,9 @@ def radio_conf(layout: Layout, name: str, *, addresses: dict[str, SrnAddresses],
 def write_bundle(inventory: Path | str, scenario_path: Path | str, out: Path | str, *, duration_s: int,
                  traffic_scenario: int, prepared: Path | None = None) -> Path:
     """Write the batch bundle for ``scenario_path`` on the SRNs of ``inventory`` into ``out``; return ``out``."""
-    from experiment.orchestrate import bridges_for, job_from
+    from experiment.orchestrate import bridges_for, job_from, plan_placement
     from experiment.scenario import load_scenario
-    from payload.prepare import load_manifest, prepare
+    from payload.prepare import prepare
 
     inv = load_inventory(inventory)
     scenario = load_scenario(scenario_path)
@@ -171,7 +171,7 @@ def write_bundle(inventory: Path | str, scenario_path: Path | str, out: Path | s
         raise TestbedError("batch mode runs without a controller, so it cannot inject the scenario's faults; "
                            "remove them or run the scenario interactively")
     prepared = Path(prepared or prepare(scenario.model))
-    placement = scenario.placement_for(load_manifest(prepared)["num_layers"])
+    placement = plan_placement(scenario, prepared, Path(scenario_path).parent)
     bridges = None
     if scenario.on_failure.bridges:
         bridges = bridges_for(prepared, placement, **scenario.bridges.options(Path(scenario_path).parent))

@@ -1,10 +1,14 @@
 """``fab campaign``: quality under failure as a curve, one per failure policy, from seeded random faults.
 
-Each of ``runs`` draws is a fault schedule made from ``seed``: how many layer nodes die (1 to ``max_lost``),
-which ones, and at which token they are killed together (a power cut).  Every policy asked for (``skip``,
-``bridge``, ``replica-then-skip``, ...) runs every draw on a fresh deployment of the scenario's model and
-placement (replica policies with at least one replica per slice), so the policies are compared on the same
-faults, paired.  Each run is checked by the consistency oracle and scored against the no-fault run:
+Each of ``runs`` draws is a fault schedule made from ``seed``: which layer nodes die (1 to ``max_lost`` of
+them; or, with ``failure_p``, each node independently with its probability, so some draws lose none) and at
+which token they are killed together (a power cut).  Every policy asked for (``skip``, ``bridge``,
+``replica-then-skip``, ...) runs every draw on a fresh deployment of the scenario's model and placement
+(replica policies with at least one replica per slice), so the policies are compared on the same faults,
+paired.  Two entries compare placements instead: ``resilient`` (experiment/resilient.py, the scenario's
+``resilient`` options and ``failure_p``) and ``even-budget`` (even placement with the same replica copies,
+placed the same way), both failing over to their replicas, then skipping (bridging under a bridge policy).
+A draw that loses no node is the no-fault run itself (scored as such, not run again).  Each run is checked by the consistency oracle and scored against the no-fault run:
 
 * ``agreement``: share of generated positions whose token is the no-fault run's;
 * ``first_divergence``: the first step whose token differs (empty when none does);
@@ -35,6 +39,7 @@ from payload.routing import Placement, Policy
 from testbed.interface import Testbed, TestbedError
 
 DEFAULT_POLICIES = ("skip", "bridge", "replica-then-skip")
+PLACEMENTS = ("resilient", "even-budget")  # entries that compare placements under the same failover
 COLUMNS = ["policy", "draw", "nodes_killed", "at_token", "layers_lost", "complete", "oracle_ok", "tokens",
            "agreement", "first_divergence", "kl_after", "kl_all", "run_dir"]
 
@@ -48,8 +53,11 @@ class Draw:
     at_token: int
 
 
-def draw_schedules(seed: int, runs: int, *, nodes: int, max_new_tokens: int, max_lost: int) -> list[Draw]:
-    """``runs`` schedules from ``seed`` alone: the same seed gives the same schedules on any machine."""
+def draw_schedules(seed: int, runs: int, *, nodes: int, max_new_tokens: int, max_lost: int,
+                   failure_p: dict[int, float] | None = None) -> list[Draw]:
+    """``runs`` schedules from ``seed`` alone: the same seed gives the same schedules on any machine.  With
+    ``failure_p`` each node fails independently (at most ``nodes - 1``: the highest-numbered survives a draw
+    that would kill every node)."""
     if not 1 <= max_lost < nodes:
         raise TestbedError(f"max_lost must be between 1 and {nodes - 1} (a chain needs one live node)")
     if max_new_tokens < 3:
@@ -57,9 +65,11 @@ def draw_schedules(seed: int, runs: int, *, nodes: int, max_new_tokens: int, max
     rng = random.Random(seed)
     draws = []
     for index in range(runs):
-        count = rng.randint(1, max_lost)
-        draws.append(Draw(index, tuple(sorted(rng.sample(range(1, nodes + 1), count))),
-                          rng.randint(1, max_new_tokens - 2)))
+        if failure_p is None:
+            chosen = rng.sample(range(1, nodes + 1), rng.randint(1, max_lost))
+        else:
+            chosen = [k for k in range(1, nodes + 1) if rng.random() < failure_p[k]][:nodes - 1]
+        draws.append(Draw(index, tuple(sorted(chosen)), rng.randint(1, max_new_tokens - 2)))
     return draws
 
 
@@ -81,58 +91,80 @@ def score(run: Path, baseline: list[int], at_token: int, monolith: Monolith, pre
 
 
 def run_campaign(testbed: Testbed, scenario: Scenario, base: Path, out: Path, *, runs: int, seed: int,
-                 policies: list[str], max_lost: int, progress=print) -> Path:
-    """Every draw under every policy on ``testbed`` (brought up by the caller); return ``out``."""
-    from experiment.orchestrate import bridges_for, job_from
+                 policies: list[str], max_lost: int, independent: bool = False, progress=print) -> Path:
+    """Every draw under every policy on ``testbed`` (brought up by the caller); return ``out``.  With
+    ``independent`` nodes fail independently with the scenario's ``failure_p``."""
+    from experiment.orchestrate import bridges_for, job_from, layer_costs
 
     if scenario.sampling.temperature:
         raise TestbedError("a campaign compares greedy runs (the oracle replays them): set sampling.temperature 0")
-    chosen = [Policy(p) for p in policies]
     prepared = prepare(scenario.model)
     num_layers = load_manifest(prepared)["num_layers"]
+    fallback = Policy.REPLICA_THEN_BRIDGE if scenario.on_failure.bridges else Policy.REPLICA_THEN_SKIP
+    plans = {}
+    if set(policies) & set(PLACEMENTS):
+        plan = scenario.model_copy(update={"placement": "resilient", "replicas": 0}).resilient_plan(
+            num_layers, layer_costs(scenario, prepared, base))
+        progress(plan.describe())
+        plans = {"resilient": plan.placement, "even-budget": plan.even}
+    chosen = [(name, fallback if name in plans else Policy(name)) for name in policies]
     job = job_from(scenario, base) | {"repeats": 1, "concurrency": 1}
     job["prompts"] = job["prompts"][:1]
     draws = draw_schedules(seed, runs, nodes=scenario.nodes, max_new_tokens=job["max_new_tokens"],
-                           max_lost=max_lost)
+                           max_lost=max_lost, failure_p=scenario.failure_probabilities() if independent else None)
     out.mkdir(parents=True, exist_ok=True)
     timing = Timing(**scenario.timing)
     monolith = Monolith(prepared)
     quiet = lambda line: None  # noqa: E731  (the campaign prints one line per run instead)
 
-    def deployed(policy: Policy):
-        replicas = max(1, scenario.replicas) if policy.uses_replicas else scenario.replicas
-        placement = scenario.model_copy(update={"replicas": replicas}).placement_for(num_layers)
+    def deployed(name: str, policy: Policy):
+        if name in plans:
+            placement = plans[name]
+        else:
+            replicas = max(1, scenario.replicas) if policy.uses_replicas else scenario.replicas
+            placement = scenario.model_copy(update={"replicas": replicas, "placement": "even"}
+                                            if scenario.placement == "resilient" else {"replicas": replicas}
+                                            ).placement_for(num_layers)
         bridges = bridges_for(prepared, placement, **scenario.bridges.options(base)) if policy.bridges else None
         return deploy(testbed, prepared, placement, model=scenario.model, policy=policy,
                       wire_dtype=scenario.wire_dtype, compute_dtype=scenario.compute_dtype, timing=timing,
                       bridges=bridges, progress=quiet), placement
 
-    deployment, _ = deployed(Policy.SKIP)
+    deployment, _ = deployed("skip", Policy.SKIP)
     baseline_dir = run_job(testbed, deployment, job, [], out / "runs" / "baseline", stream=quiet)
     (reference,) = check_run(baseline_dir, prepared, model=monolith)
     if not reference.ok:
         raise TestbedError(f"the no-fault run does not replay ({baseline_dir}): the chain is not exact here")
     baseline = reference.expected
     progress(f"[campaign] baseline: {len(baseline)} tokens; {len(draws)} draws x {len(chosen)} policies")
-    rows = []
+    rows: list[dict] = []
+    table = out / "campaign.csv"
     started = time.monotonic()
-    for policy in chosen:
+    intact = {"complete": True, "oracle_ok": True, "tokens": len(baseline), "agreement": 1.0,
+              "first_divergence": None, "kl_after": 0.0, "kl_all": 0.0, "run_dir": "runs/baseline"}
+    for name, policy in chosen:
         for draw in draws:
-            deployment, placement = deployed(policy)
-            run = out / "runs" / f"{policy.value}-{draw.index:03d}"
+            row = {"policy": name, "draw": draw.index, "nodes_killed": " ".join(map(str, draw.nodes)),
+                   "at_token": draw.at_token}
+            if not draw.nodes:  # nothing fails: the no-fault run, already run and replayed
+                rows.append(row | {"layers_lost": 0} | intact)
+                table.write_text(pd.DataFrame(rows, columns=COLUMNS).to_csv(index=False))
+                continue
+            deployment, placement = deployed(name, policy)
+            run = out / "runs" / f"{name}-{draw.index:03d}"
             run_job(testbed, deployment, job, [Fault("kill", draw.nodes, at_token=draw.at_token)], run, stream=quiet)
-            row = {"policy": policy.value, "draw": draw.index, "nodes_killed": " ".join(map(str, draw.nodes)),
-                   "at_token": draw.at_token, "layers_lost": layers_of(placement, draw.nodes),
-                   "run_dir": str(run.relative_to(out))} | score(run, baseline, draw.at_token, monolith, prepared)
+            row |= {"layers_lost": layers_of(placement, draw.nodes), "run_dir": str(run.relative_to(out))}
+            row |= score(run, baseline, draw.at_token, monolith, prepared)
             rows.append(row)
-            progress(f"[campaign] {policy.value} #{draw.index}: kill {row['nodes_killed']} at token {draw.at_token}"
+            table.write_text(pd.DataFrame(rows, columns=COLUMNS).to_csv(index=False))  # kept if the campaign dies
+            progress(f"[campaign] {name} #{draw.index}: kill {row['nodes_killed']} at token {draw.at_token}"
                      f" ({row['layers_lost']} layers): agreement {row['agreement']:.2f}, KL after "
                      f"{row['kl_after'] if row['kl_after'] is None else round(row['kl_after'], 3)}, oracle "
                      f"{'ok' if row['oracle_ok'] else 'FAILED'} ({time.monotonic() - started:.0f} s)")
-    pd.DataFrame(rows, columns=COLUMNS).to_csv(out / "campaign.csv", index=False)
     (out / "campaign.json").write_text(json.dumps({
         "scenario": scenario.name, "model": scenario.model, "nodes": scenario.nodes, "seed": seed, "runs": runs,
-        "max_lost": max_lost, "policies": [p.value for p in chosen], "prompt": job["prompts"][0],
+        "max_lost": max_lost, "policies": [name for name, _ in chosen],
+        "failure_p": scenario.failure_probabilities() if independent else None, "prompt": job["prompts"][0],
         "max_new_tokens": job["max_new_tokens"], "testbed": testbed.kind, "draws": [asdict(d) for d in draws],
         "seconds": time.monotonic() - started}, indent=2))
     from analysis.campaign import report

@@ -108,6 +108,29 @@ def placement_from(spec: str, num_layers: int, nodes: int, replicas: int) -> Pla
     return explicit_placement(num_layers, ranges, replicas)
 
 
+def layer_costs(scenario: Scenario, prepared: Path, base: Path) -> list[float]:
+    """``placement: resilient``'s per-layer costs: the scenario's skip study, or measured now (bridged layers'
+    under a bridging policy)."""
+    from experiment.resilient import measured_costs, study_costs
+
+    method = "bridge" if scenario.on_failure.bridges else "skip"
+    file = scenario.resilient.criticality
+    if file:
+        return study_costs(Path(file) if Path(file).is_absolute() else base / file, method=method)
+    return measured_costs(prepared, method=method, tokens=scenario.resilient.tokens)
+
+
+def plan_placement(scenario: Scenario, prepared: Path, base: Path, memory: dict[int, int] | None = None
+                   ) -> Placement:
+    """The scenario's placement; a resilient one is printed beside even placement's expected KL."""
+    num_layers = load_manifest(prepared)["num_layers"]
+    if scenario.placement != "resilient":
+        return scenario.placement_for(num_layers, memory)
+    plan = scenario.resilient_plan(num_layers, layer_costs(scenario, prepared, base))
+    print(plan.describe())
+    return plan.placement
+
+
 def bridges_for(prepared: Path, placement: Placement, *, file: str | None = None, corpus: str | None = None,
                 ridge: float | None = None, tokens: int | None = None) -> Path:
     """``fab prepare-bridges``: the bridge file of ``placement``'s slices (``file``, checked, or fitted on
@@ -261,18 +284,18 @@ def experiment(kind: str, scenario_path: str, *, out: str | None = None, prefix:
     links = {}
     if testbed.kind != "local" and scenario.links:
         links = {k: resolve(p) for k in range(1, scenario.nodes + 1) if (p := scenario.profile_of(k))}
-    num_layers = load_manifest(prepared)["num_layers"]
-    placement = None if scenario.placement == "memory" else scenario.placement_for(num_layers)  # fail before up
+    base = Path(scenario_path).parent
+    placement = None if scenario.placement == "memory" else plan_placement(scenario, prepared, base)  # before up
     bridges = None
     if scenario.on_failure.bridges and placement is not None:  # fitted (or found) before anything is brought up
-        bridges = bridges_for(prepared, placement, **scenario.bridges.options(Path(scenario_path).parent))
+        bridges = bridges_for(prepared, placement, **scenario.bridges.options(base))
     try:
         phase("up", f"{scenario.nodes} layer nodes on the {testbed.kind} testbed")
         testbed.up(scenario.nodes, links or None)
         if placement is None:
-            placement = scenario.placement_for(num_layers, reported_memory(testbed))
+            placement = plan_placement(scenario, prepared, base, reported_memory(testbed))
             if scenario.on_failure.bridges:
-                bridges = bridges_for(prepared, placement, **scenario.bridges.options(Path(scenario_path).parent))
+                bridges = bridges_for(prepared, placement, **scenario.bridges.options(base))
         phase("deploy", f"model {scenario.model}")
         deployment = do_deploy(testbed, scenario.model, placement, policy=scenario.on_failure,
                                wire_dtype=scenario.wire_dtype, compute_dtype=scenario.compute_dtype,
@@ -298,12 +321,13 @@ def experiment(kind: str, scenario_path: str, *, out: str | None = None, prefix:
 
 
 def campaign(kind: str, scenario_path: str, *, runs: int, seed: int, policies: list[str], max_lost: int = 2,
-             out: str | None = None, prefix: str | None = None) -> Path:
+             independent: bool = False, out: str | None = None, prefix: str | None = None) -> Path:
     """``fab campaign``: up -> every seeded draw under every policy -> down; return the campaign directory."""
-    from experiment.campaign import run_campaign
+    from experiment.campaign import PLACEMENTS, run_campaign
 
     for name in policies:
-        policy_of(name)
+        if name not in PLACEMENTS:
+            policy_of(name)
     if runs < 1:
         raise TestbedError(f"runs must be at least 1, got {runs}")
     testbed = make_testbed(kind, prefix=prefix)
@@ -317,7 +341,7 @@ def campaign(kind: str, scenario_path: str, *, runs: int, seed: int, policies: l
     try:
         testbed.up(scenario.nodes, links or None)
         run_campaign(testbed, scenario, Path(scenario_path).parent, target, runs=runs, seed=seed,
-                     policies=policies, max_lost=max_lost)
+                     policies=policies, max_lost=max_lost, independent=independent)
     finally:
         testbed.down()
     print(f"[campaign] results in {target}")

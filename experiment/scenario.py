@@ -101,13 +101,26 @@ class BridgeOptions(BaseModel):
                 "tokens": self.tokens}
 
 
+class ResilientOptions(BaseModel):
+    """``placement: resilient`` (experiment/resilient.py): what each layer costs, and the replica budget."""
+
+    model_config = ConfigDict(extra="forbid")
+    criticality: str | None = Field(default=None, description="a skip study's results.csv (default: measured now)")
+    copies: Annotated[StrictInt, Field(ge=0, le=64)] = 1
+    capacity: Annotated[StrictInt, Field(ge=1)] | None = None
+    tokens: Annotated[StrictInt, Field(ge=16, le=100_000)] = 512
+
+
 class Scenario(BaseModel):
     model_config = ConfigDict(extra="forbid")
     name: Annotated[str, Field(pattern=NAME, description="letters, digits, '.', '_', '-'; it names the run")]
     description: str = ""
     model: str = "gemma3-270m"
     nodes: Annotated[StrictInt, Field(ge=1, le=250)]
-    placement: Literal["even", "memory"] | list[tuple[Index, Index]] = "even"
+    placement: Literal["even", "memory", "resilient"] | list[tuple[Index, Index]] = "even"
+    resilient: ResilientOptions = Field(default_factory=ResilientOptions, description="placement: resilient only")
+    failure_p: dict[str, Annotated[StrictInt | StrictFloat, Field(ge=0, lt=1)]] = Field(
+        default_factory=dict, description="node index, range 'a-b' or 'all' -> probability it fails (default 0.1)")
     replicas: Index = 0
     on_failure: Policy = Policy.SKIP
     bridges: BridgeOptions = Field(default_factory=BridgeOptions, description="on_failure: bridge only")
@@ -128,7 +141,7 @@ class Scenario(BaseModel):
                                                        description="failure-detection knobs (payload.config.Timing)")
     _source: Path | None = PrivateAttr(default=None)
 
-    @field_validator("links", mode="before")
+    @field_validator("links", "failure_p", mode="before")
     @classmethod
     def _link_keys_as_text(cls, links: object) -> object:
         """YAML gives ``2: cellular`` an integer key; users write it so, and mean node 2."""
@@ -144,8 +157,12 @@ class Scenario(BaseModel):
             raise ValueError(f"replicas={self.replicas} needs more than {self.replicas} nodes")
         return self
 
-    def placement_for(self, num_layers: int, memory: dict[int, int] | None = None) -> Placement:
-        """The layer placement; ``memory`` (bytes available per layer node) is needed for ``memory``."""
+    def placement_for(self, num_layers: int, memory: dict[int, int] | None = None,
+                      costs: list[float] | None = None) -> Placement:
+        """The layer placement; ``memory`` (bytes available per layer node) is needed for ``memory``, per-layer
+        ``costs`` (experiment/resilient.py) for ``resilient``."""
+        if self.placement == "resilient":
+            return self.resilient_plan(num_layers, costs).placement
         if self.placement == "even":
             return even_placement(num_layers, self.nodes, self.replicas)
         if self.placement == "memory":
@@ -157,6 +174,22 @@ class Scenario(BaseModel):
             raise self.error(("placement", len(self.placement) - 1),
                              f"the ranges end at layer {end}, but model {self.model} has {num_layers} layers")
         return explicit_placement(num_layers, list(self.placement), self.replicas)
+
+    def resilient_plan(self, num_layers: int, costs: list[float] | None):
+        """The resilient plan (with even placement's figure beside it) for per-layer ``costs``."""
+        from experiment.resilient import resilient_placement
+
+        if costs is None:
+            raise ScenarioError("placement: resilient needs per-layer costs (a skip study, or measured)")
+        return resilient_placement(num_layers, self.nodes, costs, self.failure_probabilities(),
+                                   replicas=self.resilient.copies, capacity=self.resilient.capacity)
+
+    def failure_probabilities(self) -> dict[int, float]:
+        """Each layer node's failure probability (``failure_p``; 0.1 where it says nothing)."""
+        from experiment.resilient import DEFAULT_FAILURE_P
+
+        found = {k: _by_node(self.failure_p, k) for k in range(1, self.nodes + 1)}
+        return {k: float(DEFAULT_FAILURE_P if v is None else v) for k, v in found.items()}
 
     def error(self, loc: tuple, message: str) -> ScenarioError:
         """A ScenarioError about field ``loc`` of the file this scenario came from, with its line."""
@@ -179,14 +212,19 @@ class Scenario(BaseModel):
 
     def profile_of(self, node: int) -> str | dict | None:
         """Link profile for ``node`` from ``links`` (exact index, then 'a-b' ranges, then 'all')."""
-        if str(node) in self.links:
-            return self.links[str(node)]
-        for key, value in self.links.items():
-            if "-" in key:
-                a, b = key.split("-", 1)
-                if a.isdigit() and b.isdigit() and int(a) <= node <= int(b):
-                    return value
-        return self.links.get("all")
+        return _by_node(self.links, node)
+
+
+def _by_node(mapping: dict, node: int):
+    """The value for ``node`` in a per-node mapping (exact index, then 'a-b' ranges, then 'all'), or None."""
+    if str(node) in mapping:
+        return mapping[str(node)]
+    for key, value in mapping.items():
+        if "-" in key:
+            a, b = key.split("-", 1)
+            if a.isdigit() and b.isdigit() and int(a) <= node <= int(b):
+                return value
+    return mapping.get("all")
 
 
 def problems(scenario: Scenario, base: Path) -> list[Problem]:
@@ -203,6 +241,7 @@ def problems(scenario: Scenario, base: Path) -> list[Problem]:
     found += _fault_problems(scenario, prompts, known)
     found += _placement_problems(scenario)
     found += _bridge_problems(scenario, base)
+    found += _resilient_problems(scenario, base)
     timing = {f.name for f in fields(Timing)}
     for name in scenario.timing:
         if name not in timing:
@@ -302,6 +341,22 @@ def _placement_problems(scenario: Scenario) -> list[Problem]:
             found.append((("placement", i), f"starts at layer {first} but the previous range ends at {expected}: "
                                             f"{what}"))
         expected = max(expected, end)
+    return found
+
+
+def _resilient_problems(scenario: Scenario, base: Path) -> list[Problem]:
+    found: list[Problem] = [(("failure_p", key), "a failure_p key is a node index, a range 'a-b' or 'all'")
+                            for key in scenario.failure_p if not _LINK_KEY.match(key)]
+    options = scenario.resilient.model_dump(exclude_defaults=True)
+    if scenario.placement != "resilient":
+        if options:
+            found.append((("resilient",), "resilient options are for placement: resilient"))
+        return found
+    if scenario.replicas:
+        found.append((("replicas",), "placement: resilient places its own replicas (resilient.copies)"))
+    criticality = scenario.resilient.criticality
+    if criticality and not (Path(criticality) if Path(criticality).is_absolute() else base / criticality).is_file():
+        found.append((("resilient", "criticality"), f"{criticality} does not exist"))
     return found
 
 

@@ -109,6 +109,14 @@ BROKEN = {
     "bridge-file-and-fit-options": (BASE + "on_failure: bridge\nbridges: {file: b.safetensors, ridge: 0.1}\n",
                                     r"bridges\.file \(line 6\): a bridge file is used as it is"),
     "unknown-policy": (BASE + "on_failure: heal\n", r"on_failure \(line 5\): Input should be 'skip'"),
+    "resilient-options-without-resilient": (BASE + "resilient: {copies: 2}\n",
+                                            r"resilient \(line 5\): resilient options are for placement: resilient"),
+    "resilient-with-replicas": (BASE + "placement: resilient\nreplicas: 1\n",
+                                r"replicas \(line 6\): placement: resilient places its own replicas"),
+    "resilient-criticality-missing": (BASE + "placement: resilient\nresilient: {criticality: nowhere.csv}\n",
+                                      r"resilient\.criticality \(line 6\): nowhere\.csv does not exist"),
+    "failure-p-of-one": (BASE + "failure_p: {all: 1.0}\n", r"failure_p\.all \(line 5\): Input should be less than 1"),
+    "failure-p-bad-key": (BASE + "failure_p: {first: 0.1}\n", r"failure_p\.first \(line 5\): a failure_p key"),
 }
 
 
@@ -132,6 +140,14 @@ def test_what_users_naturally_write_is_accepted(tmp_path):
 
     attempts = Timing(**scenario.timing).max_attempts
     assert attempts == 3 and isinstance(attempts, int), "a whole number must stay one (range() takes it)"
+
+
+def test_failure_probabilities_default_to_one_in_ten_and_follow_link_style_keys(tmp_path):
+    path = tmp_path / "p.yaml"
+    path.write_text(BASE + "failure_p: {all: 0.05, 2-3: 0.3, 3: 0.5}\n")
+    assert load_scenario(path).failure_probabilities() == {1: 0.05, 2: 0.3, 3: 0.5}
+    path.write_text(BASE)
+    assert load_scenario(path).failure_probabilities() == {1: 0.1, 2: 0.1, 3: 0.1}
 
 
 def test_placement_that_ends_short_of_the_model_is_refused_with_its_line(tmp_path):

@@ -4,6 +4,7 @@ faults, each run oracle-checked and scored against the no-fault run, then the ta
 from __future__ import annotations
 
 import json
+import uuid
 
 import pandas as pd
 import pytest
@@ -34,7 +35,7 @@ def test_a_campaign_compares_policies_on_the_same_faults(tmp_path, monkeypatch):
                                         "max_new_tokens": 8, "prompts": ["the cat sat on the"],
                                         "on_failure": "bridge", "bridges": {"tokens": 256}}))
     out = campaign("local", str(scenario), runs=2, seed=3, policies=["skip", "bridge", "replica-then-skip"],
-                   max_lost=1, out=str(tmp_path / "out"))
+                   max_lost=1, out=str(tmp_path / "out"), prefix=f"jv-test-{uuid.uuid4().hex[:8]}")
     rows = pd.read_csv(out / "campaign.csv", keep_default_na=False)
     assert len(rows) == 6 and rows.oracle_ok.all() and rows.complete.all()
     draws = rows.groupby("policy")[["nodes_killed", "at_token"]].apply(lambda g: g.values.tolist())
@@ -50,3 +51,28 @@ def test_a_campaign_compares_policies_on_the_same_faults(tmp_path, monkeypatch):
     for name in ("campaign.md", "quality_vs_layers_lost.png", "quality_vs_layers_lost.pdf"):
         assert (out / name).stat().st_size > 0
     assert "replica-then-skip" in (out / "campaign.md").read_text()
+
+
+def test_independent_failures_compare_resilient_with_even_placement_on_the_same_draws(tmp_path, monkeypatch):
+    """Nodes fail independently with failure_p; the resilient plan (costs measured now) and even placement with
+    the same replica copy run the same draws; a draw that loses nothing is the no-fault run."""
+    monkeypatch.setenv("JARVIS_CACHE", str(tmp_path / "cache"))
+    source = _save_tiny("llama", tmp_path / "tiny")
+    scenario = tmp_path / "resilient.yaml"
+    scenario.write_text(yaml.safe_dump({"name": "tinyresilient", "model": str(source), "nodes": 3,
+                                        "max_new_tokens": 6, "prompts": ["the cat sat on the"],
+                                        "placement": "resilient", "resilient": {"tokens": 64},
+                                        "failure_p": {"all": 0.4}}))
+    out = campaign("local", str(scenario), runs=4, seed=5, policies=["resilient", "even-budget"], max_lost=1,
+                   independent=True, out=str(tmp_path / "out"), prefix=f"jv-test-{uuid.uuid4().hex[:8]}")
+    rows = pd.read_csv(out / "campaign.csv", keep_default_na=False)
+    draws = draw_schedules(5, 4, nodes=3, max_new_tokens=6, max_lost=1, failure_p={1: 0.4, 2: 0.4, 3: 0.4})
+    assert [d.nodes for d in draws] != [(), (), (), ()] and any(not d.nodes for d in draws), \
+        "this seed must give both kinds of draw"
+    assert len(rows) == 8 and rows.oracle_ok.all() and set(rows.policy) == {"resilient", "even-budget"}
+    for policy in ("resilient", "even-budget"):
+        mine = rows[rows.policy == policy].reset_index()
+        assert mine.nodes_killed.tolist() == [" ".join(map(str, d.nodes)) for d in draws]
+        spared = mine[mine.nodes_killed == ""]
+        assert (spared.run_dir == "runs/baseline").all() and (spared.kl_after.astype(float) == 0).all()
+    assert json.loads((out / "campaign.json").read_text())["failure_p"] == {"1": 0.4, "2": 0.4, "3": 0.4}
