@@ -38,7 +38,6 @@ from payload.prepare import load_manifest, prepare
 from payload.routing import Placement, Policy
 from testbed.interface import Testbed, TestbedError
 
-DEFAULT_POLICIES = ("skip", "bridge", "replica-then-skip")
 PLACEMENTS = ("resilient", "even-budget")  # entries that compare placements under the same failover
 COLUMNS = ["policy", "draw", "nodes_killed", "at_token", "layers_lost", "complete", "oracle_ok", "tokens",
            "agreement", "first_divergence", "kl_after", "kl_all", "run_dir"]
@@ -117,15 +116,20 @@ def run_campaign(testbed: Testbed, scenario: Scenario, base: Path, out: Path, *,
     monolith = Monolith(prepared)
     quiet = lambda line: None  # noqa: E731  (the campaign prints one line per run instead)
 
+    bridge_files: dict[str, Path | None] = {}  # per entry: found (or fitted) once, not once per draw
+
     def deployed(name: str, policy: Policy):
         if name in plans:
             placement = plans[name]
         else:
-            replicas = max(1, scenario.replicas) if policy.uses_replicas else scenario.replicas
-            placement = scenario.model_copy(update={"replicas": replicas, "placement": "even"}
-                                            if scenario.placement == "resilient" else {"replicas": replicas}
-                                            ).placement_for(num_layers)
-        bridges = bridges_for(prepared, placement, **scenario.bridges.options(base)) if policy.bridges else None
+            update = {"replicas": max(1, scenario.replicas) if policy.uses_replicas else scenario.replicas}
+            if scenario.placement == "resilient":  # the policies are compared on even placement
+                update["placement"] = "even"
+            placement = scenario.model_copy(update=update).placement_for(num_layers)
+        if name not in bridge_files:
+            bridge_files[name] = bridges_for(prepared, placement, **scenario.bridges.options(base)) \
+                if policy.bridges else None
+        bridges = bridge_files[name]
         return deploy(testbed, prepared, placement, model=scenario.model, policy=policy,
                       wire_dtype=scenario.wire_dtype, compute_dtype=scenario.compute_dtype, timing=timing,
                       bridges=bridges, progress=quiet), placement

@@ -94,13 +94,14 @@ def _remote_sums(shell, files: list[str]) -> dict[str, str]:
 
 
 def ship_model(testbed: Testbed, host: HostInfo, prepared: Path, files: list[str],
-               extras: dict[str, Path] | None = None) -> tuple[int, int]:
-    """Send ``files`` of the prepared model (and ``extras``: name in ``model/`` -> local file, such as the
-    bridges) that differ on the host, verify checksums there; return (bytes sent, files skipped)."""
+               extras: dict[str, tuple[Path, str]] | None = None) -> tuple[int, int]:
+    """Send ``files`` of the prepared model (and ``extras``: name in ``model/`` -> (local file, its sha256), such
+    as the bridges) that differ on the host, verify checksums there; return (bytes sent, files skipped)."""
     manifest = load_manifest(prepared)
-    sources = {rel: prepared / rel for rel in files} | dict(extras or {})
+    extras = extras or {}
+    sources = {rel: prepared / rel for rel in files} | {rel: path for rel, (path, _) in extras.items()}
     expected = {rel: manifest["files"][rel]["sha256"] for rel in files if rel != MANIFEST}
-    expected |= {rel: sha256_file(path) for rel, path in (extras or {}).items()}
+    expected |= {rel: digest for rel, (_, digest) in extras.items()}
     shell = testbed.shell(host)
     have = _remote_sums(shell, list(sources))
     sent = skipped = 0
@@ -183,7 +184,7 @@ def deploy(testbed: Testbed, prepared: Path, placement: Placement, *, model: str
         raise TestbedError(f"on_failure: {policy.value} needs the placement's bridges (fab prepare-bridges)")
     manifest = load_manifest(prepared)
     key_hex = secrets.token_hex(32)
-    extras = {BRIDGES_FILE: Path(bridges)} if bridges is not None else {}
+    extras = {BRIDGES_FILE: (Path(bridges), sha256_file(Path(bridges)))} if bridges is not None else {}
 
     def one(host: HostInfo) -> tuple[int, int]:
         files = files_for(manifest, placement, host.index)
@@ -227,5 +228,5 @@ def deploy(testbed: Testbed, prepared: Path, placement: Placement, *, model: str
         bytes_shipped={n: r[0] for n, r in results.items()}, files_skipped={n: r[1] for n, r in results.items()},
         key_hex=key_hex, wire_dtype=wire_dtype, compute_dtype=compute_dtype, timing=asdict(timing), encrypt=encrypt,
         bridges=str(bridges) if bridges is not None else "",
-        bridges_sha256=sha256_file(Path(bridges)) if bridges is not None else "",
+        bridges_sha256=extras[BRIDGES_FILE][1] if extras else "",
     )

@@ -141,7 +141,7 @@ def bridges_for(prepared: Path, placement: Placement, *, file: str | None = None
     if file:
         path = Path(file)
         held = BridgeSet(load_bridges(path, hidden=int(load_manifest(prepared)["hidden_size"])))
-        missing = [f"{a}-{b - 1}" for a, b in spans if held.cover(a, b) is None]
+        missing = held.missing(spans)
         if missing:
             raise TestbedError(f"{path} has no bridge for slice(s) {', '.join(missing)} of this placement")
         return path

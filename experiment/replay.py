@@ -22,7 +22,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from payload.bridges import BridgeSet, bridge_wire, load_bridges
+from payload.bridges import BridgeSet, bridge_wire, load_bridges, parse_spans
 from payload.config import compute_threads
 from payload.events import read_events
 from payload.frames import WireDtype
@@ -95,7 +95,7 @@ def replay_session(model: Monolith, prompt_ids: list[int], steps: pd.DataFrame, 
     for row in steps.itertuples():
         layers = set(_indices(row.layers))
         runs = {run[0]: run for run in _contiguous_runs(sorted(_indices(row.rebuilt)))}
-        spans = _spans(getattr(row, "bridges", ""))
+        spans = parse_spans(getattr(row, "bridges", ""))
         new_ids = ids[positions:]
         hidden = to_wire(model.head.embed_ids(torch.tensor([new_ids])), wire)
         unbridged: dict[int, tuple[list, torch.Tensor]] = {}  # layer after a gap -> (maps, state before them)
@@ -147,15 +147,6 @@ def replay_session(model: Monolith, prompt_ids: list[int], steps: pd.DataFrame, 
         positions = len(ids)
         ids.append(int(row.token_id))
     return produced
-
-
-def _spans(cell: object) -> dict[int, int]:
-    """A ``bridges`` cell (``first-last`` spans) as ``{first: end}``."""
-    spans = {}
-    for span in cell.split() if isinstance(cell, str) else []:
-        first, _, last = span.partition("-")
-        spans[int(first)] = int(last) + 1
-    return spans
 
 
 def _indices(cell: object) -> list[int]:

@@ -100,8 +100,9 @@ class BridgeSet:
             at = bridge.end
         return maps if maps else None
 
-    def spans(self) -> list[tuple[int, int]]:
-        return sorted((b.first, b.end) for b in self.by_first.values())
+    def missing(self, spans: list[tuple[int, int]]) -> list[str]:
+        """The ``first-last`` labels of ``spans`` (a placement's slices) these bridges do not cover."""
+        return [span_label(a, b) for a, b in spans if self.cover(a, b) is None]
 
 
 def bridge_wire(maps: list[Bridge], hidden: torch.Tensor, wire: WireDtype) -> torch.Tensor:
@@ -115,3 +116,12 @@ def bridge_wire(maps: list[Bridge], hidden: torch.Tensor, wire: WireDtype) -> to
 def span_label(first: int, end: int) -> str:
     """``first-last`` (inclusive), as tokens.csv's ``bridges`` column and placement files write spans."""
     return f"{first}-{end - 1}"
+
+
+def parse_spans(cell: object) -> dict[int, int]:
+    """A ``bridges`` cell (space-separated ``first-last`` spans; empty or NaN: none) as ``{first: end}``."""
+    spans = {}
+    for span in cell.split() if isinstance(cell, str) else []:
+        first, _, last = span.partition("-")
+        spans[int(first)] = int(last) + 1
+    return spans

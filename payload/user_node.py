@@ -92,8 +92,7 @@ class UserNode:
         self.wire_dtype = WireDtype.from_name(self.node.wire_dtype)
         self.bridges = BridgeSet.load(self.node.bridges_file, self.spec.hidden_size)
         if config.policy.bridges:
-            placement = config.placement
-            missing = [f"{a}-{b - 1}" for a, b in placement.slices.values() if self.bridges.cover(a, b) is None]
+            missing = self.bridges.missing(list(config.placement.slices.values()))
             if missing:
                 raise BridgeError(f"on_failure: {config.policy.value} needs a bridge for every slice; "
                                   f"{self.node.bridges_file or 'no bridges file'} lacks {', '.join(missing)}")

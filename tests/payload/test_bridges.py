@@ -25,6 +25,7 @@ def test_a_gap_is_covered_by_bridges_that_tile_it_exactly():
     assert held.cover(2, 4) is None, "a bridge may not run past the gap"
     assert held.cover(6, 8) is None and held.cover(2, 2) is None
     assert BridgeSet().cover(0, 2) is None
+    assert held.missing([(0, 2), (2, 6), (3, 5)]) == ["3-4"]
 
 
 def test_bridging_in_turn_is_computed_in_float32_and_rounded_once_to_the_wire():
@@ -61,4 +62,4 @@ def test_a_bridge_of_another_width_is_refused(tmp_path):
         load_bridges(path, hidden=16)
     with pytest.raises(BridgeError, match="hidden size"):
         BridgeSet.load(str(path), 16)
-    assert BridgeSet.load("", 16).spans() == []
+    assert BridgeSet.load("", 16).by_first == {}
