@@ -28,6 +28,14 @@ def smollm2(bundled):
     return bundled("smollm2-135m-instruct")
 
 
+@pytest.fixture(scope="module")
+def smollm2_monolith(smollm2):
+    """The consistency oracle's model of SmolLM2, loaded once per module."""
+    from experiment.replay import Monolith
+
+    return Monolith(smollm2)
+
+
 @contextlib.contextmanager
 def local_testbed(nodes: int):
     """A local testbed of ``nodes`` layer nodes under a fresh prefix, brought down afterwards."""

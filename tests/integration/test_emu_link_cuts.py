@@ -15,7 +15,7 @@ import json
 import pandas as pd
 import pytest
 
-from experiment.replay import Monolith, check_run
+from experiment.replay import check_run
 from experiment.run import Fault, run_job
 from tests.emu.conftest import emu_testbed, require_root  # noqa: F401  (fixture)
 from tests.integration.conftest import deploy_even, nodes_out_per_token
@@ -30,14 +30,9 @@ def deployed(require_root, smollm2):
         yield bed, deploy_even(bed, smollm2, 4)
 
 
-@pytest.fixture(scope="module")
-def monolith(smollm2):
-    return Monolith(smollm2)
-
-
 @pytest.mark.parametrize("when", ["prefill", "decode"])
 @pytest.mark.parametrize("where", list(TARGETS))
-def test_link_cut_is_skipped_and_oracle_holds(deployed, smollm2, monolith, tmp_path, where, when):
+def test_link_cut_is_skipped_and_oracle_holds(deployed, smollm2, smollm2_monolith, tmp_path, where, when):
     bed, dep = deployed
     targets = TARGETS[where]
     trigger = {"at_seconds": 0.0} if when == "prefill" else {"at_token": 3}
@@ -50,5 +45,5 @@ def test_link_cut_is_skipped_and_oracle_holds(deployed, smollm2, monolith, tmp_p
     assert faults["action"].tolist() == ["link_down", "link_up"], "the cut link must come back up"
     seen_out = set().union(*nodes_out_per_token(tokens, dep.placement_obj()))
     assert set(targets) <= seen_out, f"cut nodes {targets} never marked out ({seen_out})"
-    for result in check_run(run, smollm2, model=monolith):
+    for result in check_run(run, smollm2, model=smollm2_monolith):
         assert result.ok, (result.first_mismatch, result.expected, result.replayed)

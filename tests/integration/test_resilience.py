@@ -8,25 +8,12 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from experiment.replay import Monolith, check_run
+from experiment.replay import check_run
 from experiment.run import Fault, run_job
 from payload.config import Timing
 from tests.integration.conftest import deploy_even, local_testbed, nodes_out_per_token, read_tokens, summary
 
 PROMPTS = ["The three most important inventions of the twentieth century are"]
-MODEL = "smollm2-135m-instruct"
-
-
-@pytest.fixture(scope="module")
-def prepared(bundled):
-    return bundled(MODEL)
-
-
-@pytest.fixture(scope="module")
-def monolith(prepared):
-    return Monolith(prepared)
-
-
 TARGETS = {"first": (1,), "middle": (2,), "last": (4,), "two adjacent": (2, 3)}
 
 
@@ -45,11 +32,11 @@ def testbed():
 @pytest.mark.parametrize("when", ["prefill", "decode"])
 @pytest.mark.parametrize("where", list(TARGETS))
 @pytest.mark.parametrize("action", ["kill", "pause"])
-def test_fault_is_skipped_and_oracle_holds(testbed, prepared, monolith, tmp_path, action, where, when):
+def test_fault_is_skipped_and_oracle_holds(testbed, smollm2, smollm2_monolith, tmp_path, action, where, when):
     targets = TARGETS[where]
     trigger = {"at_seconds": 0.0} if when == "prefill" else {"at_token": 3}
     fault = Fault(action, targets, duration=1.5 if action == "pause" else None, **trigger)
-    dep = deploy_even(testbed, prepared, 4)  # killed or stopped nodes of the last case are replaced
+    dep = deploy_even(testbed, smollm2, 4)  # killed or stopped nodes of the last case are replaced
     run = run_job(testbed, dep, {"prompts": PROMPTS, "max_new_tokens": 8}, [fault], tmp_path / "run")
     tokens = read_tokens(run)
     assert summary(run)["complete"], summary(run)
@@ -66,11 +53,11 @@ def test_fault_is_skipped_and_oracle_holds(testbed, prepared, monolith, tmp_path
         assert out_sets[-1] == set(targets), "a killed node stays out"
     if when == "decode":
         assert set(tokens["layers"].iloc[0].split()) == {str(i) for i in range(30)}
-    for result in check_run(run, prepared, model=monolith):
+    for result in check_run(run, smollm2, model=smollm2_monolith):
         assert result.ok, (result.expected, result.replayed)
 
 
-def test_nodes_rejoining_out_of_order_rebuild_from_the_previous_hop(prepared, monolith, chain, tmp_path):
+def test_nodes_rejoining_out_of_order_rebuild_from_the_previous_hop(smollm2, smollm2_monolith, chain, tmp_path):
     """Nodes 2 and 3 stop; 3 comes back first and rebuilds from node 1's history, then 2 rejoins.
 
     Node 3's rebuilt cache then holds layers computed from node 1's output, not
@@ -78,7 +65,7 @@ def test_nodes_rejoining_out_of_order_rebuild_from_the_previous_hop(prepared, mo
     """
     # A node heard from again rejoins once it has been out for rejoin_after_s: 0.2 s here, so node 3 is back
     # a few tokens after its SIGCONT, long before node 2's.
-    with chain(prepared, 4, timing=Timing(rejoin_after_s=0.2)) as (tb, dep):
+    with chain(smollm2, 4, timing=Timing(rejoin_after_s=0.2)) as (tb, dep):
         hosts = {h.index: h for h in tb.hosts()}
         faults = [Fault("pause", (2, 3), at_token=2), Fault("resume", (3,), at_token=6),
                   Fault("resume", (2,), at_token=30)]
@@ -92,13 +79,13 @@ def test_nodes_rejoining_out_of_order_rebuild_from_the_previous_hop(prepared, mo
     without_2 = tokens[tokens["nodes_out"] == "2"]
     assert without_2["rebuilt"].str.contains(node3_layers).any(), "node 3 must rejoin while node 2 is still out"
     assert tokens["nodes_out"].iloc[-1] == "", "both nodes must be back by the end"
-    for result in check_run(run, prepared, model=monolith):
+    for result in check_run(run, smollm2, model=smollm2_monolith):
         assert result.ok, (result.first_mismatch, result.expected, result.replayed)
 
 
-def test_replica_takeover_gives_the_no_fault_tokens(prepared, chain, tmp_path):
+def test_replica_takeover_gives_the_no_fault_tokens(smollm2, chain, tmp_path):
     job = {"prompts": PROMPTS, "max_new_tokens": 10}
-    with chain(prepared, 3, replicas=1, policy="replica") as (tb, dep):
+    with chain(smollm2, 3, replicas=1, policy="replica") as (tb, dep):
         baseline = run_job(tb, dep, job, [], tmp_path / "base")
         faulted = run_job(tb, dep, job, [Fault("kill", (2,), at_token=4)], tmp_path / "fault")
     base, fault = read_tokens(baseline), read_tokens(faulted)
@@ -107,8 +94,8 @@ def test_replica_takeover_gives_the_no_fault_tokens(prepared, chain, tmp_path):
     assert fault["rebuilt"].str.len().sum() > 0, "the replica must have rebuilt its cache by replay"
 
 
-def test_a_killed_user_node_ends_the_run_with_a_clear_error_and_every_log(testbed, prepared, tmp_path):
-    dep = deploy_even(testbed, prepared, 4)
+def test_a_killed_user_node_ends_the_run_with_a_clear_error_and_every_log(testbed, smollm2, tmp_path):
+    dep = deploy_even(testbed, smollm2, 4)
     said: list[str] = []
     run = run_job(testbed, dep, {"prompts": PROMPTS, "max_new_tokens": 8}, [Fault("kill", (0,), at_token=3)],
                   tmp_path / "run", stream=said.append)
@@ -121,8 +108,8 @@ def test_a_killed_user_node_ends_the_run_with_a_clear_error_and_every_log(testbe
         assert (run / "nodes" / name / "events.jsonl").stat().st_size > 0
 
 
-def test_ctrl_c_mid_run_stops_the_user_node_cancels_faults_and_keeps_what_exists(testbed, prepared, tmp_path):
-    dep = deploy_even(testbed, prepared, 4)
+def test_ctrl_c_mid_run_stops_the_user_node_cancels_faults_and_keeps_what_exists(testbed, smollm2, tmp_path):
+    dep = deploy_even(testbed, smollm2, 4)
 
     def stream(line: str) -> None:
         if line.startswith("[0.0 #2]"):
