@@ -107,7 +107,7 @@ def run_campaign(testbed: Testbed, scenario: Scenario, base: Path, out: Path, *,
         progress(plan.describe())
         plans = {"resilient": plan.placement, "even-budget": plan.even}
     chosen = [(name, fallback if name in plans else Policy(name)) for name in policies]
-    job = job_from(scenario, base) | {"repeats": 1, "concurrency": 1}
+    job = job_from(scenario, base) | {"repeats": 1, "concurrency": 1, "ignore_eos": True}
     job["prompts"] = job["prompts"][:1]
     draws = draw_schedules(seed, runs, nodes=scenario.nodes, max_new_tokens=job["max_new_tokens"],
                            max_lost=max_lost, failure_p=scenario.failure_probabilities() if independent else None)

@@ -235,7 +235,8 @@ def faults_from(scenario: Scenario) -> list[Fault]:
 def job_from(scenario: Scenario, base: Path) -> dict:
     return {"prompts": scenario.prompt_list(base), "max_new_tokens": scenario.max_new_tokens,
             "sampling": {**scenario.sampling.model_dump(), "seed": scenario.seed}, "repeats": scenario.repeats,
-            "concurrency": scenario.concurrency, "chat": scenario.chat}
+            "concurrency": scenario.concurrency, "chat": scenario.chat,
+            "ignore_eos": scenario.ignore_eos}
 
 
 def default_out(name: str) -> Path:

@@ -133,6 +133,7 @@ class Scenario(BaseModel):
     repeats: Count = 1
     concurrency: Count = 1
     chat: StrictBool = Field(default=False, description="wrap prompts in the model's chat template (instruct models)")
+    ignore_eos: StrictBool = Field(default=False, description="always generate max_new_tokens (fixed-length runs)")
     wire_dtype: Literal["float32", "bfloat16", "float16"] = "bfloat16"
     compute_dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     encrypt: StrictBool = Field(default=False, description="seal every frame's payload (ChaCha20-Poly1305)")

@@ -33,6 +33,7 @@ class Job:
     repeats: int = 1
     concurrency: int = 1
     chat: bool = False
+    ignore_eos: bool = False
     wait_nodes_s: float = 300.0
 
 
@@ -57,7 +58,8 @@ async def run_job(config: UserConfig, job: Job, *, jsonl: bool = False) -> list[
                 if jsonl:
                     print(json.dumps({"ev": "session_start", "prompt_index": index, "repeat": repeat}), flush=True)
                 res = await user.generate(prompt, max_new_tokens=job.max_new_tokens, sampling=job.sampling,
-                                          prompt_index=index, repeat=repeat, stream=stream, chat=job.chat)
+                                          prompt_index=index, repeat=repeat, stream=stream, chat=job.chat,
+                                          ignore_eos=job.ignore_eos)
                 if stream:
                     print(flush=True)
                 if jsonl:
@@ -98,6 +100,7 @@ def main(argv: list[str] | None = None) -> int:
         job = Job(prompts=list(data["prompts"]), max_new_tokens=int(data.get("max_new_tokens", 32)),
                   sampling=Sampling(**data.get("sampling", {})), repeats=int(data.get("repeats", 1)),
                   concurrency=int(data.get("concurrency", 1)), chat=bool(data.get("chat", False)),
+                  ignore_eos=bool(data.get("ignore_eos", False)),
                   wait_nodes_s=float(data.get("wait_nodes_s", 300)))
     elif args.prompt:
         job = Job(prompts=args.prompt, max_new_tokens=args.max_new_tokens)

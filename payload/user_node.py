@@ -264,8 +264,13 @@ class UserNode:
         return self.tokenizer(prompt).input_ids
 
     async def generate(self, prompt: str, *, max_new_tokens: int, sampling: Sampling = Sampling(),
-                       prompt_index: int = 0, repeat: int = 0, stream=None, chat: bool = False) -> SessionResult:
-        """Run one session to EOS or ``max_new_tokens``; every token is logged as it is emitted."""
+                       prompt_index: int = 0, repeat: int = 0, stream=None, chat: bool = False,
+                       ignore_eos: bool = False) -> SessionResult:
+        """Run one session to EOS or ``max_new_tokens``; every token is logged as it is emitted.
+
+        ``ignore_eos`` generates exactly ``max_new_tokens``: latency benchmarks and fault schedules keyed to a
+        token index need a fixed length, and a model whose layers are skipped may emit EOS at once.
+        """
         sid = uuid.uuid4()
         ids = self.prompt_ids(prompt, chat=chat)
         self.cold[sid] = set()
@@ -275,7 +280,7 @@ class UserNode:
         result = SessionResult(str(sid), prompt, "")
         self.log.log("session_start", session=str(sid), prompt_index=prompt_index, repeat=repeat,
                      prompt_tokens=len(ids), prompt_ids=ids)
-        eos = self.tokenizer.eos_token_id
+        eos = None if ignore_eos else self.tokenizer.eos_token_id
         try:
             for step in range(max_new_tokens):
                 if self.log.failed:

@@ -21,7 +21,7 @@ from experiment.scenario import ScenarioError, load_scenario
 EXAMPLES = int(os.environ.get("JARVIS_FUZZ_EXAMPLES", "300"))
 FUZZ = settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 KEYS = ["name", "nodes", "model", "placement", "replicas", "on_failure", "links", "prompts", "prompts_file",
-        "max_new_tokens", "sampling", "seed", "repeats", "concurrency", "chat", "wire_dtype", "compute_dtype",
+        "max_new_tokens", "sampling", "seed", "repeats", "concurrency", "chat", "ignore_eos", "wire_dtype", "compute_dtype",
         "encrypt", "faults", "timing", "description", "bridges", "resilient", "failure_p"]
 FAULT_KEYS = ["action", "node", "nodes", "at_token", "at_seconds", "prompt", "repeat", "duration", "profile"]
 ACTIONS = ["kill", "pause", "resume", "link_down", "link_up", "degrade", "partition", "explode"]

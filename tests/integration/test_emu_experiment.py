@@ -42,7 +42,7 @@ def test_kill_at_a_token_over_ssh_gives_a_complete_consistent_run(require_root, 
                 pid = (Path(host.workdir) / "service.pid").read_text().strip()
                 environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
                 assert f"PYTHONPATH={code}".encode() in environ
-        run = run_job(bed, dep, {"prompts": [PROMPT], "max_new_tokens": 8}, [Fault("kill", (3,), at_token=3)],
+        run = run_job(bed, dep, {"prompts": [PROMPT], "max_new_tokens": 8, "ignore_eos": True}, [Fault("kill", (3,), at_token=3)],
                       tmp_path / "run")
         # A re-deploy ships only what changed: with nothing changed, only the manifest (it names the rest).
         manifest = load_manifest(tiny)

@@ -36,7 +36,7 @@ def test_link_cut_is_skipped_and_oracle_holds(deployed, smollm2, smollm2_monolit
     bed, dep = deployed
     targets = TARGETS[where]
     trigger = {"at_seconds": 0.0} if when == "prefill" else {"at_token": 3}
-    run = run_job(bed, dep, {"prompts": [PROMPT], "max_new_tokens": 8},
+    run = run_job(bed, dep, {"prompts": [PROMPT], "max_new_tokens": 8, "ignore_eos": True},
                   [Fault("link_down", targets, duration=1.5, **trigger)], tmp_path / "run")
     tokens = pd.read_csv(run / "tokens.csv", keep_default_na=False, dtype={"nodes_out": str, "layers": str})
     faults = pd.read_csv(run / "faults.csv", keep_default_na=False)

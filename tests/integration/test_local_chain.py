@@ -131,3 +131,18 @@ def test_a_layer_nodes_memory_scales_with_its_slice(bundled, tmp_path):
                for h in tb.hosts()[1:]}
     expected = sum(layer_bytes[1:]) - layer_bytes[0]  # float32 weights on disk and in memory
     assert 0.8 * expected <= rss[2] - rss[1] <= 1.25 * expected, (rss, expected)
+
+
+def test_ignore_eos_generates_exactly_max_new_tokens(bundled, chain, tmp_path):
+    """A short chat answer stops at EOS; with ``ignore_eos`` the same chain goes on to the token budget,
+    and the tokens up to that EOS are the same (fault schedules keyed to a token index rely on this)."""
+    prepared = bundled("smollm2-135m-instruct")
+    job = {"prompts": ["Reply with one word: what colour is the sky on a clear day?"], "max_new_tokens": 16,
+           "chat": True}
+    with chain(prepared, 2, wire="float32") as (tb, dep):
+        stopped = read_tokens(run_job(tb, dep, job, [], tmp_path / "stopped"))
+        fixed = read_tokens(run_job(tb, dep, job | {"ignore_eos": True}, [], tmp_path / "fixed"))
+    eos = stopped["token_id"].iloc[-1]
+    assert len(stopped) < 16, "the prompt must end before the budget for this test to mean anything"
+    assert len(fixed) == 16
+    assert fixed["token_id"].tolist()[: len(stopped)] == stopped["token_id"].tolist()

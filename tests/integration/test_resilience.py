@@ -37,7 +37,7 @@ def test_fault_is_skipped_and_oracle_holds(testbed, smollm2, smollm2_monolith, t
     trigger = {"at_seconds": 0.0} if when == "prefill" else {"at_token": 3}
     fault = Fault(action, targets, duration=1.5 if action == "pause" else None, **trigger)
     dep = deploy_even(testbed, smollm2, 4)  # killed or stopped nodes of the last case are replaced
-    run = run_job(testbed, dep, {"prompts": PROMPTS, "max_new_tokens": 8}, [fault], tmp_path / "run")
+    run = run_job(testbed, dep, {"prompts": PROMPTS, "max_new_tokens": 8, "ignore_eos": True}, [fault], tmp_path / "run")
     tokens = read_tokens(run)
     assert summary(run)["complete"], summary(run)
     assert len(tokens) == 8
@@ -97,7 +97,7 @@ def test_replica_takeover_gives_the_no_fault_tokens(smollm2, chain, tmp_path):
 def test_a_killed_user_node_ends_the_run_with_a_clear_error_and_every_log(testbed, smollm2, tmp_path):
     dep = deploy_even(testbed, smollm2, 4)
     said: list[str] = []
-    run = run_job(testbed, dep, {"prompts": PROMPTS, "max_new_tokens": 8}, [Fault("kill", (0,), at_token=3)],
+    run = run_job(testbed, dep, {"prompts": PROMPTS, "max_new_tokens": 8, "ignore_eos": True}, [Fault("kill", (0,), at_token=3)],
                   tmp_path / "run", stream=said.append)
     assert not summary(run)["complete"]
     assert summary(run)["user_exit_code"] == -9
@@ -115,7 +115,7 @@ def test_ctrl_c_mid_run_stops_the_user_node_cancels_faults_and_keeps_what_exists
         if line.startswith("[0.0 #2]"):
             raise KeyboardInterrupt  # what Ctrl-C raises in `fab run`: the nodes sit in sessions of their own
 
-    run = run_job(testbed, dep, {"prompts": PROMPTS, "max_new_tokens": 8},
+    run = run_job(testbed, dep, {"prompts": PROMPTS, "max_new_tokens": 8, "ignore_eos": True},
                   [Fault("pause", (2,), at_seconds=30.0)], tmp_path / "run", stream=stream)
     assert not summary(run)["complete"]
     assert read_tokens(run)["step"].tolist()[:3] == [0, 1, 2]
