@@ -30,7 +30,8 @@ from analysis.timing import clock_offsets, one_way_delays
 
 PERCENTILES = {"median": 0.5, "p95": 0.95, "p99": 0.99}
 COMPONENTS = ("serialize_ns", "network_ns", "queue_ns", "compute_ns")
-DISRUPTIVE = ("kill", "pause", "link_down", "partition", "degrade")
+DISRUPTIVE = ("kill", "pause", "link_down", "partition", "degrade", "one_way_partition", "blackhole", "corrupt",
+              "duplicate", "reorder")
 STEP_KEY = ["run_id", "session", "step", "epoch"]
 SENDER_STAMPS = ("bytes", "t1_wall_ns", "t2_wall_ns", "t3_wall_ns", "t4_wall_ns", "t1_mono_ns", "t4_mono_ns", "rtt_ns",
                  "serialize_ns")

@@ -14,7 +14,14 @@ direction applies, in order,
    (netem reorders on jitter; real access links mostly do not).
 
 This mirrors the Pantheon/mahimahi calibrated emulators (delay, loss, rate,
-droptail queue).  Run it as ``python -m emu.shaper --config FILE``.  SIGHUP
+droptail queue).  Faults beyond a profile act where a frame is switched from
+node *i* to node *j*, with the impairments of both ends (Toxiproxy's and
+netem's kinds): a blackhole on either end drops it (the links stay up, so
+no reset, no ICMP, no carrier loss); a one-way drop (*i*, *j*) drops it in
+that direction only; ``corrupt_pct`` flips one byte past the Ethernet header
+(the receiving kernel's checksums then drop it, as a real NIC's would);
+``duplicate_pct`` delivers it twice; ``reorder_pct`` holds it back
+``REORDER_HOLD_S`` outside the FIFO order, so the frames after it overtake.  Run it as ``python -m emu.shaper --config FILE``.  SIGHUP
 re-reads the config (profiles and partition groups; the ports are fixed), so a
 profile can change during a run; after every (re)load it writes a status file
 with the generation it applied and the exact time it did.  SIGTERM stops it.
@@ -55,6 +62,7 @@ PR_SET_TIMERSLACK = 29
 BATCH = 64
 FRAME_BUFFER = 9216  # offloads are off, so frames are at most MTU + 14; a 64 KB buffer per recv costs ~1 us/frame
 REALTIME_PRIORITY = 10  # SCHED_FIFO, low among RT tasks: above every normal process, below kernel RT threads
+REORDER_HOLD_S = 0.010  # a reordered frame arrives this much later than its place in line (netem's gap, in time)
 EARLY_S = 50e-6  # frames due this soon are sent now: one wakeup per frame at 1 Gbit/s (12 us) costs more than it buys
 
 
@@ -101,7 +109,8 @@ class Direction:
         self._bits_per_s = None if config.rate_mbit is None else config.rate_mbit * 1e6
         self._uniform = config.distribution == "uniform"
 
-    def admit(self, now: float, size: int) -> float | None:
+    def admit(self, now: float, size: int, *, hold: float = 0.0) -> float | None:
+        """When the frame leaves (None: dropped); a ``hold`` delays it that much more, out of FIFO order."""
         if self._loss and self.rng.random() < self._loss:
             self.dropped_loss += 1
             return None
@@ -124,10 +133,32 @@ class Direction:
                 delay += self.rng.gauss(0.0, self._jitter)
             delay = max(0.0, delay)
         departure = leave + delay
+        if hold:
+            return max(departure, self._last_departure) + hold
         if self.preserve_order:
             departure = max(departure, self._last_departure)
             self._last_departure = departure
         return departure
+
+
+@dataclass(frozen=True)
+class Impairment:
+    """Faults on one node's access link beyond its profile, for frames in both directions."""
+
+    blackhole: bool = False
+    corrupt_pct: float = 0.0
+    duplicate_pct: float = 0.0
+    reorder_pct: float = 0.0
+
+    @classmethod
+    def from_dict(cls, data: dict | None) -> "Impairment":
+        names = cls.__dataclass_fields__
+        return cls(**{k: v for k, v in (data or {}).items() if k in names})
+
+
+def _either(rng: random.Random, a: float, b: float) -> bool:
+    """Whether a frame is touched, with chance ``a`` % at one end and ``b`` % at the other."""
+    return (a > 0 or b > 0) and rng.random() < 1 - (1 - a / 100) * (1 - b / 100)
 
 
 @dataclass
@@ -141,6 +172,7 @@ class Port:
     uplink: Direction
     downlink: Direction
     group: int = 0
+    impairment: Impairment = Impairment()
 
 
 def open_port_socket(ifname: str) -> socket.socket:
@@ -176,10 +208,17 @@ class Switch:
                                 preserve_order=preserve)
                 for name in ("uplink", "downlink")}
             port = Port(node=int(spec["node"]), ifname=spec["ifname"], mac=bytes.fromhex(spec["mac"].replace(":", "")),
-                        sock=open_port_socket(spec["ifname"]), **directions, group=int(spec.get("group", 0)))
+                        sock=open_port_socket(spec["ifname"]), **directions, group=int(spec.get("group", 0)),
+                        impairment=Impairment.from_dict(spec.get("impairment")))
             self.by_mac[port.mac] = len(self.ports)
             self.ports.append(port)
         self.by_fd = {p.sock.fileno(): i for i, p in enumerate(self.ports)}
+        self.rng = _rng(seed, 0, "impairments")
+        self.one_way = self._one_way(config)
+        self.dropped_fault = 0
+        self.corrupted = 0
+        self.duplicated = 0
+        self.reordered = 0
         self.generation = int(config.get("generation", 0))
         self.heap: list[tuple[float, int, int, int, bytes]] = []
         self._seq = 0
@@ -199,7 +238,14 @@ class Switch:
             port.downlink.configure(DirectionConfig.from_dict(spec["downlink"]))
             port.uplink.preserve_order = port.downlink.preserve_order = preserve
             port.group = int(spec.get("group", 0))
+            port.impairment = Impairment.from_dict(spec.get("impairment"))
+        self.one_way = self._one_way(config)
         self.generation = int(config.get("generation", self.generation))
+
+    def _one_way(self, config: dict) -> set[tuple[int, int]]:
+        """The one-way drops as (sending port, receiving port) pairs; the config names nodes."""
+        port_of = {p.node: i for i, p in enumerate(self.ports)}
+        return {(port_of[int(a)], port_of[int(b)]) for a, b in config.get("one_way", [])}
 
     # Event kinds in the heap: a frame reaching the switch, or a frame leaving on a port.
     _AT_SWITCH = 0
@@ -222,18 +268,41 @@ class Switch:
     def _switch(self, src: int, frame: bytes, now: float) -> None:
         dst = self.by_mac.get(frame[:6])
         targets = [dst] if dst is not None else [i for i in range(len(self.ports)) if i != src]
-        group = self.ports[src].group
+        sender = self.ports[src]
         for target in targets:
             port = self.ports[target]
-            if target == src or port.group != group:
+            if target == src or port.group != sender.group:
                 continue
-            leave = port.downlink.admit(now, len(frame))
+            mine, theirs = sender.impairment, port.impairment
+            if mine.blackhole or theirs.blackhole or (src, target) in self.one_way:
+                self.dropped_fault += 1
+                continue
+            out = frame
+            if _either(self.rng, mine.corrupt_pct, theirs.corrupt_pct):
+                out = self._corrupt(frame)
+            hold = 0.0
+            if _either(self.rng, mine.reorder_pct, theirs.reorder_pct):
+                hold = REORDER_HOLD_S
+                self.reordered += 1
+            leave = port.downlink.admit(now, len(out), hold=hold)
             if leave is None:
                 continue
-            if leave <= now + EARLY_S:
-                self._transmit(target, frame)
-            else:
-                self._push(leave, self._TRANSMIT, target, frame)
+            copies = 2 if _either(self.rng, mine.duplicate_pct, theirs.duplicate_pct) else 1
+            self.duplicated += copies - 1
+            for _ in range(copies):
+                if leave <= now + EARLY_S:
+                    self._transmit(target, out)
+                else:
+                    self._push(leave, self._TRANSMIT, target, out)
+
+    def _corrupt(self, frame: bytes) -> bytes:
+        """The frame with one byte past the Ethernet header changed (XOR with a non-zero byte)."""
+        if len(frame) <= 14:
+            return frame
+        self.corrupted += 1
+        damaged = bytearray(frame)
+        damaged[self.rng.randrange(14, len(frame))] ^= self.rng.randrange(1, 256)
+        return bytes(damaged)
 
     def _transmit(self, target: int, frame: bytes) -> None:
         try:
@@ -278,6 +347,8 @@ def write_status(path: Path, switch: Switch, error: str = "") -> None:
               "send_errors": switch.send_errors,
               "dropped_loss": sum(p.uplink.dropped_loss + p.downlink.dropped_loss for p in switch.ports),
               "dropped_queue": sum(p.uplink.dropped_queue + p.downlink.dropped_queue for p in switch.ports),
+              "dropped_fault": switch.dropped_fault, "corrupted": switch.corrupted,
+              "duplicated": switch.duplicated, "reordered": switch.reordered,
               "scheduling": switch.scheduling, "error": error}
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps(status))

@@ -20,7 +20,8 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
@@ -41,6 +42,19 @@ def direction_dict(direction: LinkProfile) -> dict:
     return {k: getattr(direction, k) for k in _DIRECTION_FIELDS}
 
 
+@dataclass(frozen=True)
+class Impairments:
+    """What the userspace switch applies beyond profiles and partition groups (emu/shaper.py): per node, the
+    fields of ``emu.shaper.Impairment``; and one-way drops as (from node, to node)."""
+
+    per_node: Mapping[int, Mapping] = field(default_factory=dict)
+    one_way: tuple[tuple[int, int], ...] = ()
+
+    def __bool__(self) -> bool:
+        return bool(self.per_node or self.one_way)
+
+
+NO_IMPAIRMENTS = Impairments()
 Record = Callable[[list[dict]], None]  # saves processes ({"pid", "what", "match"}) in the testbed's manifest
 
 
@@ -62,26 +76,29 @@ class Shaper(Protocol):
               ) -> None:
         """Put the first profiles in force; a process it starts is passed to ``record`` before it is waited for."""
 
-    def apply(self, profiles: dict[int, LinkProfile], groups: dict[int, int], generation: int, only: set[int]
-              ) -> tuple[int, int]:
-        """Put changed profiles and groups in force (``only``: the nodes that changed); return (wall ns, mono ns)
-        at which they took effect."""
+    def apply(self, profiles: dict[int, LinkProfile], groups: dict[int, int], generation: int, only: set[int],
+              impairments: Impairments = NO_IMPAIRMENTS) -> tuple[int, int]:
+        """Put changed profiles, groups and impairments in force (``only``: the nodes that changed); return
+        (wall ns, mono ns) at which they took effect."""
 
 
 # -- userspace ------------------------------------------------------------------------------
 
 
 def shaper_config(plan: Plan, profiles: dict[int, LinkProfile], groups: dict[int, int], *, generation: int,
-                  preserve_order: bool = True, seed: int | None = None) -> dict:
-    """The userspace shaper's full config: one port per node with its uplink, downlink and group."""
+                  preserve_order: bool = True, seed: int | None = None,
+                  impairments: Impairments = NO_IMPAIRMENTS) -> dict:
+    """The userspace shaper's full config: one port per node with its uplink, downlink, group and impairment."""
     ports = []
     for node in plan.nodes:
         up, down = directions(profiles[node.index])
         ports.append({"node": node.index, "ifname": node.root_if, "mac": node.mac, "profile": profiles[node.index].name,
                       "uplink": direction_dict(up), "downlink": direction_dict(down),
-                      "group": groups.get(node.index, 0)})
+                      "group": groups.get(node.index, 0),
+                      "impairment": dict(impairments.per_node.get(node.index, {}))})
     return {"generation": generation, "preserve_order": preserve_order, "seed": seed,
-            "status_file": str(Path(plan.state_dir) / "shaper.status.json"), "ports": ports}
+            "status_file": str(Path(plan.state_dir) / "shaper.status.json"), "ports": ports,
+            "one_way": [list(pair) for pair in impairments.one_way]}
 
 
 class UserspaceShaper:
@@ -167,12 +184,12 @@ class UserspaceShaper:
             return "(no log)"
 
     def apply(self, profiles: dict[int, LinkProfile], groups: dict[int, int], generation: int,
-              only: set[int] | None = None) -> tuple[int, int]:
+              only: set[int] | None = None, impairments: Impairments = NO_IMPAIRMENTS) -> tuple[int, int]:
         """Reconfigure the running shaper (every port at once); return (wall ns, mono ns) at which it took effect."""
         if self.pid is None:
             raise TestbedError("the shaper has not been started")
         self._write(shaper_config(self.plan, profiles, groups, generation=generation,
-                                  preserve_order=self.preserve_order, seed=self.seed))
+                                  preserve_order=self.preserve_order, seed=self.seed, impairments=impairments))
         self.status_path.unlink(missing_ok=True)  # so an old status (or an old error) is never read as the answer
         try:
             os.kill(self.pid, signal.SIGHUP)
@@ -246,8 +263,11 @@ class NetemShaper:
         self.apply(profiles, groups, generation)
 
     def apply(self, profiles: dict[int, LinkProfile], groups: dict[int, int], generation: int = 0,
-              only: set[int] | None = None) -> tuple[int, int]:
+              only: set[int] | None = None, impairments: Impairments = NO_IMPAIRMENTS) -> tuple[int, int]:
         """Run the commands; return (wall ns, mono ns) right after the last one took effect."""
+        if impairments:
+            raise TestbedError("the netem backend does not emulate blackholes, one-way partitions, corruption, "
+                               "duplication or reordering: use backend 'userspace'")
         for argv in netem_commands(self.plan, profiles, groups, preserve_order=self.preserve_order, only=only):
             system.run(argv)
         return time.time_ns(), time.monotonic_ns()

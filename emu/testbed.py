@@ -22,7 +22,10 @@ node's namespace except sshd (the daemon and its sessions), so the services
 die or stop while log collection over SSH still works.  ``link_down``/``up``
 set the switch-side end of the node's access link down/up.  ``degrade`` swaps
 the node's profile live.  ``partition(hosts)`` cuts those nodes from the rest
-(they still reach each other); ``partition([])`` heals.
+(they still reach each other); ``partition([])`` heals.  With the userspace
+shaper (the switch), ``one_way_partition``, ``blackhole``, ``corrupt``,
+``duplicate`` and ``reorder`` act on frames as emu/shaper.py describes, and
+``heal`` ends them on the nodes named; netem backends do not offer these.
 """
 
 from __future__ import annotations
@@ -40,15 +43,17 @@ from pathlib import Path
 
 from emu import sshd, state, system
 from emu.plan import DATA_IF, MGMT_BRIDGE, MGMT_IF, UPLINK_IF, NodePlan, Plan, check_prefix, make_plan
-from emu.shaping import PARTITION_GROUP, NetemShaper, Shaper, UserspaceShaper, probe_netem
+from emu.shaping import PARTITION_GROUP, Impairments, NetemShaper, Shaper, UserspaceShaper, probe_netem
 from testbed.fanout import on_each
-from testbed.interface import ALL_FAULTS, FOLLOW_ARGV, FaultResult, HostInfo, Testbed, TestbedError
+from testbed.interface import ALL_FAULTS, FOLLOW_ARGV, SHAPING_FAULTS, FaultKind, FaultResult, HostInfo, Testbed, \
+    TestbedError
 from testbed.profiles import DEFAULT_PROFILE, LinkProfile, load_profiles, profile_from_dict, profile_to_dict
 from testbed.shipping import CODE_ARCHIVE, payload_archive, unpack_command
 from testbed.ssh import SshAccess, SshShell, connect, in_workdir
 
 BACKENDS = ("auto", "userspace", "netem")
-OFFLOADS = ["tso", "off", "gso", "off", "gro", "off", "tx", "off"]
+# rx off too: a veth trusts the checksum of a frame that no NIC checked, so a corrupted frame would reach TCP intact
+OFFLOADS = ["tso", "off", "gso", "off", "gro", "off", "tx", "off", "rx", "off"]
 
 
 class EmuTestbed(Testbed):
@@ -88,6 +93,16 @@ class EmuTestbed(Testbed):
     @staticmethod
     def _groups(manifest: dict) -> dict[int, int]:
         return {int(i): int(g) for i, g in manifest["groups"].items()}
+
+    @staticmethod
+    def _impairments(manifest: dict) -> Impairments:
+        return Impairments({int(i): d for i, d in manifest.get("impairments", {}).items()},
+                           tuple((int(a), int(b)) for a, b in manifest.get("one_way", [])))
+
+    def supported_faults(self) -> frozenset[FaultKind]:
+        """All faults with the userspace switch; what netem shaping gives with the netem backend."""
+        manifest = state.load(self.prefix)
+        return SHAPING_FAULTS if manifest is not None and manifest.get("backend") == "netem" else self.faults
 
     # -- up ------------------------------------------------------------------------------------
 
@@ -355,10 +370,11 @@ class EmuTestbed(Testbed):
         return self._set_link(host, "up", "link_up")
 
     def _reshape(self, manifest: dict, only: set[int]) -> tuple[int, int]:
-        """Put the manifest's profiles and groups in force; return when they took effect."""
+        """Put the manifest's profiles, groups and impairments in force; return when they took effect."""
         profiles, groups = self._profiles(manifest), self._groups(manifest)
         manifest["generation"] += 1
-        times = self._shaper(manifest).apply(profiles, groups, manifest["generation"], only)
+        times = self._shaper(manifest).apply(profiles, groups, manifest["generation"], only,
+                                             self._impairments(manifest))
         state.save(self.prefix, manifest)
         return times
 
@@ -382,6 +398,46 @@ class EmuTestbed(Testbed):
         names = " ".join(h.name for h in hosts)
         return FaultResult("partition", names or "-", wall, mono,
                            f"cut {{{names}}} from the rest" if hosts else "healed: one network again")
+
+    def one_way_partition(self, sources: list[HostInfo], sinks: list[HostInfo]) -> FaultResult:
+        """Drop frames from ``sources`` to ``sinks``; the other way is delivered."""
+        with self._lock:
+            pairs = {(self._node(a).index, self._node(b).index) for a in sources for b in sinks}
+            manifest = self._manifest()
+            manifest["one_way"] = sorted({*map(tuple, manifest.get("one_way", [])), *pairs})
+            wall, mono = self._reshape(manifest, {i for pair in pairs for i in pair})
+        src, dst = " ".join(h.name for h in sources), " ".join(h.name for h in sinks)
+        return FaultResult("one_way_partition", f"{src} -> {dst}", wall, mono,
+                           f"frames {{{src}}} -> {{{dst}}} dropped, the other way delivered")
+
+    def impair(self, host: HostInfo, kind: FaultKind, pct: float) -> FaultResult:
+        with self._lock:
+            node = self._node(host)
+            manifest = self._manifest()
+            impairments = manifest.setdefault("impairments", {})
+            mine = impairments.setdefault(str(node.index), {})
+            if kind == FaultKind.BLACKHOLE:
+                mine["blackhole"] = True
+                detail = f"every frame to and from {host.name} dropped (its link stays up)"
+            else:
+                mine[f"{kind.value}_pct"] = float(pct)
+                detail = f"{kind.value} {pct:g}% of frames to and from {host.name}"
+            wall, mono = self._reshape(manifest, {node.index})
+        return FaultResult(kind.value, host.name, wall, mono, detail)
+
+    def heal(self, hosts: list[HostInfo]) -> FaultResult:
+        with self._lock:
+            indices = {self._node(h).index for h in hosts}
+            manifest = self._manifest()
+            had = {int(i) for i in manifest.get("impairments", {})} & indices
+            manifest["impairments"] = {i: d for i, d in manifest.get("impairments", {}).items()
+                                       if int(i) not in indices}
+            kept = [p for p in manifest.get("one_way", []) if not indices & {int(p[0]), int(p[1])}]
+            cut = len(manifest.get("one_way", [])) - len(kept)
+            manifest["one_way"] = kept
+            wall, mono = self._reshape(manifest, indices)
+        return FaultResult("heal", " ".join(h.name for h in hosts), wall, mono,
+                           f"impairments ended on {len(had)} node(s), {cut} one-way drop(s) lifted")
 
     # -- down ----------------------------------------------------------------------------------
 

@@ -167,9 +167,9 @@ def write_bundle(inventory: Path | str, scenario_path: Path | str, out: Path | s
 
     inv = load_inventory(inventory)
     scenario = load_scenario(scenario_path)
-    if scenario.faults:
-        raise TestbedError("batch mode runs without a controller, so it cannot inject the scenario's faults; "
-                           "remove them or run the scenario interactively")
+    if scenario.all_faults():
+        raise TestbedError("batch mode runs without a controller, so it cannot inject the scenario's faults "
+                           "(faults or chaos); remove them or run the scenario interactively")
     prepared = Path(prepared or prepare(scenario.model))
     placement = plan_placement(scenario, prepared, Path(scenario_path).parent)
     bridges = None

@@ -224,11 +224,13 @@ def generate(testbed: Testbed, prompt: str, *, max_new_tokens: int = 32, out: st
 
 
 def faults_from(scenario: Scenario) -> list[Fault]:
+    """The scenario's faults, its chaos schedule's among them, as the fault runner takes them."""
     faults = []
-    for spec in scenario.faults:
+    for spec in scenario.all_faults():
         profile = resolve(spec.profile) if spec.profile else None
         faults.append(Fault(FaultKind(spec.action), spec.targets, at_token=spec.at_token, at_seconds=spec.at_seconds,
-                            prompt_index=spec.prompt, repeat=spec.repeat, profile=profile, duration=spec.duration))
+                            prompt_index=spec.prompt, repeat=spec.repeat, profile=profile, duration=spec.duration,
+                            to=spec.sinks, pct=spec.pct, period_ms=spec.period_ms, duty=spec.duty))
     return faults
 
 

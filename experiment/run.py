@@ -10,24 +10,29 @@ ground truth analysis compares the measurements against.
 from __future__ import annotations
 
 import json
+import math
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from dashboard.feed import Feed, fault_message
 from dashboard.follow import LiveLogs
 from experiment.collect import write_run_dir
 from experiment.deploy import Deployment
-from testbed.interface import FaultKind, FaultResult, HostInfo, Testbed, TestbedError
+from testbed.interface import UNDO_ACTIONS, FaultKind, FaultResult, HostInfo, Testbed, TestbedError
 from testbed.profiles import LinkProfile
 from testbed.shipping import service_argv
 
 
 @dataclass(frozen=True)
 class Fault:
-    """One scheduled fault: trigger (``at_token`` or ``at_seconds``), action and targets."""
+    """One scheduled fault: trigger (``at_token`` or ``at_seconds``), action and targets.
+
+    ``to`` are the nodes a one-way partition cuts ``nodes`` off from; ``pct`` the share of frames a corrupt,
+    duplicate or reorder touches; a flap cuts the link for ``duty`` of every ``period_ms`` during ``duration``.
+    """
 
     action: FaultKind
     nodes: tuple[int, ...]
@@ -37,6 +42,10 @@ class Fault:
     repeat: int = 0
     profile: LinkProfile | None = None
     duration: float | None = None
+    to: tuple[int, ...] = ()
+    pct: float | None = None
+    period_ms: float | None = None
+    duty: float | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "action", FaultKind(self.action))  # "kill" or FaultKind.KILL alike
@@ -60,17 +69,26 @@ class FaultRunner:
 
     def fire(self, fault: Fault, action: FaultKind | None = None) -> None:
         action = action or fault.action
+        if action == FaultKind.FLAP:
+            self._flap(fault)
+            return
         requested = time.time_ns()
-        targets = [self.hosts[n] for n in fault.nodes]
+        # A heal ends what the fault did, so it names both sides of a one-way partition.
+        nodes = fault.nodes + fault.to if action == FaultKind.HEAL else fault.nodes
+        targets = [self.hosts[n] for n in nodes]
+        peers = [self.hosts[n] for n in fault.to]
         try:
-            results = self.testbed.inject(action, targets, profile=fault.profile)
+            results = self.testbed.inject(action, targets, profile=fault.profile, pct=fault.pct, peers=peers)
             detail = "; ".join(r.detail for r in results)
             effective = results[-1]
         except TestbedError as exc:
             effective = FaultResult.now(action.value, " ".join(h.name for h in targets), f"FAILED: {exc}")
             detail = effective.detail
+        target = " ".join(h.name for h in targets)
+        if peers and action != FaultKind.HEAL:
+            target += " -> " + " ".join(h.name for h in peers)
         record = {
-            "action": action.value, "target": " ".join(h.name for h in targets), "trigger": fault.trigger,
+            "action": action.value, "target": target, "trigger": fault.trigger,
             "session": self.current.get("session", ""), "step": self.current.get("step", -1),
             "requested_wall_ns": requested, "effective_wall_ns": effective.effective_wall_ns,
             "effective_mono_ns": effective.effective_mono_ns, "detail": detail,
@@ -79,9 +97,23 @@ class FaultRunner:
             self.records.append(record)
         if self.on_record is not None:
             self.on_record(record)
-        print(f"[fault] {action.value} {' '.join(h.name for h in targets)} ({fault.trigger}): {detail}", flush=True)
+        print(f"[fault] {action.value} {target} ({fault.trigger}): {detail}", flush=True)
         if fault.duration and action.undo is not None:
             self.schedule(fault.duration, fault, action.undo)
+
+    def _flap(self, fault: Fault) -> None:
+        """A flap is its link_down/link_up pairs, each recorded: down for ``duty`` of every period, from now until
+        ``duration`` is up (the last cycle is cut short there, and the link is left up)."""
+        period = fault.period_ms / 1000
+        down = fault.duty * period
+        cycles = max(1, math.ceil(fault.duration / period))
+        for k in range(cycles):
+            outage = min(down, fault.duration - k * period)
+            cut = replace(fault, action=FaultKind.LINK_DOWN, duration=outage)
+            if k == 0:
+                self.fire(cut)
+            else:
+                self.schedule(k * period, cut)
 
     def schedule(self, delay: float, fault: Fault, action: FaultKind | None = None) -> None:
         started = threading.Event()
@@ -92,21 +124,30 @@ class FaultRunner:
 
         timer = threading.Timer(delay, go)
         timer.daemon = True
-        self._timers.append((timer, started, fault, action))
+        with self._lock:
+            self._timers.append((timer, started, fault, action))
         timer.start()
 
     def finish(self) -> None:
-        """Cancel faults that have not fired; undo actions (resume, link_up) still due are applied now.
+        """Cancel faults that have not fired; undo actions (resume, link_up, heal) still due are applied now.
 
         A run that ends before a pause's ``duration`` is up must not leave the
         node stopped for the next run; the early undo is recorded like any fault.
+        A fault firing meanwhile may schedule its own undo: those are handled too.
         """
-        for timer, started, fault, action in self._timers:
-            timer.cancel()
-            if action is not None and action in (FaultKind.RESUME, FaultKind.LINK_UP) and not started.is_set():
-                self.fire(fault, action)
-        for timer, *_ in self._timers:
-            timer.join()
+        done = 0
+        while True:
+            with self._lock:
+                batch = self._timers[done:]
+            if not batch:
+                return
+            done += len(batch)
+            for timer, started, fault, action in batch:
+                timer.cancel()
+                if action in UNDO_ACTIONS and not started.is_set():
+                    self.fire(fault, action)
+            for timer, *_ in batch:
+                timer.join()
 
 
 def run_job(testbed: Testbed, deployment: Deployment, job: dict, faults: list[Fault], out: Path, *,

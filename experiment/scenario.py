@@ -22,7 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, StrictBool, Stri
 from payload.config import Timing, TimingError
 from payload.errors import JarvisError
 from payload.routing import Placement, Policy, even_placement, explicit_placement, memory_weighted_placement
-from testbed.interface import FaultKind
+from testbed.interface import IMPAIRMENTS, PCT_FAULTS, FaultKind
 from testbed.profiles import ProfileError, load_profiles, profile_from_dict
 from testbed.yamlfile import Problem, describe_problems, load_validated, parse
 
@@ -34,8 +34,12 @@ _LINK_KEY = re.compile(r"^(all|\d+|\d+-\d+)$")
 # Per node and action: the state it acts on (its process or its link), the states it needs, the state it leaves.
 _STATES = {"kill": ("process", {"running", "paused"}, "dead"), "pause": ("process", {"running"}, "paused"),
            "resume": ("process", {"paused"}, "running"), "link_down": ("link", {"up"}, "cut"),
-           "link_up": ("link", {"cut"}, "up")}
-_INITIAL = {"process": "running", "link": "up"}
+           "link_up": ("link", {"cut"}, "up"), "flap": ("link", {"up"}, "up"),
+           "heal": ("impairment", {"impaired"}, "clean"),
+           **{k.value: ("impairment", {"clean", "impaired"}, "impaired") for k in IMPAIRMENTS}}
+_INITIAL = {"process": "running", "link": "up", "impairment": "clean"}
+_UNDO = {"paused": "resume", "cut": "link_up", "impaired": "heal"}
+Nodes = Index | list[Index]
 
 
 class ScenarioError(JarvisError, ValueError):
@@ -43,7 +47,7 @@ class ScenarioError(JarvisError, ValueError):
 
 
 class FaultSpec(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
     action: Literal[tuple(k.value for k in FaultKind)]  # type: ignore[valid-type]
     node: Index | None = None
     nodes: list[Index] | None = None
@@ -53,26 +57,80 @@ class FaultSpec(BaseModel):
     repeat: Index = 0
     duration: Annotated[StrictInt | StrictFloat, Field(gt=0)] | None = None
     profile: str | dict | None = None
+    sources: Nodes | None = Field(default=None, alias="from", description="one_way_partition: frames from these")
+    to: Nodes | None = Field(default=None, description="one_way_partition: ... to these are dropped")
+    pct: Annotated[StrictInt | StrictFloat, Field(gt=0, le=100)] | None = Field(
+        default=None, description="corrupt, duplicate, reorder: the share of frames touched")
+    period_ms: Annotated[StrictInt | StrictFloat, Field(ge=10)] | None = Field(default=None, description="flap")
+    duty: Annotated[StrictInt | StrictFloat, Field(gt=0, lt=1)] | None = Field(
+        default=None, description="flap: the share of each period the link is down")
 
     @model_validator(mode="after")
     def _check(self) -> "FaultSpec":
+        kind = FaultKind(self.action)
         if (self.at_token is None) == (self.at_seconds is None):
             raise ValueError("give exactly one of at_token or at_seconds")
-        if (self.node is None) == (self.nodes is None):
+        one_way = kind == FaultKind.ONE_WAY_PARTITION
+        if one_way and (self.sources is None or self.to is None or self.node is not None or self.nodes is not None):
+            raise ValueError("one_way_partition takes from and to (a node or a list each), not node or nodes")
+        if not one_way and (self.sources is not None or self.to is not None):
+            raise ValueError("from and to are for one_way_partition")
+        if not one_way and (self.node is None) == (self.nodes is None):
             raise ValueError("give exactly one of node or nodes")
         if self.action == "degrade" and not self.profile:
             raise ValueError("degrade needs a profile")
-        if self.duration is not None and FaultKind(self.action).undo is None:
-            raise ValueError(f"duration is for pause and link_down (undone after it), not {self.action}")
+        if (self.pct is None) == (kind in PCT_FAULTS):
+            raise ValueError(f"{self.action} needs pct (the share of frames touched)" if self.pct is None
+                             else "pct is for corrupt, duplicate and reorder")
+        flap = kind == FaultKind.FLAP
+        if flap and (self.period_ms is None or self.duty is None or self.duration is None):
+            raise ValueError("flap needs period_ms, duty and duration")
+        if not flap and (self.period_ms is not None or self.duty is not None):
+            raise ValueError("period_ms and duty are for flap")
+        if self.duration is not None and kind.undo is None and not flap:
+            raise ValueError(f"duration is for pause, link_down, flap and link impairments (undone after it), "
+                             f"not {self.action}")
         return self
 
     @property
+    def sinks(self) -> tuple[int, ...]:
+        """The nodes a one-way partition cuts the sources off from (empty for every other action)."""
+        return _nodes(self.to)
+
+    @property
     def targets(self) -> tuple[int, ...]:
+        """The nodes the action is applied to (a one-way partition: its sources)."""
+        if self.sources is not None:
+            return _nodes(self.sources)
         return tuple(self.nodes) if self.nodes is not None else (int(self.node),)
 
     def order(self) -> tuple:
         """When it fires relative to the others: prompt, repeat, then its trigger (tokens before seconds)."""
         return (self.prompt, self.repeat, self.at_token is None, self.at_token or self.at_seconds)
+
+
+def _nodes(value: int | list[int] | None) -> tuple[int, ...]:
+    return () if value is None else (value,) if isinstance(value, int) else tuple(value)
+
+
+CHAOS_KINDS = ("kill", "pause", "link_down", "flap", "blackhole", "corrupt", "duplicate", "reorder",
+               "one_way_partition")
+
+
+class ChaosOptions(BaseModel):
+    """A seeded random fault schedule (experiment/chaos.py): ``rate`` faults per second on average over the
+    first ``duration`` seconds of the first session, one at a time, each healed before the next."""
+
+    model_config = ConfigDict(extra="forbid")
+    seed: StrictInt = 0
+    rate: Annotated[StrictInt | StrictFloat, Field(gt=0, le=100)] = Field(description="faults per second")
+    duration: Annotated[StrictInt | StrictFloat, Field(gt=0, le=86_400)] = Field(
+        description="seconds from the start of the first session during which faults are drawn")
+    kinds: list[Literal[CHAOS_KINDS]] = Field(default_factory=lambda: ["pause", "link_down"],  # type: ignore
+                                              min_length=1)
+    nodes: list[Index] | None = Field(default=None, description="the layer nodes faults may hit (default: all)")
+    pct: Annotated[StrictInt | StrictFloat, Field(gt=0, le=100)] = Field(
+        default=10, description="the share of frames a drawn corrupt, duplicate or reorder touches")
 
 
 class Sampling(BaseModel):
@@ -138,6 +196,7 @@ class Scenario(BaseModel):
     compute_dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     encrypt: StrictBool = Field(default=False, description="seal every frame's payload (ChaCha20-Poly1305)")
     faults: list[FaultSpec] = Field(default_factory=list)
+    chaos: ChaosOptions | None = Field(default=None, description="a seeded random fault schedule, beside faults")
     timing: dict[str, StrictInt | StrictFloat] = Field(default_factory=dict,
                                                        description="failure-detection knobs (payload.config.Timing)")
     _source: Path | None = PrivateAttr(default=None)
@@ -211,6 +270,13 @@ class Scenario(BaseModel):
         path = Path(self.prompts_file)
         return path if path.is_absolute() else base / path
 
+    def all_faults(self) -> list[FaultSpec]:
+        """The scenario's faults and, with ``chaos``, the schedule its seed draws (the same seed, the same one)."""
+        from experiment.chaos import draw_chaos
+
+        drawn = [] if self.chaos is None else draw_chaos(self.chaos, self.nodes)
+        return [*self.faults, *drawn]
+
     def profile_of(self, node: int) -> str | dict | None:
         """Link profile for ``node`` from ``links`` (exact index, then 'a-b' ranges, then 'all')."""
         return _by_node(self.links, node)
@@ -243,6 +309,7 @@ def problems(scenario: Scenario, base: Path) -> list[Problem]:
     found += _placement_problems(scenario)
     found += _bridge_problems(scenario, base)
     found += _resilient_problems(scenario, base)
+    found += _chaos_problems(scenario)
     timing = {f.name for f in fields(Timing)}
     for name in scenario.timing:
         if name not in timing:
@@ -283,10 +350,15 @@ def _fault_problems(scenario: Scenario, prompts: list[str] | None, known: set[st
     found: list[Problem] = []
     for i, fault in enumerate(scenario.faults):
         here = ("faults", i)
-        for target in fault.targets:
-            if not 1 <= target <= scenario.nodes:
-                found.append(((*here, "node" if fault.node is not None else "nodes"),
-                              f"fault targets node {target}, but layer nodes are 1..{scenario.nodes}"))
+        one_way = fault.action == FaultKind.ONE_WAY_PARTITION.value
+        first = 0 if one_way else 1  # a one-way partition may cut the user node's link one way
+        for target in (*fault.targets, *fault.sinks):
+            if not first <= target <= scenario.nodes:
+                field = "from" if one_way else "node" if fault.node is not None else "nodes"
+                found.append(((*here, field), f"fault targets node {target}, but {'' if one_way else 'layer '}nodes "
+                                              f"are {first}..{scenario.nodes}"))
+        if one_way and set(fault.targets) & set(fault.sinks):
+            found.append(((*here, "to"), "a node cannot be cut off from itself"))
         if fault.at_token is not None and fault.at_token >= scenario.max_new_tokens:
             found.append(((*here, "at_token"), f"token {fault.at_token} is never generated (max_new_tokens "
                                                f"{scenario.max_new_tokens}): the fault would never fire"))
@@ -310,7 +382,7 @@ def _sequence_problems(scenario: Scenario) -> list[Problem]:
         if fault.action not in _STATES:
             continue
         machine, allowed, after = _STATES[fault.action]
-        for node in fault.targets:
+        for node in (*fault.targets, *fault.sinks):
             now, by = state.get((node, machine), (_INITIAL[machine], -1))
             if now not in allowed:
                 cause = f" (by fault {by})" if by >= 0 else ""
@@ -320,10 +392,20 @@ def _sequence_problems(scenario: Scenario) -> list[Problem]:
             if fault.duration is None:
                 state[(node, machine)] = (after, i)
     for (node, machine), (now, by) in sorted(state.items()):
-        if now in ("paused", "cut"):
-            undo = "resume" if now == "paused" else "link_up"
+        if now in _UNDO:
             found.append((("faults", by, "action"), f"node {node} would stay {now} after the run: give the "
-                                                    f"fault a duration, or add a later {undo}"))
+                                                    f"fault a duration, or add a later {_UNDO[now]}"))
+    return found
+
+
+def _chaos_problems(scenario: Scenario) -> list[Problem]:
+    chaos = scenario.chaos
+    if chaos is None:
+        return []
+    found: list[Problem] = [(("chaos", "nodes"), f"chaos names node {n}, but layer nodes are 1..{scenario.nodes}")
+                            for n in chaos.nodes or [] if not 1 <= n <= scenario.nodes]
+    if chaos.nodes == []:
+        found.append((("chaos", "nodes"), "chaos needs at least one node to hit (omit nodes for all)"))
     return found
 
 
@@ -388,6 +470,10 @@ def check_supported(scenario: Scenario, path: Path, testbed: str, supported: fro
     found = [(("faults", i, "action"), f"the {testbed} testbed cannot {fault.action.replace('_', ' ')} "
               f"(it supports {', '.join(sorted(k.value for k in supported))})")
              for i, fault in enumerate(scenario.faults) if FaultKind(fault.action) not in supported]
+    if scenario.chaos is not None:
+        found += [(("chaos", "kinds"), f"the {testbed} testbed cannot {kind.replace('_', ' ')} (it supports "
+                   f"{', '.join(sorted(k.value for k in supported))})")
+                  for kind in scenario.chaos.kinds if FaultKind(kind) not in supported]
     if found:
         raise ScenarioError(f"{path}: {len(found)} fault(s) not possible here:\n"
                             + describe_problems(found, parse(Path(path).read_text(encoding="utf-8"))[1], "scenario"))

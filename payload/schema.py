@@ -248,8 +248,9 @@ TABLES: MappingProxyType[str, Table] = MappingProxyType({t.name: t for t in (
               Column("compute_ns", "int64", "time dst spent applying its layers (0 for the user node, or none logged)"),
           )),
     Table("faults", "faults.csv", "ground truth of injected faults, one row per action taken", (
-        Column("action", "str", "kill, pause, resume, link_down, link_up, degrade, partition"),
-        Column("target", "str", "node name(s), space-separated"),
+        Column("action", "str", "kill, pause, resume, link_down, link_up, degrade, partition, one_way_partition, "
+                                "blackhole, corrupt, duplicate, reorder, heal (a flap is its link_down/link_up rows)"),
+        Column("target", "str", "node name(s), space-separated (a one-way partition: `from ... -> to ...`)"),
         Column("trigger", "str", "`token:K` or `seconds:S`"),
         Column("session", "str", "session in progress when it fired (empty if none)"),
         Column("step", "int64", "step of that session when it fired (-1 if none)"),

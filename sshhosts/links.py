@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from testbed.fanout import on_each
-from testbed.interface import ALL_FAULTS, PROCESS_FAULTS, FaultKind, TestbedError
+from testbed.interface import PROCESS_FAULTS, SHAPING_FAULTS, FaultKind, TestbedError
 from testbed.netem import netem_argv
 from testbed.profiles import LinkProfile, directions, profile_from_dict, profile_to_dict
 from testbed.ssh import SshShell
@@ -143,7 +143,7 @@ class LinkControl(Protocol):
 class NetemLinks:
     """Kernel ``tc netem`` on every host's data interface, over the host's SSH shell."""
 
-    faults = ALL_FAULTS
+    faults = SHAPING_FAULTS
 
     def __init__(self, shell_of: Callable[[str], SshShell], *, interface_of: Callable[[str], str], ifb: str,
                  sudo: str) -> None:

@@ -31,7 +31,7 @@ from sshhosts.links import BareLinks, LinkControl, LinkState, NetemLinks, ifb_na
 from testbed import services
 from testbed.addresses import Address, parse_address
 from testbed.fanout import on_each
-from testbed.interface import ALL_FAULTS, FaultKind, FaultResult, HostInfo, TestbedError
+from testbed.interface import SHAPING_FAULTS, FaultKind, FaultResult, HostInfo, TestbedError
 from testbed.plan import Check, CommandPlan, failed_checks
 from testbed.profiles import LinkProfile, load_profiles
 from testbed.remote import InventoryTestbed
@@ -65,7 +65,7 @@ class SshTestbed(InventoryTestbed):
     def capacity(self) -> int:
         return len(self.inventory().layer_hosts)
 
-    faults = ALL_FAULTS  # with `shaping: netem`; `shaping: none` leaves the process faults only
+    faults = SHAPING_FAULTS  # with `shaping: netem`; `shaping: none` leaves the process faults only
 
     def supported_faults(self) -> frozenset[FaultKind]:
         return self.links(self.inventory()).faults

@@ -16,7 +16,9 @@ import abc
 import enum
 import shlex
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import ClassVar, Protocol
 
@@ -39,18 +41,32 @@ class FaultKind(str, enum.Enum):
     RESUME = "resume"
     LINK_DOWN = "link_down"
     LINK_UP = "link_up"
+    FLAP = "flap"  # link_down/link_up with a period and duty cycle: the runner drives it, so any link-fault testbed can
     DEGRADE = "degrade"
     PARTITION = "partition"
+    ONE_WAY_PARTITION = "one_way_partition"  # frames from some nodes to others dropped, the other way delivered
+    BLACKHOLE = "blackhole"  # every frame to and from a node dropped, the link up: no RST, no ICMP, no carrier loss
+    CORRUPT = "corrupt"
+    DUPLICATE = "duplicate"
+    REORDER = "reorder"
+    HEAL = "heal"  # ends the impairments above on the nodes named
 
     @property
     def undo(self) -> "FaultKind | None":
         """The action that ends this one when it has a duration (a pause is resumed, a cut link restored)."""
+        if self in IMPAIRMENTS:
+            return FaultKind.HEAL
         return {FaultKind.PAUSE: FaultKind.RESUME, FaultKind.LINK_DOWN: FaultKind.LINK_UP}.get(self)
 
 
+IMPAIRMENTS = frozenset({FaultKind.ONE_WAY_PARTITION, FaultKind.BLACKHOLE, FaultKind.CORRUPT, FaultKind.DUPLICATE,
+                         FaultKind.REORDER})
+PCT_FAULTS = frozenset({FaultKind.CORRUPT, FaultKind.DUPLICATE, FaultKind.REORDER})  # each takes ``pct``
 PROCESS_FAULTS = frozenset({FaultKind.KILL, FaultKind.PAUSE, FaultKind.RESUME})
-LINK_FAULTS = frozenset({FaultKind.LINK_DOWN, FaultKind.LINK_UP})
+LINK_FAULTS = frozenset({FaultKind.LINK_DOWN, FaultKind.LINK_UP, FaultKind.FLAP})
+SHAPING_FAULTS = PROCESS_FAULTS | LINK_FAULTS | {FaultKind.DEGRADE, FaultKind.PARTITION}  # what netem shaping gives
 ALL_FAULTS = frozenset(FaultKind)
+UNDO_ACTIONS = frozenset(k.undo for k in FaultKind if k.undo is not None)
 
 
 @dataclass(frozen=True)
@@ -200,22 +216,44 @@ class Testbed(abc.ABC):
         inventory may narrow it, e.g. SSH hosts whose links are not shaped)."""
         return self.faults
 
-    def inject(self, action: FaultKind, hosts: list[HostInfo], *, profile: LinkProfile | None = None
-               ) -> list[FaultResult]:
-        """Apply one fault primitive to ``hosts``; return when each took effect (a partition is one result)."""
-        supported = self.supported_faults()
+    def inject(self, action: FaultKind, hosts: list[HostInfo], *, profile: LinkProfile | None = None,
+               pct: float | None = None, peers: list[HostInfo] | None = None) -> list[FaultResult]:
+        """Apply one fault primitive to ``hosts``; return when each took effect (a partition is one result).
+
+        ``pct`` is the share of frames a corrupt, duplicate or reorder touches; ``peers`` are the nodes a
+        one-way partition stops ``hosts`` from reaching.  A primitive on several hosts is applied to all of them
+        at once (a correlated failure: a room losing power), not one after another.
+        """
+        # What the class does not implement is refused before anything is read (an inventory, the manifest).
+        supported = self.faults if action not in self.faults else self.supported_faults()
         if action not in supported:
             raise TestbedError(f"the {self.kind} testbed cannot {action.value.replace('_', ' ')} "
                                f"(it supports {', '.join(sorted(f.value for f in supported))})")
         if action == FaultKind.PARTITION:
             return [self.partition(hosts)]
+        if action == FaultKind.ONE_WAY_PARTITION:
+            if not hosts or not peers:
+                raise TestbedError("a one-way partition needs nodes on both sides (from and to)")
+            return [self.one_way_partition(hosts, peers)]
+        if action == FaultKind.HEAL:
+            return [self.heal(hosts)]
+        if action == FaultKind.FLAP:
+            raise TestbedError("flap is a schedule of link_down and link_up, run by the fault runner")
         if action == FaultKind.DEGRADE:
             if profile is None:
                 raise TestbedError("degrade needs a link profile")
-            return [self.degrade(h, profile) for h in hosts]
-        primitive = {FaultKind.KILL: self.kill, FaultKind.PAUSE: self.pause, FaultKind.RESUME: self.resume,
-                     FaultKind.LINK_DOWN: self.link_down, FaultKind.LINK_UP: self.link_up}[action]
-        return [primitive(h) for h in hosts]
+            primitive = partial(self.degrade, profile=profile)
+        elif action in IMPAIRMENTS:
+            if action in PCT_FAULTS and not (pct is not None and 0 < pct <= 100):
+                raise TestbedError(f"{action.value} needs pct, the share of frames it touches, in (0, 100]")
+            primitive = partial(self.impair, kind=action, pct=pct or 100.0)
+        else:
+            primitive = {FaultKind.KILL: self.kill, FaultKind.PAUSE: self.pause, FaultKind.RESUME: self.resume,
+                         FaultKind.LINK_DOWN: self.link_down, FaultKind.LINK_UP: self.link_up}[action]
+        if len(hosts) <= 1:
+            return [primitive(h) for h in hosts]
+        with ThreadPoolExecutor(max_workers=len(hosts)) as pool:
+            return list(pool.map(primitive, hosts))
 
     @abc.abstractmethod
     def kill(self, host: HostInfo) -> FaultResult: ...
@@ -237,3 +275,14 @@ class Testbed(abc.ABC):
 
     def partition(self, hosts: list[HostInfo]) -> FaultResult:
         raise TestbedError(f"the {self.kind} testbed cannot partition nodes")
+
+    def one_way_partition(self, sources: list[HostInfo], sinks: list[HostInfo]) -> FaultResult:
+        raise TestbedError(f"the {self.kind} testbed cannot partition one way")
+
+    def impair(self, host: HostInfo, kind: FaultKind, pct: float) -> FaultResult:
+        """Put a blackhole, corruption, duplication or reordering (``pct`` of frames) on ``host``'s link."""
+        raise TestbedError(f"the {self.kind} testbed cannot {kind.value} frames")
+
+    def heal(self, hosts: list[HostInfo]) -> FaultResult:
+        """End every impairment (and one-way partition) on ``hosts``' links."""
+        raise TestbedError(f"the {self.kind} testbed cannot heal impairments")

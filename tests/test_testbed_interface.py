@@ -14,7 +14,9 @@ from testbed.interface import FaultKind, Testbed, TestbedError
 
 PRIMITIVES = {FaultKind.KILL: "kill", FaultKind.PAUSE: "pause", FaultKind.RESUME: "resume",
               FaultKind.LINK_DOWN: "link_down", FaultKind.LINK_UP: "link_up", FaultKind.DEGRADE: "degrade",
-              FaultKind.PARTITION: "partition"}
+              FaultKind.PARTITION: "partition", FaultKind.ONE_WAY_PARTITION: "one_way_partition",
+              FaultKind.BLACKHOLE: "impair", FaultKind.CORRUPT: "impair", FaultKind.DUPLICATE: "impair",
+              FaultKind.REORDER: "impair", FaultKind.HEAL: "heal"}
 
 
 @pytest.mark.parametrize("kind", sorted(TESTBEDS))
@@ -24,6 +26,7 @@ class TestEveryTestbed:
         for fault, method in PRIMITIVES.items():
             overridden = getattr(cls, method) is not getattr(Testbed, method)
             assert overridden == (fault in cls.faults), f"{kind}: {method} declared {fault in cls.faults}"
+        assert (FaultKind.FLAP in cls.faults) == (FaultKind.LINK_DOWN in cls.faults), "flap is link_down and up"
 
     def test_an_undeclared_fault_is_refused_without_touching_a_host(self, kind):
         cls = class_of(kind)

@@ -10,7 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from testbed.interface import HostInfo, TestbedError
+from emu.plan import DATA_IF
+from emu.probe import measure
+from testbed.interface import FaultKind, HostInfo, TestbedError
 from testbed.profiles import LinkProfile
 from emu import system
 from testbed.profiles import load_profiles
@@ -114,6 +116,19 @@ class TestFabric:
         assert proc.returncode == 0 and out.splitlines() == ["one", "two"]
 
 
+def probe(src: HostInfo, dst: HostInfo, **options):
+    """What the data plane does to 200 datagrams from ``src`` to ``dst`` (2 ms apart), measured from outside."""
+    return measure(src.namespace, dst.namespace, dst.address, **options)
+
+
+def tcp_connect(src: HostInfo, address: str, port: int = 9) -> str:
+    """How a TCP connect from ``src`` to a closed port ends: 'refused' (a RST came back) or 'timeout'."""
+    code = ("import socket\ntry:\n socket.create_connection((%r, %d), timeout=1.5)\n"
+            "except ConnectionRefusedError: print('refused')\nexcept OSError: print('timeout')\n" % (address, port))
+    return subprocess.run(["ip", "netns", "exec", src.namespace, "python3", "-c", code], capture_output=True,
+                          text=True).stdout.strip()
+
+
 class TestFaults:
     def test_kill_ends_every_service_process_but_ssh_keeps_working(self, bed, hosts):
         host = hosts[1]
@@ -166,3 +181,74 @@ class TestFaults:
         assert not ping_ok(node1, node3.address) and not ping_ok(user, node2.address)
         healed = bed.partition([])
         assert "healed" in healed.detail and ping_ok(node1, node3.address)
+
+
+class TestImpairments:
+    """The userspace switch's fault kinds, each measured by the UDP probe (emu/probe.py) or TCP from outside."""
+
+    def test_a_one_way_partition_drops_one_direction_only_and_heal_lifts_it(self, bed, hosts):
+        user, node1, node2, _ = hosts
+        result = bed.inject(FaultKind.ONE_WAY_PARTITION, [node1], peers=[node2])[0]
+        try:
+            assert result.target == "node1 -> node2"
+            assert probe(node1, node2).delivered == 0
+            assert probe(node2, node1).lost == 0 and probe(node1, user).lost == 0
+        finally:
+            healed = bed.inject(FaultKind.HEAL, [node1, node2])[0]
+        assert "1 one-way drop(s) lifted" in healed.detail and probe(node1, node2).lost == 0
+
+    def test_a_blackhole_drops_every_frame_with_the_link_up_and_no_reset(self, bed, hosts):
+        user, node1, node2, _ = hosts
+        assert tcp_connect(node1, node2.address) == "refused"
+        bed.inject(FaultKind.BLACKHOLE, [node2])
+        try:
+            assert probe(node1, node2).delivered == 0 and probe(node2, user).delivered == 0
+            assert tcp_connect(node1, node2.address) == "timeout", "a blackhole answers nothing, not even a RST"
+            link = subprocess.run(["ip", "-n", node2.namespace, "-o", "link", "show", DATA_IF], capture_output=True,
+                                  text=True).stdout
+            assert "LOWER_UP" in link, "the link itself stays up"
+            assert probe(node1, user).lost == 0, "other nodes are untouched"
+        finally:
+            bed.inject(FaultKind.HEAL, [node2])
+        assert tcp_connect(node1, node2.address) == "refused"
+
+    def test_corruption_is_dropped_by_the_receivers_checksums_at_the_share_asked(self, bed, hosts):
+        _, node1, node2, _ = hosts
+        bed.inject(FaultKind.CORRUPT, [node2], pct=30)
+        try:
+            result = probe(node1, node2, count=400)
+        finally:
+            bed.inject(FaultKind.HEAL, [node2])
+        assert 18 <= result.loss_pct <= 42, result
+        assert probe(node1, node2).lost == 0
+
+    def test_duplication_delivers_the_share_asked_twice(self, bed, hosts):
+        _, node1, node2, _ = hosts
+        bed.inject(FaultKind.DUPLICATE, [node1], pct=40)
+        try:
+            result = probe(node1, node2, count=400)
+        finally:
+            bed.inject(FaultKind.HEAL, [node1])
+        assert result.lost == 0 and 0.28 <= result.duplicates / result.sent <= 0.52, result
+        assert probe(node1, node2).duplicates == 0
+
+    def test_reordering_lets_later_frames_overtake_the_share_asked(self, bed, hosts):
+        _, node1, node2, _ = hosts
+        assert probe(node1, node2).reordered == 0
+        bed.inject(FaultKind.REORDER, [node2], pct=30)
+        try:
+            result = probe(node1, node2, count=400)
+        finally:
+            bed.inject(FaultKind.HEAL, [node2])
+        assert result.lost == 0 and 0.18 <= result.reordered / result.sent <= 0.42, result
+
+    def test_a_correlated_kill_takes_every_node_at_one_instant(self, bed, hosts):
+        nodes = hosts[1:]
+        for host in nodes:
+            bed.start_service(host, ["sleep", "1000"])
+        requested = time.monotonic_ns()
+        results = bed.inject(FaultKind.KILL, nodes)
+        assert [r.target for r in results] == ["node1", "node2", "node3"]
+        assert all(not bed.service_pids(h) for h in nodes)
+        spread = max(r.effective_mono_ns for r in results) - min(r.effective_mono_ns for r in results)
+        assert spread < 0.25e9 and min(r.effective_mono_ns for r in results) >= requested
