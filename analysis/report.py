@@ -199,7 +199,9 @@ def _sections(metrics: Metrics, data: RunData, baseline: Path | None) -> list[tu
          "clock offset, each ± `owd_uncertainty`. `serialize` … `compute`: means per frame."),
         ("Clock offsets", shown(with_hop_names(metrics.offsets, data.nodes)),
          "clock(dst) − clock(src), from the intersection of the per-frame bounds [T3−T4, T2−T1]: the true offset "
-         "lies within ± uncertainty whatever the path asymmetry, unless a clock stepped (`consistent` False)."),
+         "lies within ± uncertainty whatever the path asymmetry. A clock that stepped mid-run (bounds no single "
+         "offset meets) splits its pairs into `segment`s from `from_mono_ns` on, each with its own offset, and "
+         "`consistent` is False for them."),
         ("Faults", shown(metrics.faults.drop(columns="effective_wall_ns")),
          "Detection: fault in effect → first `peer_failed` naming the node. Reroute: → next token of the session. "
          "Both compare the control host's clock with the nodes' (exact on one host, ± NTP offset otherwise)."),

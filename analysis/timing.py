@@ -13,6 +13,14 @@ destination clock.  Two kinds of figure come out of them:
   (Wi-Fi and LTE are asymmetric), and many hops narrow it to the intersection of their
   intervals.  One-way figures are reported with that half-width as their uncertainty.
 
+A clock that steps during a run (NTP slewing in a jump, a ``clock_skew`` fault)
+leaves bounds that no single offset satisfies.  Since a constant clock's
+bounds always overlap (both legs are non-negative), an empty intersection is
+proof of a step: :func:`clock_offsets` walks each pair's hops in the sender's
+monotonic order and starts a new *segment* at the first hop whose bound
+misses the running intersection, so each segment has one offset, with its own
+uncertainty, and each hop is corrected by its own segment's.
+
 Stamps are int64 nanoseconds since the epoch (~1.7e18), beyond float64's exact
 integers, so differences are always taken in int64 before any float arithmetic.
 """
@@ -66,33 +74,67 @@ def estimate_offset(t1: Stamps, t2: Stamps, t3: Stamps, t4: Stamps) -> OffsetEst
     return OffsetEstimate((lower[best] + upper[best]) / 2, (upper[best] - lower[best]) / 2, int(lower.size), False)
 
 
+def segments(lower: np.ndarray, upper: np.ndarray) -> np.ndarray:
+    """Segment number of each hop (in time order): a new segment starts where a hop's bound [lower, upper]
+    misses the intersection of the bounds since the segment began (the clock stepped).  A hop whose own bound
+    is empty (lower > upper: the clock stepped between its stamps) is -1, in no segment."""
+    labels = np.full(lower.size, -1, dtype=np.int64)
+    low, high, segment = -np.inf, np.inf, 0
+    for i, (lo, hi) in enumerate(zip(lower, upper)):
+        if lo > hi:
+            continue
+        if max(low, lo) > min(high, hi):
+            segment += 1
+            low, high = lo, hi
+        else:
+            low, high = max(low, lo), min(high, hi)
+        labels[i] = segment
+    return labels
+
+
+OFFSET_COLUMNS = PAIR + ["segment", "from_mono_ns", "offset_ns", "uncertainty_ns", "samples", "consistent"]
+
+
 def clock_offsets(hops: pd.DataFrame) -> pd.DataFrame:
-    """One offset estimate per (run_id, src, dst): offset_ns, uncertainty_ns, samples, consistent."""
+    """One offset estimate per (run_id, src, dst, segment): the segment's first hop (``from_mono_ns``, on the
+    sender's monotonic clock), offset_ns, uncertainty_ns, samples; ``consistent`` is False for every segment of
+    a pair whose clock stepped (its segments disagree), True where one offset fits the whole run."""
     rows = []
     for (run_id, src, dst), group in hops.groupby(PAIR, sort=True):
-        estimate = estimate_offset(
-            group["t1_wall_ns"].to_numpy(), group["t2_wall_ns"].to_numpy(),
-            group["t3_wall_ns"].to_numpy(), group["t4_wall_ns"].to_numpy(),
-        )
-        rows.append({"run_id": run_id, "src": src, "dst": dst, **asdict(estimate)})
-    columns = PAIR + ["offset_ns", "uncertainty_ns", "samples", "consistent"]
-    dtypes = {"src": "int64", "dst": "int64", "samples": "int64", "consistent": "bool"}
-    return pd.DataFrame(rows, columns=columns).astype(dtypes)
+        group = group.sort_values("t1_mono_ns", kind="stable")
+        t1, t2, t3, t4 = (group[f"t{k}_wall_ns"].to_numpy(dtype=np.int64) for k in (1, 2, 3, 4))
+        labels = segments(t3 - t4, t2 - t1)
+        stepped = bool(labels.max() > 0 or (labels < 0).any()) if labels.size else False
+        mono = group["t1_mono_ns"].to_numpy(dtype=np.int64)
+        for segment in np.unique(labels[labels >= 0]):
+            part = labels == segment
+            estimate = estimate_offset(t1[part], t2[part], t3[part], t4[part])
+            rows.append({"run_id": run_id, "src": src, "dst": dst, "segment": int(segment),
+                         "from_mono_ns": int(mono[part][0]), **asdict(estimate),
+                         "consistent": estimate.consistent and not stepped})
+    dtypes = {"src": "int64", "dst": "int64", "segment": "int64", "from_mono_ns": "int64", "samples": "int64",
+              "consistent": "bool"}
+    return pd.DataFrame(rows, columns=OFFSET_COLUMNS).astype(dtypes)
 
 
 def one_way_delays(hops: pd.DataFrame, offsets: pd.DataFrame | None = None) -> pd.DataFrame:
     """Hops with owd_fwd_ns, owd_back_ns (their sum is the round trip) and owd_uncertainty_ns.
 
-    Each leg is corrected by its host pair's offset estimate, so the split between the
-    legs is only as good as that estimate: both legs carry its uncertainty.
+    Each leg is corrected by the offset estimate of its host pair's clock segment in force when it was sent,
+    so the split between the legs is only as good as that estimate: both legs carry its uncertainty.
     """
     if offsets is None:
         offsets = clock_offsets(hops)
-    joined = hops.merge(offsets[PAIR + ["offset_ns", "uncertainty_ns"]], on=PAIR, how="left", validate="many_to_one")
+    order = hops.assign(_row=np.arange(len(hops))).sort_values("t1_mono_ns", kind="stable")
+    right = offsets[PAIR + ["from_mono_ns", "offset_ns", "uncertainty_ns"]].astype(
+        {key: hops[key].dtype for key in PAIR} | {"from_mono_ns": hops["t1_mono_ns"].dtype})
+    joined = pd.merge_asof(order, right.sort_values("from_mono_ns"), left_on="t1_mono_ns", right_on="from_mono_ns",
+                           by=PAIR, direction="backward")
+    joined = joined.sort_values("_row").set_index(hops.index)
     forward = (joined["t2_wall_ns"] - joined["t1_wall_ns"]).astype("float64")
     back = (joined["t4_wall_ns"] - joined["t3_wall_ns"]).astype("float64")
     return joined.assign(
         owd_fwd_ns=forward - joined["offset_ns"],
         owd_back_ns=back + joined["offset_ns"],
         owd_uncertainty_ns=joined["uncertainty_ns"],
-    ).drop(columns=["offset_ns", "uncertainty_ns"])
+    ).drop(columns=["offset_ns", "uncertainty_ns", "from_mono_ns", "_row"])

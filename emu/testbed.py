@@ -26,10 +26,13 @@ the node's profile live.  ``partition(hosts)`` cuts those nodes from the rest
 shaper (the switch), ``one_way_partition``, ``blackhole``, ``corrupt``,
 ``duplicate`` and ``reorder`` act on frames as emu/shaper.py describes, and
 ``heal`` ends them on the nodes named; netem backends do not offer these.
+``clock_skew`` sets a node's wall clock off (the namespaces share the host's
+clock, so the node applies the offset itself: payload/clock.py); heal resets it.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import shlex
 import shutil
@@ -45,8 +48,9 @@ from emu import sshd, state, system
 from emu.plan import DATA_IF, MGMT_BRIDGE, MGMT_IF, UPLINK_IF, NodePlan, Plan, check_prefix, make_plan
 from emu.shaping import PARTITION_GROUP, Impairments, NetemShaper, Shaper, UserspaceShaper, probe_netem
 from testbed.fanout import on_each
-from testbed.interface import ALL_FAULTS, FOLLOW_ARGV, SHAPING_FAULTS, FaultKind, FaultResult, HostInfo, Testbed, \
-    TestbedError
+from payload.clock import write_skew
+from testbed.interface import ALL_FAULTS, CLOCK_FAULTS, FOLLOW_ARGV, SHAPING_FAULTS, FaultKind, FaultResult, HostInfo, \
+    Testbed, TestbedError
 from testbed.profiles import DEFAULT_PROFILE, LinkProfile, load_profiles, profile_from_dict, profile_to_dict
 from testbed.shipping import CODE_ARCHIVE, payload_archive, unpack_command
 from testbed.ssh import SshAccess, SshShell, connect, in_workdir
@@ -102,7 +106,8 @@ class EmuTestbed(Testbed):
     def supported_faults(self) -> frozenset[FaultKind]:
         """All faults with the userspace switch; what netem shaping gives with the netem backend."""
         manifest = state.load(self.prefix)
-        return SHAPING_FAULTS if manifest is not None and manifest.get("backend") == "netem" else self.faults
+        netem = manifest is not None and manifest.get("backend") == "netem"
+        return SHAPING_FAULTS | CLOCK_FAULTS if netem else self.faults
 
     # -- up ------------------------------------------------------------------------------------
 
@@ -312,6 +317,13 @@ class EmuTestbed(Testbed):
                 "ssh_config": str(Path(plan.state_dir) / "ssh" / "ssh_config"),
                 "hosts": [h.to_dict() for h in self.hosts()]}
 
+    def shaper_status(self) -> dict:
+        """The userspace shaper's last status (generation in force, counters, each trace's epoch)."""
+        manifest = self._manifest()
+        if manifest["backend"] != "userspace":
+            raise TestbedError(f"emu testbed {self.prefix!r} shapes with {manifest['backend']}: no shaper status")
+        return json.loads((Path(self._plan(manifest).state_dir) / "shaper.status.json").read_text())
+
     # -- faults --------------------------------------------------------------------------------
 
     def _node(self, host: HostInfo) -> NodePlan:
@@ -425,10 +437,34 @@ class EmuTestbed(Testbed):
             wall, mono = self._reshape(manifest, {node.index})
         return FaultResult(kind.value, host.name, wall, mono, detail)
 
+    def clock_skew(self, host: HostInfo, offset_ms: float) -> FaultResult:
+        with self._lock:
+            node = self._node(host)
+            manifest = self._manifest()
+            manifest.setdefault("skews", {})[str(node.index)] = offset_ms
+            state.save(self.prefix, manifest)
+            result = self._skew(host, offset_ms)
+        return result
+
+    def _skew(self, host: HostInfo, offset_ms: float) -> FaultResult:
+        """Write the offset where the node reads it and tell its services (sshd spared) to read it."""
+        node = self._node(host)
+        pids = self._service_pids(node.namespace)
+        if not pids:
+            raise TestbedError(f"{host.name}: no service process is running in {node.namespace} to skew")
+        write_skew(Path(node.workdir), offset_ms)
+        system.signal_pids(pids, signal.SIGUSR1)
+        return FaultResult.now("clock_skew", host.name, f"wall clock {offset_ms:+g} ms (SIGUSR1 to {len(pids)} "
+                                                       f"processes in {node.namespace})")
+
     def heal(self, hosts: list[HostInfo]) -> FaultResult:
         with self._lock:
             indices = {self._node(h).index for h in hosts}
             manifest = self._manifest()
+            skewed = [h for h in hosts if str(self._node(h).index) in manifest.get("skews", {})]
+            for host in skewed:
+                self._skew(host, 0)
+                del manifest["skews"][str(self._node(host).index)]
             had = {int(i) for i in manifest.get("impairments", {})} & indices
             manifest["impairments"] = {i: d for i, d in manifest.get("impairments", {}).items()
                                        if int(i) not in indices}
@@ -437,7 +473,8 @@ class EmuTestbed(Testbed):
             manifest["one_way"] = kept
             wall, mono = self._reshape(manifest, indices)
         return FaultResult("heal", " ".join(h.name for h in hosts), wall, mono,
-                           f"impairments ended on {len(had)} node(s), {cut} one-way drop(s) lifted")
+                           f"impairments ended on {len(had)} node(s), {cut} one-way drop(s) lifted"
+                           + (f", clocks of {' '.join(h.name for h in skewed)} reset" if skewed else ""))
 
     # -- down ----------------------------------------------------------------------------------
 

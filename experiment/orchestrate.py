@@ -230,7 +230,8 @@ def faults_from(scenario: Scenario) -> list[Fault]:
         profile = resolve(spec.profile) if spec.profile else None
         faults.append(Fault(FaultKind(spec.action), spec.targets, at_token=spec.at_token, at_seconds=spec.at_seconds,
                             prompt_index=spec.prompt, repeat=spec.repeat, profile=profile, duration=spec.duration,
-                            to=spec.sinks, pct=spec.pct, period_ms=spec.period_ms, duty=spec.duty))
+                            to=spec.sinks, pct=spec.pct, period_ms=spec.period_ms, duty=spec.duty,
+                            offset_ms=spec.offset_ms))
     return faults
 
 

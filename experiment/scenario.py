@@ -36,7 +36,8 @@ _STATES = {"kill": ("process", {"running", "paused"}, "dead"), "pause": ("proces
            "resume": ("process", {"paused"}, "running"), "link_down": ("link", {"up"}, "cut"),
            "link_up": ("link", {"cut"}, "up"), "flap": ("link", {"up"}, "up"),
            "heal": ("impairment", {"impaired"}, "clean"),
-           **{k.value: ("impairment", {"clean", "impaired"}, "impaired") for k in IMPAIRMENTS}}
+           **{k.value: ("impairment", {"clean", "impaired"}, "impaired")
+              for k in (*IMPAIRMENTS, FaultKind.CLOCK_SKEW)}}
 _INITIAL = {"process": "running", "link": "up", "impairment": "clean"}
 _UNDO = {"paused": "resume", "cut": "link_up", "impaired": "heal"}
 Nodes = Index | list[Index]
@@ -64,6 +65,8 @@ class FaultSpec(BaseModel):
     period_ms: Annotated[StrictInt | StrictFloat, Field(ge=10)] | None = Field(default=None, description="flap")
     duty: Annotated[StrictInt | StrictFloat, Field(gt=0, lt=1)] | None = Field(
         default=None, description="flap: the share of each period the link is down")
+    offset_ms: Annotated[StrictInt | StrictFloat, Field(ge=-86_400_000, le=86_400_000)] | None = Field(
+        default=None, description="clock_skew: how far the node's wall clock is set off")
 
     @model_validator(mode="after")
     def _check(self) -> "FaultSpec":
@@ -82,14 +85,16 @@ class FaultSpec(BaseModel):
         if (self.pct is None) == (kind in PCT_FAULTS):
             raise ValueError(f"{self.action} needs pct (the share of frames touched)" if self.pct is None
                              else "pct is for corrupt, duplicate and reorder")
+        if (self.offset_ms is None) == (kind == FaultKind.CLOCK_SKEW):
+            raise ValueError("clock_skew needs offset_ms" if self.offset_ms is None else "offset_ms is for clock_skew")
         flap = kind == FaultKind.FLAP
         if flap and (self.period_ms is None or self.duty is None or self.duration is None):
             raise ValueError("flap needs period_ms, duty and duration")
         if not flap and (self.period_ms is not None or self.duty is not None):
             raise ValueError("period_ms and duty are for flap")
         if self.duration is not None and kind.undo is None and not flap:
-            raise ValueError(f"duration is for pause, link_down, flap and link impairments (undone after it), "
-                             f"not {self.action}")
+            raise ValueError(f"duration is for pause, link_down, flap, link impairments and clock_skew (undone "
+                             f"after it), not {self.action}")
         return self
 
     @property

@@ -20,7 +20,8 @@ import time
 from pathlib import Path
 
 from local.spawner import ModuleCall, SpawnerClient, code_fingerprint
-from testbed.interface import FOLLOW_ARGV, FaultResult, HostInfo, Testbed, TestbedError
+from payload.clock import write_skew
+from testbed.interface import CLOCK_FAULTS, FOLLOW_ARGV, PROCESS_FAULTS, FaultResult, HostInfo, Testbed, TestbedError
 from testbed.profiles import LinkProfile
 from testbed.shell import LocalShell
 from testbed.state import StateStore, state_root
@@ -62,6 +63,7 @@ class LocalTestbed(Testbed):
     """Nodes as processes of this machine; faults are signals to their process groups."""
 
     kind = "local"
+    faults = PROCESS_FAULTS | CLOCK_FAULTS  # no links to fault here; the nodes share this host's clock
 
     def __init__(self, prefix: str = "jv-local"):
         self.prefix = prefix
@@ -218,6 +220,29 @@ class LocalTestbed(Testbed):
 
     def resume(self, host: HostInfo) -> FaultResult:
         return self._signal(host, signal.SIGCONT, "resume")
+
+    def clock_skew(self, host: HostInfo, offset_ms: float) -> FaultResult:
+        """The node applies the offset to its wall stamps (payload/clock.py): every node here shares one clock."""
+        pid = self.pid(host)
+        write_skew(Path(host.workdir), offset_ms)
+        try:
+            os.kill(pid, signal.SIGUSR1)
+        except ProcessLookupError:
+            raise TestbedError(f"{host.name}: process {pid} is already gone") from None
+        with self._lock:
+            state = self._load()
+            state.setdefault("skews", {})[host.name] = offset_ms
+            self._save(state)
+        return FaultResult.now("clock_skew", host.name, f"wall clock {offset_ms:+g} ms (SIGUSR1 to {pid})")
+
+    def heal(self, hosts: list[HostInfo]) -> FaultResult:
+        """Reset the clock skews of ``hosts`` (the only impairment this testbed has)."""
+        skews = self._load().get("skews", {})
+        reset = [h for h in hosts if skews.get(h.name)]
+        for host in reset:
+            self.clock_skew(host, 0)
+        return FaultResult.now("heal", " ".join(h.name for h in hosts),
+                               f"clocks of {' '.join(h.name for h in reset) or 'none'} reset")
 
     def stop_service(self, host: HostInfo) -> None:
         """SIGKILL the service recorded for ``host`` (a re-deploy replaces it at once); none is fine."""

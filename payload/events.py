@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from payload.clock import wall_ns
 from payload.schema import check_event, emitter_of
 
 Clock = Callable[[], tuple[int, int]]
@@ -22,7 +23,7 @@ Clock = Callable[[], tuple[int, int]]
 
 def system_clock() -> tuple[int, int]:
     """(wall ns, monotonic ns) now."""
-    return time.time_ns(), time.monotonic_ns()
+    return wall_ns(), time.monotonic_ns()
 
 
 class EventLog:

@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from payload.clock import follow_skew, wall_ns
 from payload.bridges import BridgeSet, bridge_wire
 from payload.cache_rules import Action, admit, decide
 from payload.config import NodeConfig, compute_threads
@@ -169,7 +170,7 @@ class LayerNode:
         self._spawn(self.report_failure(peer, FailureKind.CRASHED, reason, None))
 
     async def report_failure(self, peer: int, kind: FailureKind, reason: str, frame: Frame | None) -> None:
-        detect_ns = time.time_ns()
+        detect_ns = wall_ns()
         self.log.log("peer_failed", peer=peer, kind=kind.value, reason=reason,
                      session=str(frame.session) if frame else None,
                      step=frame.step if frame else None, epoch=frame.epoch if frame else None)
@@ -214,7 +215,7 @@ class LayerNode:
         if frame.type == FrameType.RESUME:
             problem = self._resumable(frame)
             reply = frame.reply(FrameType.ERROR, problem.encode()) if problem else frame.reply(
-                FrameType.ACK, t_a=t2, t_b=time.time_ns())
+                FrameType.ACK, t_a=t2, t_b=wall_ns())
             writer.write(self.wire.encode(reply))
             if problem is None:
                 self._spawn(self.resume(frame))
@@ -236,7 +237,7 @@ class LayerNode:
             self.wire.reject(frame.src, problem, session=str(frame.session), step=frame.step)
             writer.write(self.wire.encode(frame.reply(FrameType.ERROR, problem.encode())))
             return
-        t3 = time.time_ns()
+        t3 = wall_ns()
         writer.write(self.wire.encode(frame.reply(FrameType.ACK, t_a=t2, t_b=t3)))
         recv_mono = time.monotonic_ns()
         received = dict(session=str(frame.session), step=frame.step, epoch=frame.epoch, src=frame.src,
@@ -464,7 +465,7 @@ class LayerNode:
         self._spawn(report_and_stop())
 
     async def run(self) -> None:
-        self.started = time.time_ns()
+        self.started = wall_ns()
         self.exit_reason: str | None = None
         self.log.on_failure = self._log_failed
         server = await asyncio.start_server(
@@ -496,6 +497,7 @@ def prewarm(argv: list[str]) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    follow_skew()
     config = NodeConfig.load(_arguments(argv).config)
     torch.set_num_threads(compute_threads())
     node = LayerNode(config)

@@ -249,7 +249,8 @@ TABLES: MappingProxyType[str, Table] = MappingProxyType({t.name: t for t in (
           )),
     Table("faults", "faults.csv", "ground truth of injected faults, one row per action taken", (
         Column("action", "str", "kill, pause, resume, link_down, link_up, degrade, partition, one_way_partition, "
-                                "blackhole, corrupt, duplicate, reorder, heal (a flap is its link_down/link_up rows)"),
+                                "blackhole, corrupt, duplicate, reorder, clock_skew, heal "
+                                "(a flap is its link_down/link_up rows)"),
         Column("target", "str", "node name(s), space-separated (a one-way partition: `from ... -> to ...`)"),
         Column("trigger", "str", "`token:K` or `seconds:S`"),
         Column("session", "str", "session in progress when it fired (empty if none)"),

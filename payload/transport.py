@@ -41,6 +41,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Awaitable, Callable
 
+from payload.clock import wall_ns
 from payload.config import Timing
 from payload.events import EventLog
 from payload.frames import (MAX_OVERHEAD, Decoder, Frame, FrameSigner, FrameType, PeerFrameError, ReplayWindow,
@@ -328,7 +329,7 @@ class PeerLink:
         self._pending[key] = fut
         try:
             writer = await self._ensure()
-            t1_wall, t1_mono = time.time_ns(), time.monotonic_ns()
+            t1_wall, t1_mono = wall_ns(), time.monotonic_ns()
             allowed_s = self.due_in(len(encoded))
             due = time.monotonic() + allowed_s
             try:
@@ -357,7 +358,7 @@ class PeerLink:
                     reply: Frame = await asyncio.shield(sent.future)
             except asyncio.TimeoutError:
                 reply = await self._second_look(sent)
-            t4_wall, t4_mono = time.time_ns(), time.monotonic_ns()
+            t4_wall, t4_mono = wall_ns(), time.monotonic_ns()
             if reply.type == FrameType.ERROR:
                 raise PeerFailed(self.peer, FailureKind.REJECTED, reply.payload.decode("utf-8", "replace"))
             timing = HopTiming(sent.t1_wall_ns, sent.t1_mono_ns, reply.t_a, reply.t_b, t4_wall, t4_mono, sent.bytes)
@@ -554,7 +555,7 @@ async def serve_connection(reader: asyncio.StreamReader, writer: asyncio.StreamW
                 return
             if not data:
                 return
-            t2 = time.time_ns()
+            t2 = wall_ns()
             decoder.feed(data)
             while True:
                 frame = decoder.next_frame()

@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 
 from payload.config import UserConfig, compute_threads
+from payload.clock import follow_skew
 from payload.node import peak_rss_bytes
 from payload.sampling import Sampling
 from payload.slices import model_config
@@ -92,6 +93,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    follow_skew()
     parser = _parser()
     args = parser.parse_args(argv)
     torch.set_num_threads(compute_threads())

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from payload.clock import wall_ns
 from payload.bridges import BridgeError, BridgeSet, bridge_wire, span_label
 from payload.config import UserConfig
 from payload.events import EventLog
@@ -169,7 +170,7 @@ class UserNode:
             self.log.log("reject", reason=reason, peer=frame.src)
             writer.write(self.wire.encode(frame.reply(FrameType.ERROR, reason.encode())))
             return
-        t3 = time.time_ns()
+        t3 = wall_ns()
         writer.write(self.wire.encode(frame.reply(FrameType.ACK, t_a=t2, t_b=t3)))
         attempt = self.attempts.get(frame.session)
         current = attempt is not None and attempt.epoch == frame.epoch and not attempt.result.done()
@@ -328,7 +329,7 @@ class UserNode:
                 piece, result.text = text[len(result.text):], text
                 record = dict(
                     session=str(sid), prompt_index=prompt_index, repeat=repeat, step=step, token_id=token,
-                    text=self.tokenizer.decode([token]), t_emit_ns=time.time_ns(), t_emit_mono_ns=time.monotonic_ns(),
+                    text=self.tokenizer.decode([token]), t_emit_ns=wall_ns(), t_emit_mono_ns=time.monotonic_ns(),
                     latency_ns=time.monotonic_ns() - t_start, layers=" ".join(map(str, plan.layers)),
                     route=" ".join(map(str, [USER_NODE, *(h.node for h in plan.hops), USER_NODE])), epoch=epoch,
                     attempts=attempts, nodes_out=" ".join(map(str, out)),

@@ -49,12 +49,13 @@ class FaultKind(str, enum.Enum):
     CORRUPT = "corrupt"
     DUPLICATE = "duplicate"
     REORDER = "reorder"
-    HEAL = "heal"  # ends the impairments above on the nodes named
+    CLOCK_SKEW = "clock_skew"  # the node's wall clock off by offset_ms (payload/clock.py), where hosts share one
+    HEAL = "heal"  # ends the impairments above, and a clock skew, on the nodes named
 
     @property
     def undo(self) -> "FaultKind | None":
         """The action that ends this one when it has a duration (a pause is resumed, a cut link restored)."""
-        if self in IMPAIRMENTS:
+        if self in IMPAIRMENTS or self == FaultKind.CLOCK_SKEW:
             return FaultKind.HEAL
         return {FaultKind.PAUSE: FaultKind.RESUME, FaultKind.LINK_DOWN: FaultKind.LINK_UP}.get(self)
 
@@ -65,6 +66,7 @@ PCT_FAULTS = frozenset({FaultKind.CORRUPT, FaultKind.DUPLICATE, FaultKind.REORDE
 PROCESS_FAULTS = frozenset({FaultKind.KILL, FaultKind.PAUSE, FaultKind.RESUME})
 LINK_FAULTS = frozenset({FaultKind.LINK_DOWN, FaultKind.LINK_UP, FaultKind.FLAP})
 SHAPING_FAULTS = PROCESS_FAULTS | LINK_FAULTS | {FaultKind.DEGRADE, FaultKind.PARTITION}  # what netem shaping gives
+CLOCK_FAULTS = frozenset({FaultKind.CLOCK_SKEW, FaultKind.HEAL})  # testbeds whose hosts share one clock
 ALL_FAULTS = frozenset(FaultKind)
 UNDO_ACTIONS = frozenset(k.undo for k in FaultKind if k.undo is not None)
 
@@ -217,11 +219,13 @@ class Testbed(abc.ABC):
         return self.faults
 
     def inject(self, action: FaultKind, hosts: list[HostInfo], *, profile: LinkProfile | None = None,
-               pct: float | None = None, peers: list[HostInfo] | None = None) -> list[FaultResult]:
+               pct: float | None = None, peers: list[HostInfo] | None = None, offset_ms: float | None = None
+               ) -> list[FaultResult]:
         """Apply one fault primitive to ``hosts``; return when each took effect (a partition is one result).
 
         ``pct`` is the share of frames a corrupt, duplicate or reorder touches; ``peers`` are the nodes a
-        one-way partition stops ``hosts`` from reaching.  A primitive on several hosts is applied to all of them
+        one-way partition stops ``hosts`` from reaching; ``offset_ms`` how far a clock skew sets their
+        clocks off.  A primitive on several hosts is applied to all of them
         at once (a correlated failure: a room losing power), not one after another.
         """
         # What the class does not implement is refused before anything is read (an inventory, the manifest).
@@ -243,6 +247,10 @@ class Testbed(abc.ABC):
             if profile is None:
                 raise TestbedError("degrade needs a link profile")
             primitive = partial(self.degrade, profile=profile)
+        elif action == FaultKind.CLOCK_SKEW:
+            if offset_ms is None:
+                raise TestbedError("clock_skew needs offset_ms")
+            primitive = partial(self.clock_skew, offset_ms=offset_ms)
         elif action in IMPAIRMENTS:
             if action in PCT_FAULTS and not (pct is not None and 0 < pct <= 100):
                 raise TestbedError(f"{action.value} needs pct, the share of frames it touches, in (0, 100]")
@@ -283,6 +291,10 @@ class Testbed(abc.ABC):
         """Put a blackhole, corruption, duplication or reordering (``pct`` of frames) on ``host``'s link."""
         raise TestbedError(f"the {self.kind} testbed cannot {kind.value} frames")
 
+    def clock_skew(self, host: HostInfo, offset_ms: float) -> FaultResult:
+        """Set ``host``'s node clock ``offset_ms`` off (the node applies it to every wall stamp it logs)."""
+        raise TestbedError(f"the {self.kind} testbed cannot skew clocks")
+
     def heal(self, hosts: list[HostInfo]) -> FaultResult:
-        """End every impairment (and one-way partition) on ``hosts``' links."""
+        """End every impairment (and one-way partition) on ``hosts``' links, and their clock skews."""
         raise TestbedError(f"the {self.kind} testbed cannot heal impairments")

@@ -85,3 +85,48 @@ class TestSyntheticRun:
         assert (hops[["owd_fwd_ns", "owd_back_ns"]] >= 0).all().all()
         assert (hops["rtt_ns"] == round_trip_ns(hops["t1_wall_ns"], hops["t2_wall_ns"],
                                                 hops["t3_wall_ns"], hops["t4_wall_ns"])).all()
+
+
+def stepped_hops(step_at: int, theta_before: int, theta_after: int, n: int = 120) -> pd.DataFrame:
+    """Hops of one pair 10 ms apart on an asymmetric path whose dst clock steps after hop ``step_at``."""
+    rng = np.random.default_rng(7)
+    rows = []
+    for i in range(n):
+        theta = theta_before if i < step_at else theta_after
+        forward, back = int(rng.uniform(2, 9) * MS), int(rng.uniform(1, 3) * MS)
+        t1, t2, t3, t4 = exchange(T1 + i * 10 * MS, theta, forward, 50_000, back)
+        rows.append({"run_id": "r", "src": 1, "dst": 2, "t1_wall_ns": t1, "t2_wall_ns": t2, "t3_wall_ns": t3,
+                     "t4_wall_ns": t4, "t1_mono_ns": 5_000 * MS + i * 10 * MS, "rtt_ns": round_trip_ns(t1, t2, t3, t4),
+                     "forward": forward})
+    return pd.DataFrame(rows).sample(frac=1, random_state=3)  # hops arrive in any order
+
+
+class TestClockSteps:
+    def test_a_clock_step_splits_the_pair_and_each_segment_recovers_its_offset_within_its_uncertainty(self):
+        hops = stepped_hops(60, 0, 250 * MS)
+        offsets = clock_offsets(hops)
+        assert offsets["segment"].tolist() == [0, 1] and not offsets["consistent"].any()
+        before, after = offsets.itertuples()
+        assert abs(before.offset_ns - 0) <= before.uncertainty_ns
+        assert abs(after.offset_ns - 250 * MS) <= after.uncertainty_ns
+        assert after.from_mono_ns == 5_000 * MS + 60 * 10 * MS, "the new segment starts at the first stepped hop"
+        assert before.samples == after.samples == 60
+
+    def test_each_hop_is_corrected_by_its_own_segment(self):
+        hops = one_way_delays(stepped_hops(40, -30 * MS, 220 * MS))
+        assert list(hops.index) == list(stepped_hops(40, -30 * MS, 220 * MS).index), "rows keep their order"
+        error = (hops["owd_fwd_ns"] - hops["forward"]).abs()
+        assert (error <= hops["owd_uncertainty_ns"]).all()
+        assert (hops[["owd_fwd_ns", "owd_back_ns"]] >= 0).all().all()
+
+    def test_a_steady_clock_is_one_consistent_segment(self):
+        offsets = clock_offsets(stepped_hops(0, 40 * MS, 40 * MS))
+        assert offsets["segment"].tolist() == [0] and offsets["consistent"].all()
+
+    def test_a_hop_whose_clock_stepped_between_its_own_stamps_joins_no_segment(self):
+        hops = stepped_hops(50, 0, 250 * MS)
+        torn = hops.index[hops["t1_mono_ns"] == 5_000 * MS + 50 * 10 * MS][0]
+        hops.loc[torn, "t2_wall_ns"] -= 250 * MS  # received before the step, acked after it
+        offsets = clock_offsets(hops)
+        assert offsets["segment"].tolist() == [0, 1] and offsets["samples"].tolist() == [50, 69]
+        assert (offsets["uncertainty_ns"] >= 0).all()

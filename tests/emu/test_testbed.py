@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import os
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -252,3 +253,20 @@ class TestImpairments:
         assert all(not bed.service_pids(h) for h in nodes)
         spread = max(r.effective_mono_ns for r in results) - min(r.effective_mono_ns for r in results)
         assert spread < 0.25e9 and min(r.effective_mono_ns for r in results) >= requested
+
+
+def test_a_clock_skew_reaches_the_node_and_heal_resets_it(bed, hosts):
+    """A stand-in service reads its clock as payload/clock.py does and writes the offset it sees."""
+    host = hosts[2]
+    watcher = ("import time, pathlib\nfrom payload.clock import follow_skew, offset_ns\nfollow_skew()\n"
+               "while True:\n    pathlib.Path('seen').write_text(str(offset_ns()))\n    time.sleep(0.01)\n")
+    bed.start_service(host, ["env", "PYTHONPATH=code", sys.executable, "-c", watcher])
+    seen = Path(host.workdir) / "seen"
+    assert system.wait_until(lambda: seen.exists() and seen.read_text() == "0", timeout=10)
+    result = bed.inject(FaultKind.CLOCK_SKEW, [host], offset_ms=250)[0]
+    assert result.action == "clock_skew" and "+250 ms" in result.detail
+    assert system.wait_until(lambda: seen.read_text() == str(250 * 1_000_000), timeout=5)
+    healed = bed.inject(FaultKind.HEAL, [host])[0]
+    assert "clocks of node2 reset" in healed.detail
+    assert system.wait_until(lambda: seen.read_text() == "0", timeout=5)
+    bed.kill(host)
