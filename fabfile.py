@@ -89,6 +89,7 @@ def hosts(c, testbed="local", json_=False, prefix=None):
             "placement": "'even' or a file with one first-last layer range per node",
             "replicas": "each slice held by K+1 nodes",
             "on_failure": "skip | replica | replica-then-skip | bridge | replica-then-bridge",
+            "on_slow": "wait | skip | replica: what a straggler (answering, persistently slow) gets",
             "bridges": "bridge file from prepare-bridges (default: fitted for this placement, cached)",
             "wire_dtype": "bfloat16 | float16 | float32", "prefix": "name prefix of this testbed",
             "encrypt": "seal every frame's payload with ChaCha20-Poly1305 (frames are authenticated either way)",
@@ -97,7 +98,7 @@ def hosts(c, testbed="local", json_=False, prefix=None):
             "dry_run": "print every remote command per host (up and deploy) without connecting"})
 def deploy(c, testbed="local", model="gemma3-270m", placement="even", replicas=0, on_failure="skip",
            wire_dtype="bfloat16", prefix=None, encrypt=False, inventory=None, nodes=None, dry_run=False,
-           bridges=None):
+           bridges=None, on_slow="wait"):
     """Ship each node only its layers, write configs, start node services, wait for health (on an inventory
     testbed that is not up, bring it up first: checks, radios or Wi-Fi, addresses)."""
     from experiment.orchestrate import deploy_model, dry_run_nodes, make_testbed
@@ -108,7 +109,7 @@ def deploy(c, testbed="local", model="gemma3-270m", placement="even", replicas=0
         print(_guard(tb.dry_run, _guard(dry_run_nodes, tb, count)), end="")
         return
     _guard(deploy_model, tb, model, placement=placement, replicas=int(replicas), on_failure=on_failure,
-           wire_dtype=wire_dtype, encrypt=bool(encrypt), nodes=count, bridges=bridges)
+           wire_dtype=wire_dtype, encrypt=bool(encrypt), nodes=count, bridges=bridges, on_slow=on_slow)
 
 
 @task(help={"testbed": TESTBED_HELP, "prompt": "prompt text", "max_new_tokens": "tokens to generate",
@@ -256,14 +257,17 @@ def compare(c, runs, out=None):
 
 @task(help={"testbed": "emu (the only testbed whose links JARVIS shapes itself)",
             "profiles": "comma-separated profile names (default: every shipped profile)",
-            "duration": "seconds of iperf3 per profile", "count": "pings per profile"})
-def links_check(c, testbed="emu", profiles=None, duration="5", count=200):
-    """Measure link profiles with real ping and iperf3 between namespaces: configured vs measured."""
+            "duration": "seconds of iperf3 per profile", "count": "pings per profile",
+            "trace_seconds": "seconds of UDP per trace-driven direction (default: one period of its trace)"})
+def links_check(c, testbed="emu", profiles=None, duration="5", count=200, trace_seconds=None):
+    """Measure link profiles with real ping and iperf3 between namespaces: configured vs measured (a trace-driven
+    direction: delivered rate vs its trace, second by second)."""
     if testbed != "emu":
         raise Exit("error: links-check measures the emulated testbed's shaping; use --testbed emu", code=2)
     from emu.tasks import links_check as check
 
-    rows = _guard(check, profiles=profiles, duration=float(duration), count=int(count))
+    rows = _guard(check, profiles=profiles, duration=float(duration), count=int(count),
+                  trace_seconds=None if trace_seconds is None else int(trace_seconds))
     if not all(r["ok"] for r in rows):
         raise Exit("some profiles missed their targets (see the table)", code=1)
 

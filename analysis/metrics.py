@@ -31,11 +31,13 @@ from analysis.timing import clock_offsets, one_way_delays
 PERCENTILES = {"median": 0.5, "p95": 0.95, "p99": 0.99}
 COMPONENTS = ("serialize_ns", "network_ns", "queue_ns", "compute_ns")
 DISRUPTIVE = ("kill", "pause", "link_down", "partition", "degrade", "one_way_partition", "blackhole", "corrupt",
-              "duplicate", "reorder")
+              "duplicate", "reorder", "slow")
 STEP_KEY = ["run_id", "session", "step", "epoch"]
 SENDER_STAMPS = ("bytes", "t1_wall_ns", "t2_wall_ns", "t3_wall_ns", "t4_wall_ns", "t1_mono_ns", "t4_mono_ns", "rtt_ns",
                  "serialize_ns")
-DETECTIONS = ("peer_failed", "node_out")  # events that say a node failed: a predecessor's report, the user's verdict
+# Events that say something is wrong with a node: a predecessor's report, the user node's verdict, a straggler found.
+DETECTIONS = ("peer_failed", "node_out", "node_slow")
+DETECTED_AS = {"crashed": "crash", "silent": "silent", "rejected": "rejected", "timeout": "silent"}
 
 
 @dataclass(frozen=True)
@@ -173,7 +175,10 @@ def fault_metrics(data: RunData) -> pd.DataFrame:
       node's ``peer_failed`` report, or the user node's own ``node_out`` (it sees its first
       hop fail, and heartbeats stop), counted from events after the fault was requested (a
       kill can bite before the testbed reports it).  Negative values are possible for that
-      reason.
+      reason.  A straggler's ``node_slow`` counts too.
+    - detected_as: what that first event took the fault for: crash (connection refused or reset),
+      silent (no ack, no heartbeat), slow (answering, persistently slower: payload/stragglers.py);
+      detection_ns is then the time it took to classify it.
     - reroute_ns: effective time to the next token of the fault's session (any session
       if none was in progress).
     - degraded_tokens: tokens with a target in nodes_out, until the next fault on a target.
@@ -186,7 +191,8 @@ def fault_metrics(data: RunData) -> pd.DataFrame:
     """
     rows = [_fault_row(fault, data) for fault in data.faults.itertuples(index=False)]
     columns = ["run_id", "fault", "action", "target", "trigger", "session", "step", "effective_wall_ns",
-               "detection_ns", "detected_by", "reroute_ns", "degraded_tokens", "layers_lost", "n_layers_lost", "layers_bridged"]
+               "detection_ns", "detected_by", "detected_as", "reroute_ns", "degraded_tokens", "layers_lost",
+               "n_layers_lost", "layers_bridged"]
     frame = pd.DataFrame(rows, columns=columns)
     return frame.astype({"detection_ns": "float64", "reroute_ns": "float64", "detected_by": "Int64",
                          "degraded_tokens": "Int64", "n_layers_lost": "Int64", "layers_lost": "str",
@@ -197,7 +203,7 @@ def _fault_row(fault: Any, data: RunData) -> dict:
     """Figures of one fault; ``fault`` is a row of ``data.faults.itertuples()``."""
     row = {key: getattr(fault, key) for key in ("run_id", "fault", "action", "target", "trigger", "session", "step",
                                                  "effective_wall_ns")}
-    row.update(detection_ns=None, detected_by=None, reroute_ns=None, degraded_tokens=None, layers_lost="",
+    row.update(detection_ns=None, detected_by=None, detected_as="", reroute_ns=None, degraded_tokens=None, layers_lost="",
                n_layers_lost=None, layers_bridged="")
     if fault.action not in DISRUPTIVE:
         return row
@@ -213,7 +219,8 @@ def _fault_row(fault: Any, data: RunData) -> dict:
                         & events["peer"].isin(peer_names) & (events["wall_ns"] >= fault.requested_wall_ns)]
     if len(detections):
         first = detections.loc[detections["wall_ns"].idxmin()]
-        row.update(detection_ns=int(first["wall_ns"]) - start, detected_by=int(first["node"]))
+        row.update(detection_ns=int(first["wall_ns"]) - start, detected_by=int(first["node"]),
+                   detected_as="slow" if first["ev"] == "node_slow" else DETECTED_AS.get(str(first.get("kind")), ""))
 
     tokens = data.tokens[data.tokens["run_id"] == fault.run_id]
     after = tokens[tokens["t_emit_ns"] > start]

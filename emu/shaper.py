@@ -8,6 +8,9 @@ direction applies, in order,
 1. random loss (per packet, ``loss_pct``),
 2. a rate limiter with a bounded droptail queue (``rate_mbit``, ``queue_pkts``
    packets waiting or in service; counted in layer-2 frame bytes, like netem),
+   or, with a ``trace``, the same queue served by a Mahimahi delivery trace
+   (testbed/traces.py; the trace's clock starts when the direction is first
+   given that trace and runs on across reloads),
 3. a delay line: ``delay_ms`` plus jitter (``normal``: std dev ``jitter_ms``;
    ``uniform``: +/- ``jitter_ms``), clipped at zero.  Unless ``preserve_order``
    is false, a packet never overtakes the one before it in the same direction
@@ -51,6 +54,8 @@ from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 
+from testbed.traces import DeliverySchedule, read_trace
+
 ETH_P_ALL = 0x0003
 PACKET_OUTGOING = 4
 PACKET_IGNORE_OUTGOING = 23
@@ -76,6 +81,7 @@ class DirectionConfig:
     loss_pct: float = 0.0
     rate_mbit: float | None = None
     queue_pkts: int = 1000
+    trace: str | None = None  # a Mahimahi trace file: capacity from it instead of rate_mbit
 
     @classmethod
     def from_dict(cls, data: dict) -> "DirectionConfig":
@@ -91,17 +97,23 @@ class Direction:
     switch guarantees by processing its event heap in order.
     """
 
-    def __init__(self, config: DirectionConfig, rng: random.Random, *, preserve_order: bool = True):
+    def __init__(self, config: DirectionConfig, rng: random.Random, *, preserve_order: bool = True,
+                 now: float = 0.0):
         self.rng = rng
         self.preserve_order = preserve_order
-        self.configure(config)
+        self.schedule: DeliverySchedule | None = None
+        self.config = DirectionConfig()
+        self.configure(config, now)
         self._busy_until = 0.0
         self._backlog: deque[float] = deque()
         self._last_departure = 0.0
         self.dropped_loss = 0
         self.dropped_queue = 0
 
-    def configure(self, config: DirectionConfig) -> None:
+    def configure(self, config: DirectionConfig, now: float = 0.0) -> None:
+        """Take a new config at time ``now``; a trace already being served keeps its clock."""
+        if config.trace != self.config.trace:
+            self.schedule = None if config.trace is None else DeliverySchedule(read_trace(config.trace), now)
         self.config = config
         self._loss = config.loss_pct / 100.0
         self._delay = config.delay_ms / 1000.0
@@ -115,14 +127,18 @@ class Direction:
             self.dropped_loss += 1
             return None
         leave = now
-        if self._bits_per_s is not None:
+        if self._bits_per_s is not None or self.schedule is not None:
             backlog = self._backlog
             while backlog and backlog[0] <= now:
                 backlog.popleft()
             if len(backlog) >= self.config.queue_pkts:
                 self.dropped_queue += 1
                 return None
-            leave = max(now, self._busy_until) + size * 8 / self._bits_per_s
+            start = max(now, self._busy_until)
+            if self.schedule is not None:
+                leave = self.schedule.departure(start, size)
+            else:
+                leave = start + size * 8 / self._bits_per_s
             self._busy_until = leave
             backlog.append(leave)
         delay = self._delay
@@ -205,7 +221,7 @@ class Switch:
         for spec in config["ports"]:
             directions = {
                 name: Direction(DirectionConfig.from_dict(spec[name]), _rng(seed, spec["node"], name),
-                                preserve_order=preserve)
+                                preserve_order=preserve, now=time.monotonic())
                 for name in ("uplink", "downlink")}
             port = Port(node=int(spec["node"]), ifname=spec["ifname"], mac=bytes.fromhex(spec["mac"].replace(":", "")),
                         sock=open_port_socket(spec["ifname"]), **directions, group=int(spec.get("group", 0)),
@@ -234,8 +250,9 @@ class Switch:
         preserve = bool(config.get("preserve_order", True))
         for port in self.ports:
             spec = by_node[port.node]
-            port.uplink.configure(DirectionConfig.from_dict(spec["uplink"]))
-            port.downlink.configure(DirectionConfig.from_dict(spec["downlink"]))
+            now = time.monotonic()
+            port.uplink.configure(DirectionConfig.from_dict(spec["uplink"]), now)
+            port.downlink.configure(DirectionConfig.from_dict(spec["downlink"]), now)
             port.uplink.preserve_order = port.downlink.preserve_order = preserve
             port.group = int(spec.get("group", 0))
             port.impairment = Impairment.from_dict(spec.get("impairment"))
@@ -349,7 +366,11 @@ def write_status(path: Path, switch: Switch, error: str = "") -> None:
               "dropped_queue": sum(p.uplink.dropped_queue + p.downlink.dropped_queue for p in switch.ports),
               "dropped_fault": switch.dropped_fault, "corrupted": switch.corrupted,
               "duplicated": switch.duplicated, "reordered": switch.reordered,
-              "scheduling": switch.scheduling, "error": error}
+              "scheduling": switch.scheduling, "error": error,
+              "trace_epochs_mono_ns": {f"{p.node}/{name}": round(d.schedule.epoch * 1e9)
+                                       for p in switch.ports for name, d in (("uplink", p.uplink),
+                                                                            ("downlink", p.downlink))
+                                       if d.schedule is not None}}
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps(status))
     os.replace(tmp, path)

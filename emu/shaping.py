@@ -34,7 +34,7 @@ from testbed.netem import netem_argv
 from testbed.profiles import directions
 
 PARTITION_GROUP = 1
-_DIRECTION_FIELDS = ("delay_ms", "jitter_ms", "distribution", "loss_pct", "rate_mbit", "queue_pkts")
+_DIRECTION_FIELDS = ("delay_ms", "jitter_ms", "distribution", "loss_pct", "rate_mbit", "queue_pkts", "trace")
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 

@@ -39,10 +39,11 @@ def down(prefix: str = DEFAULT_PREFIX) -> None:
 
 def links_check(prefix: str = "jv-linkcheck", profiles: str | None = None, duration: float = 5.0,
                 count: int = 200, *, profiles_file: Path | str | None = None, backend: str = "auto",
-                show: bool = True) -> list[dict]:
+                show: bool = True, trace_seconds: int | None = None) -> list[dict]:
     """``fab links-check --testbed emu``: measure profiles (comma-separated names; default all) and print a table."""
     names = [p.strip() for p in profiles.split(",") if p.strip()] if profiles else None
-    rows = linkcheck.links_check(prefix, names, duration, count, profiles_file=profiles_file, backend=backend)
+    rows = linkcheck.links_check(prefix, names, duration, count, profiles_file=profiles_file, backend=backend,
+                                 trace_seconds=trace_seconds)
     if show:
         linkcheck.print_rows(rows)
     return rows

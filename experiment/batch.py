@@ -136,7 +136,8 @@ def radio_conf(layout: Layout, name: str, *, addresses: dict[str, SrnAddresses],
                                   bridges_file=f"{paths.jarvis}/model/{BRIDGES_FILE}" if deployment.bridges else "")
         config = json.loads(cfg.to_json())
         if host.index == 0:
-            config = {"node": config, "placement": deployment.placement, "policy": deployment.policy}
+            config = {"node": config, "placement": deployment.placement, "policy": deployment.policy,
+                      "on_slow": deployment.on_slow}
             argv = service_argv(host, "payload.user", "--config", "user.json", "--job", "job.json", "--jsonl")
         else:
             argv = service_argv(host, "payload.node", "--config", "node.json")
@@ -188,7 +189,7 @@ def write_bundle(inventory: Path | str, scenario_path: Path | str, out: Path | s
                             hosts=[h.to_dict() for h in hosts], key_hex=secrets.token_hex(32),
                             wire_dtype=scenario.wire_dtype, compute_dtype=scenario.compute_dtype,
                             timing=dataclasses.asdict(timing), bridges=str(bridges or ""),
-                            bridges_sha256=sha256_file(bridges) if bridges else "")
+                            bridges_sha256=sha256_file(bridges) if bridges else "", on_slow=scenario.on_slow.value)
     job = job_from(scenario, Path(scenario_path).parent)
     out = Path(out)
     if out.exists():

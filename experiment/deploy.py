@@ -18,6 +18,7 @@ from dataclasses import asdict, dataclass, field
 from functools import partial
 from pathlib import Path
 
+from payload.stragglers import OnSlow
 from payload.config import NodeConfig, Timing, UserConfig
 from payload.bridges import FILE as BRIDGES_FILE
 from payload.prepare import MANIFEST, load_manifest, sha256_file
@@ -49,6 +50,7 @@ class Deployment:
     encrypt: bool = False
     bridges: str = ""  # the bridges file every host holds (on_failure: bridge), here on the control machine
     bridges_sha256: str = ""
+    on_slow: str = "wait"  # what the user node does about a straggler (payload/stragglers.py)
 
     def save(self, path: Path) -> None:
         """Write it readable by this user only: it holds the deployment key."""
@@ -172,7 +174,7 @@ def stop_started(testbed: Testbed, started: dict[str, HostInfo]) -> None:
 def deploy(testbed: Testbed, prepared: Path, placement: Placement, *, model: str, policy: Policy = Policy.SKIP,
            wire_dtype: str = "bfloat16", compute_dtype: str = "float32", timing: Timing = Timing(),
            encrypt: bool = False, bridges: Path | None = None, ready_timeout_s: float = 600.0,
-           progress=print) -> Deployment:
+           on_slow: OnSlow = OnSlow.WAIT, progress=print) -> Deployment:
     """Ship, configure and start every node; return the Deployment (also saved by the caller).
 
     ``bridges`` (a bridge file of this placement, :func:`quality.bridges.bridge_file`) goes to every host:
@@ -200,7 +202,7 @@ def deploy(testbed: Testbed, prepared: Path, placement: Placement, *, model: str
             shell.run(f"chmod 600 {shlex.quote(cfg.key_file)}")
         local_cfg = testbed.state_dir / f"{host.name}.node.json"
         if host.index == 0:
-            write_private(local_cfg, UserConfig(cfg, placement, policy).to_json())
+            write_private(local_cfg, UserConfig(cfg, placement, policy, on_slow).to_json())
             shell.put(local_cfg, "user.json")
         else:
             write_private(local_cfg, cfg.to_json())
@@ -228,5 +230,5 @@ def deploy(testbed: Testbed, prepared: Path, placement: Placement, *, model: str
         bytes_shipped={n: r[0] for n, r in results.items()}, files_skipped={n: r[1] for n, r in results.items()},
         key_hex=key_hex, wire_dtype=wire_dtype, compute_dtype=compute_dtype, timing=asdict(timing), encrypt=encrypt,
         bridges=str(bridges) if bridges is not None else "",
-        bridges_sha256=extras[BRIDGES_FILE][1] if extras else "",
+        bridges_sha256=extras[BRIDGES_FILE][1] if extras else "", on_slow=on_slow.value,
     )

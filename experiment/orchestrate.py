@@ -19,6 +19,7 @@ from experiment.collect import nodes_frame
 from experiment.deploy import Deployment, deploy
 from experiment.run import Fault, run_job
 from experiment.scenario import Scenario, check_supported, load_scenario
+from payload.stragglers import OnSlow
 from payload.config import Timing
 from payload.prepare import load_manifest, prepare
 from payload.routing import Placement, Policy, even_placement, explicit_placement
@@ -154,7 +155,7 @@ def bridges_for(prepared: Path, placement: Placement, *, file: str | None = None
 
 def do_deploy(testbed: Testbed, model: str, placement: Placement, *, policy: Policy = Policy.SKIP,
               wire_dtype: str = "bfloat16", compute_dtype: str = "float32", timing: Timing = Timing(),
-              encrypt: bool = False, bridges: Path | None = None) -> Deployment:
+              encrypt: bool = False, bridges: Path | None = None, on_slow: OnSlow = OnSlow.WAIT) -> Deployment:
     """Deploy ``model`` as ``placement``; a policy that bridges gets the placement's bridges (fitted with the
     defaults unless ``bridges`` names a file)."""
     prepared = prepare(model)
@@ -162,7 +163,7 @@ def do_deploy(testbed: Testbed, model: str, placement: Placement, *, policy: Pol
         bridges = bridges_for(prepared, placement)
     deployment = deploy(testbed, prepared, placement, model=model, policy=policy, wire_dtype=wire_dtype,
                         compute_dtype=compute_dtype, timing=timing, encrypt=encrypt,
-                        bridges=bridges if policy.bridges else None)
+                        bridges=bridges if policy.bridges else None, on_slow=on_slow)
     deployment.save(deployment_path(testbed))
     total = sum(deployment.bytes_shipped.values())
     print(f"[deploy] shipped {total / 1e6:.1f} MB in total; deployment saved to {deployment_path(testbed)}")
@@ -179,7 +180,7 @@ def policy_of(name: str) -> Policy:
 
 def deploy_model(testbed: Testbed, model: str, *, placement: str = "even", replicas: int = 0,
                  on_failure: str = "skip", wire_dtype: str = "bfloat16", encrypt: bool = False,
-                 nodes: int | None = None, bridges: str | None = None) -> Deployment:
+                 nodes: int | None = None, bridges: str | None = None, on_slow: str = "wait") -> Deployment:
     """``fab deploy``: place ``model`` over the testbed's layer nodes (``even`` or a ranges file) and deploy it.
 
     An inventory testbed (Colosseum, Pis) that is not up is brought up first with ``nodes`` layer nodes (default:
@@ -190,7 +191,12 @@ def deploy_model(testbed: Testbed, model: str, *, placement: str = "even", repli
     plan = placement_from(placement, layers, len(testbed.hosts()) - 1, replicas)
     policy = policy_of(on_failure)
     chosen = bridges_for(prepare(model), plan, file=bridges) if bridges and policy.bridges else None
-    return do_deploy(testbed, model, plan, policy=policy, wire_dtype=wire_dtype, encrypt=encrypt, bridges=chosen)
+    try:
+        straggler = OnSlow(on_slow)
+    except ValueError:
+        raise TestbedError(f"unknown on_slow {on_slow!r}; choose one of {', '.join(o.value for o in OnSlow)}") from None
+    return do_deploy(testbed, model, plan, policy=policy, wire_dtype=wire_dtype, encrypt=encrypt, bridges=chosen,
+                     on_slow=straggler)
 
 
 def ensure_up(testbed: Testbed, nodes: int | None) -> None:
@@ -231,7 +237,7 @@ def faults_from(scenario: Scenario) -> list[Fault]:
         faults.append(Fault(FaultKind(spec.action), spec.targets, at_token=spec.at_token, at_seconds=spec.at_seconds,
                             prompt_index=spec.prompt, repeat=spec.repeat, profile=profile, duration=spec.duration,
                             to=spec.sinks, pct=spec.pct, period_ms=spec.period_ms, duty=spec.duty,
-                            offset_ms=spec.offset_ms))
+                            offset_ms=spec.offset_ms, factor=spec.factor))
     return faults
 
 
@@ -303,7 +309,8 @@ def experiment(kind: str, scenario_path: str, *, out: str | None = None, prefix:
         phase("deploy", f"model {scenario.model}")
         deployment = do_deploy(testbed, scenario.model, placement, policy=scenario.on_failure,
                                wire_dtype=scenario.wire_dtype, compute_dtype=scenario.compute_dtype,
-                               timing=Timing(**scenario.timing), encrypt=scenario.encrypt, bridges=bridges)
+                               timing=Timing(**scenario.timing), encrypt=scenario.encrypt, bridges=bridges,
+                               on_slow=scenario.on_slow)
         if dashboard is not None:
             dashboard.feed.publish(live_topology(deployment, scenario.name))
         phase("run", scenario.description or scenario.name)

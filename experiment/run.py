@@ -31,7 +31,7 @@ class Fault:
     """One scheduled fault: trigger (``at_token`` or ``at_seconds``), action and targets.
 
     ``to`` are the nodes a one-way partition cuts ``nodes`` off from; ``pct`` the share of frames a corrupt,
-    duplicate or reorder touches; ``offset_ms`` a clock skew's offset; a flap cuts the link for ``duty`` of
+    duplicate or reorder touches; ``offset_ms`` a clock skew's offset; ``factor`` a straggler's; a flap cuts the link for ``duty`` of
     every ``period_ms`` during ``duration``.
     """
 
@@ -48,6 +48,7 @@ class Fault:
     period_ms: float | None = None
     duty: float | None = None
     offset_ms: float | None = None
+    factor: float | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "action", FaultKind(self.action))  # "kill" or FaultKind.KILL alike
@@ -81,7 +82,7 @@ class FaultRunner:
         peers = [self.hosts[n] for n in fault.to]
         try:
             results = self.testbed.inject(action, targets, profile=fault.profile, pct=fault.pct, peers=peers,
-                                          offset_ms=fault.offset_ms)
+                                          offset_ms=fault.offset_ms, factor=fault.factor)
             detail = "; ".join(r.detail for r in results)
             effective = results[-1]
         except TestbedError as exc:

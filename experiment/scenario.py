@@ -21,6 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, StrictBool, Stri
 
 from payload.config import Timing, TimingError
 from payload.errors import JarvisError
+from payload.stragglers import OnSlow
 from payload.routing import Placement, Policy, even_placement, explicit_placement, memory_weighted_placement
 from testbed.interface import IMPAIRMENTS, PCT_FAULTS, FaultKind
 from testbed.profiles import ProfileError, load_profiles, profile_from_dict
@@ -37,7 +38,7 @@ _STATES = {"kill": ("process", {"running", "paused"}, "dead"), "pause": ("proces
            "link_up": ("link", {"cut"}, "up"), "flap": ("link", {"up"}, "up"),
            "heal": ("impairment", {"impaired"}, "clean"),
            **{k.value: ("impairment", {"clean", "impaired"}, "impaired")
-              for k in (*IMPAIRMENTS, FaultKind.CLOCK_SKEW)}}
+              for k in (*IMPAIRMENTS, FaultKind.CLOCK_SKEW, FaultKind.SLOW)}}
 _INITIAL = {"process": "running", "link": "up", "impairment": "clean"}
 _UNDO = {"paused": "resume", "cut": "link_up", "impaired": "heal"}
 Nodes = Index | list[Index]
@@ -67,6 +68,8 @@ class FaultSpec(BaseModel):
         default=None, description="flap: the share of each period the link is down")
     offset_ms: Annotated[StrictInt | StrictFloat, Field(ge=-86_400_000, le=86_400_000)] | None = Field(
         default=None, description="clock_skew: how far the node's wall clock is set off")
+    factor: Annotated[StrictInt | StrictFloat, Field(gt=1, le=100)] | None = Field(
+        default=None, description="slow: how many times slower the node runs")
 
     @model_validator(mode="after")
     def _check(self) -> "FaultSpec":
@@ -85,6 +88,8 @@ class FaultSpec(BaseModel):
         if (self.pct is None) == (kind in PCT_FAULTS):
             raise ValueError(f"{self.action} needs pct (the share of frames touched)" if self.pct is None
                              else "pct is for corrupt, duplicate and reorder")
+        if (self.factor is None) == (kind == FaultKind.SLOW):
+            raise ValueError("slow needs factor" if self.factor is None else "factor is for slow")
         if (self.offset_ms is None) == (kind == FaultKind.CLOCK_SKEW):
             raise ValueError("clock_skew needs offset_ms" if self.offset_ms is None else "offset_ms is for clock_skew")
         flap = kind == FaultKind.FLAP
@@ -93,8 +98,8 @@ class FaultSpec(BaseModel):
         if not flap and (self.period_ms is not None or self.duty is not None):
             raise ValueError("period_ms and duty are for flap")
         if self.duration is not None and kind.undo is None and not flap:
-            raise ValueError(f"duration is for pause, link_down, flap, link impairments and clock_skew (undone "
-                             f"after it), not {self.action}")
+            raise ValueError(f"duration is for pause, link_down, flap, link impairments, clock_skew and slow "
+                             f"(undone after it), not {self.action}")
         return self
 
     @property
@@ -186,6 +191,7 @@ class Scenario(BaseModel):
         default_factory=dict, description="node index, range 'a-b' or 'all' -> probability it fails (default 0.1)")
     replicas: Index = 0
     on_failure: Policy = Policy.SKIP
+    on_slow: OnSlow = Field(default=OnSlow.WAIT, description="a straggler: wait | skip | replica")
     bridges: BridgeOptions = Field(default_factory=BridgeOptions, description="on_failure: bridge only")
     links: dict[str, str | dict] = Field(default_factory=dict, description="node index, range 'a-b' or 'all' -> profile")
     prompts: list[str] = Field(default_factory=list)
@@ -315,6 +321,8 @@ def problems(scenario: Scenario, base: Path) -> list[Problem]:
     found += _bridge_problems(scenario, base)
     found += _resilient_problems(scenario, base)
     found += _chaos_problems(scenario)
+    if scenario.on_slow == OnSlow.REPLICA and not scenario.replicas and scenario.placement != "resilient":
+        found.append((("on_slow",), "on_slow: replica needs replicas (no node holds a copy of a straggler's layers)"))
     timing = {f.name for f in fields(Timing)}
     for name in scenario.timing:
         if name not in timing:

@@ -12,6 +12,7 @@ import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from payload.stragglers import OnSlow
 from payload.routing import Placement, Policy
 
 
@@ -48,10 +49,13 @@ class Timing:
     session_ttl_s: float = 900.0  # a session idle this long is evicted (its END may never come)
     max_sessions: int = 256  # sessions a layer node holds at once (the least recently used idle one goes first)
     log_interval_s: float = 5.0  # a refusal is logged at most once per peer and kind in this interval, with a count
+    slow_factor: float = 2.0  # a decode step this many times a node's p99 (payload/stragglers.py) is a slow one ...
+    slow_steps: int = 3  # ... and this many in a row make the node a straggler
+    slow_holdoff_s: float = 5.0  # a straggler routed around is tried again after this long
 
     def __post_init__(self) -> None:
         for name, value in asdict(self).items():
-            integer = name.startswith("max_")
+            integer = name.startswith("max_") or name == "slow_steps"
             kind_ok = isinstance(value, int) if integer else isinstance(value, (int, float))
             zero_ok = name in ZERO_OK
             if isinstance(value, bool) or not kind_ok or value < 0 or (value == 0 and not zero_ok):
@@ -130,16 +134,17 @@ class UserConfig:
     node: NodeConfig
     placement: Placement
     policy: Policy = Policy.SKIP
+    on_slow: OnSlow = OnSlow.WAIT  # what a straggler gets (payload/stragglers.py)
 
     @classmethod
     def load(cls, path: Path | str) -> "UserConfig":
         data = json.loads(Path(path).read_text())
         return cls(NodeConfig.from_dict(data["node"]), Placement.from_dict(data["placement"]),
-                   Policy(data.get("policy", "skip")))
+                   Policy(data.get("policy", "skip")), OnSlow(data.get("on_slow", "wait")))
 
     def to_json(self) -> str:
         return json.dumps({"node": json.loads(self.node.to_json()), "placement": self.placement.to_dict(),
-                           "policy": self.policy.value})
+                           "policy": self.policy.value, "on_slow": self.on_slow.value})
 
 
 def compute_threads() -> int:

@@ -6,7 +6,10 @@ acking.  This module keeps that knowledge and its rules apart from session
 stepping: a node is marked out once (logged as ``node_out``), a node marked
 out that is heard from again after ``rejoin_after_s`` rejoins (``rejoin``),
 and a node unheard for longer than its silence limit is marked out silent.
-Sessions learn of changes through the two callbacks.
+Sessions learn of changes through the two callbacks.  A node that answers but
+is persistently slow is a straggler, not a failure (payload/stragglers.py):
+it is logged ``node_slow``, and routed around (``slow``) only if ``on_slow``
+says so, until it is tried again after ``slow_holdoff_s``.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from collections.abc import Callable
 from payload.config import Timing
 from payload.events import EventLog
 from payload.routing import USER_NODE, Placement
+from payload.stragglers import OnSlow, SlowDetector
 from payload.transport import AdaptiveDeadline, FailureKind, PeerFailed
 
 HEARTBEAT_MULTIPLIER = 4.0
@@ -36,7 +40,8 @@ class Liveness:
 
     def __init__(self, timing: Timing, placement: Placement, log: EventLog, *,
                  on_out: Callable[[PeerFailed], None], on_back: Callable[[int], None],
-                 in_flight_bytes: Callable[[], int], on_tick: Callable[[], None] = lambda: None):
+                 in_flight_bytes: Callable[[], int], on_tick: Callable[[], None] = lambda: None,
+                 on_slow: OnSlow = OnSlow.WAIT):
         self.timing = timing
         self.placement = placement
         self.log = log
@@ -47,6 +52,9 @@ class Liveness:
         self.dead: dict[int, int] = {}  # node -> monotonic ns when declared failed
         self.last_heartbeat: dict[int, int] = {}
         self.heartbeat_gaps: dict[int, AdaptiveDeadline] = {}
+        self.on_slow = on_slow
+        self.stragglers = SlowDetector(timing.slow_factor, timing.slow_steps)
+        self.slow: dict[int, int] = {}  # straggler routed around -> monotonic ns since when
 
     def mark_failed(self, peer: int, kind: FailureKind, reason: str, reporter: int) -> None:
         """A failure of ``peer`` was seen (by ``reporter``); a rejection only cools its caches."""
@@ -63,9 +71,11 @@ class Liveness:
                   file=sys.stderr, flush=True)
         self.on_out(PeerFailed(peer, kind, reason, reporter=reporter))
 
-    def heartbeat(self, peer: int) -> None:
-        """A heartbeat from ``peer``: update its gap statistics, and let it rejoin if it was out long enough."""
+    def heartbeat(self, peer: int, steps_ns: list[int] = ()) -> None:
+        """A heartbeat from ``peer`` (with its decode step times since the last): update its gap statistics, let it
+        rejoin if it was out long enough, and tell whether it has become a straggler."""
         now = time.monotonic_ns()
+        self._straggler(peer, list(steps_ns), now)
         if peer in self.last_heartbeat:
             gaps = self.heartbeat_gaps.setdefault(
                 peer, AdaptiveDeadline(self.timing.heartbeat_floor_ms / 1000, HEARTBEAT_MULTIPLIER))
@@ -77,6 +87,23 @@ class Liveness:
             self.log.log("rejoin", peer=peer)
             print(f"[user] node {peer} is back: it rejoins with a cache rebuilt by replay", file=sys.stderr, flush=True)
             self.on_back(peer)
+
+    def _straggler(self, peer: int, steps_ns: list[int], now: int) -> None:
+        since = self.slow.get(peer)
+        if since is not None and (now - since) / 1e9 >= self.timing.slow_holdoff_s:
+            del self.slow[peer]
+            self.stragglers.forget_run(peer)
+            self.log.log("slow_retry", peer=peer)
+        if peer in self.dead or not self.stragglers.observe(peer, steps_ns):
+            return
+        threshold = self.stragglers.threshold_ns(peer) or 0
+        slow = [s for s in steps_ns if s > threshold][-self.timing.slow_steps:]
+        self.log.log("node_slow", peer=peer, threshold_ns=int(threshold), steps_ns=slow, action=self.on_slow.value)
+        print(f"[user] node {peer} is slow (steps {', '.join(f'{s / 1e6:.0f}' for s in slow)} ms against "
+              f"{threshold / 1e6:.0f} ms): {'kept' if self.on_slow == OnSlow.WAIT else 'routed around'} "
+              f"(on_slow: {self.on_slow.value})", file=sys.stderr, flush=True)
+        if self.on_slow != OnSlow.WAIT:
+            self.slow[peer] = now
 
     def silence_limit_s(self, peer: int) -> float:
         """How long ``peer`` may go unheard before it is declared failed.

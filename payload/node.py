@@ -35,6 +35,7 @@ from payload.events import EventLog
 from payload.frames import Frame, FrameType, HopFlag, WireDtype
 from payload.routing import USER_NODE
 from payload.slices import LayerSlice, ModelSpec, SessionCache, dtype_of, model_config
+from payload.stragglers import MAX_HEARTBEAT_SAMPLES
 from payload.tensors import from_bytes, to_bytes, to_wire
 from payload.transport import (NO_SESSION, ConnectionGate, FailureKind, PeerFailed, PeerLink, PendingAck, Wire,
                                frame_cap, serve_connection)
@@ -144,6 +145,7 @@ class LayerNode:
         self.slices = {a: LayerSlice.load(self.spec, a, b, compute) for a, b in config.ranges}
         self.bridges = BridgeSet.load(config.bridges_file, self.spec.hidden_size)
         self.sessions = SessionTable(ttl_s=config.timing.session_ttl_s, limit=config.timing.max_sessions, log=self.log)
+        self.steps_ns: list[int] = []  # decode steps' arrival-to-output times since the last heartbeat
         self.links: dict[int, PeerLink] = {}
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="compute")
         # The largest legitimate frame is a replay of every position at the wire dtype.
@@ -354,6 +356,8 @@ class LayerNode:
                 out = await asyncio.get_running_loop().run_in_executor(
                     self.executor, sl.forward, hidden, positions, rs.cache)
             end = time.monotonic_ns()
+            if frame.n_pos == 1 and not frame.replay_len:  # what the user node tells stragglers by
+                self.steps_ns.append(end - recv_mono)
             wire = to_wire(out, self.wire_dtype)
             rs.history.append(wire)
             computed = dict(session=str(frame.session), step=frame.step, epoch=frame.epoch, layers=list(hop.layers),
@@ -436,8 +440,9 @@ class LayerNode:
         interval = self.config.timing.heartbeat_ms / 1000
         while not self._stopping.is_set():
             seq += 1
+            steps, self.steps_ns = self.steps_ns[-MAX_HEARTBEAT_SAMPLES:], []
             body = json.dumps({"seq": seq, "peak_rss_bytes": peak_rss_bytes(), "started_wall_ns": self.started,
-                               "ranges": self.config.ranges}).encode()
+                               "ranges": self.config.ranges, "steps_ns": steps}).encode()
             await self.link(USER_NODE).send_control(
                 Frame(FrameType.HEARTBEAT, NO_SESSION, step=seq, src=self.config.node, dst=USER_NODE,
                       payload=body))

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 from payload.errors import JarvisError
 from payload.frames import Hop, HopFlag
+from payload.stragglers import OnSlow
 
 USER_NODE = 0  # the end-user node: tokenizer, embeddings, head; the single authority for routes
 
@@ -194,22 +195,31 @@ def plan_route(
     policy: Policy = Policy.SKIP,
     warm: frozenset[tuple[int, int]] | set[tuple[int, int]] = frozenset(),
     positions: int = 0,
+    slow: frozenset[int] | set[int] = frozenset(),
+    on_slow: OnSlow = OnSlow.WAIT,
 ) -> RoutePlan:
     """Route a step through the live nodes.
 
     ``warm`` holds ``(node, first_layer)`` pairs whose caches cover every
     position so far; a hop that is not warm gets the REPLAY flag when
     ``positions > 0``, so its predecessor sends history and it rebuilds.
+    ``slow`` nodes (stragglers: payload/stragglers.py) are routed around as
+    ``on_slow`` says: skipped (bridged under a bridge policy), served by a live
+    replica that is not slow itself (else kept), or kept (``wait``).
     """
+    avoid = set(dead) | (set(slow) if on_slow != OnSlow.WAIT else set())
     hops: list[Hop] = []
     skipped_nodes: list[int] = []
     skipped_layers: list[int] = []
     critical = False
     for owner in placement.nodes:
         first, end = placement.slices[owner]
-        server = owner if owner not in dead else None
-        if server is None and policy.uses_replicas:
-            server = next((h for h in placement.holders_of(owner) if h not in dead), None)
+        server = owner if owner not in avoid else None
+        if server is None and owner not in dead:  # a straggler: skipped, or to a replica (none: keep waiting)
+            if on_slow == OnSlow.REPLICA:
+                server = next((h for h in placement.holders_of(owner) if h not in avoid), owner)
+        elif server is None and policy.uses_replicas:
+            server = next((h for h in placement.holders_of(owner) if h not in avoid), None)
             if server is None and policy == Policy.REPLICA:
                 raise RouteError(f"node {owner} (layers {first}-{end - 1}) failed and no live replica holds them")
         if server is None:

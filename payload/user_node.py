@@ -28,6 +28,7 @@ from payload.liveness import Liveness
 from payload.routing import USER_NODE, RouteError, RoutePlan, plan_route
 from payload.sampling import Sampling, sample
 from payload.slices import Head, ModelSpec, dtype_of
+from payload.stragglers import heartbeat_steps
 from payload.tensors import from_bytes, to_bytes, to_wire
 from payload.transport import ConnectionGate, FailureKind, PeerFailed, PeerLink, Wire, frame_cap, serve_connection
 
@@ -106,7 +107,7 @@ class UserNode:
         self.gate = ConnectionGate(self.node.timing)
         self.liveness = Liveness(self.node.timing, config.placement, self.log, on_out=self._failed,
                                  on_back=self._back, in_flight_bytes=self._in_flight_bytes,
-                                 on_tick=lambda: self.wire.flush())
+                                 on_tick=lambda: self.wire.flush(), on_slow=config.on_slow)
         self.links: dict[int, PeerLink] = {}
         self.emit = emit or (lambda record: None)
         self._tasks: set[asyncio.Task] = set()
@@ -148,7 +149,7 @@ class UserNode:
 
     async def on_frame(self, frame: Frame, writer: asyncio.StreamWriter, t2: int) -> None:
         if frame.type == FrameType.HEARTBEAT:
-            self.liveness.heartbeat(frame.src)
+            self.liveness.heartbeat(frame.src, heartbeat_steps(frame.payload))
             return
         if frame.type == FrameType.FAIL:
             if self._stale_report(frame):
@@ -294,12 +295,17 @@ class UserNode:
                     cold = self.cold[sid]
                     warm -= {pair for pair in warm if pair[0] in cold}
                     cold.clear()
-                    out = sorted(self.liveness.dead)  # the nodes this attempt routes around, recorded with its token
+                    slow = set(self.liveness.slow)
                     try:
-                        plan = plan_route(self.config.placement, set(out), policy=self.config.policy,
-                                          warm=warm, positions=positions)
+                        plan = plan_route(self.config.placement, set(self.liveness.dead), policy=self.config.policy,
+                                          warm=warm, positions=positions, slow=slow, on_slow=self.config.on_slow)
                     except RouteError as exc:
                         raise SessionError(str(exc)) from None
+                    # The nodes this attempt routes around, recorded with its token: failed ones, and stragglers
+                    # whose own slice it does not visit.
+                    own = self.config.placement.slices
+                    served = {h.node for h in plan.hops if own.get(h.node, (-1,))[0] == h.first}
+                    out = sorted(set(self.liveness.dead) | (slow - served))
                     hop = resume_hop(failed_plan, plan, resume_at)
                     try:
                         final = await self._attempt(sid, step, epoch, plan, ids, positions, resume_hop=hop)

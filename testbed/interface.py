@@ -49,13 +49,14 @@ class FaultKind(str, enum.Enum):
     CORRUPT = "corrupt"
     DUPLICATE = "duplicate"
     REORDER = "reorder"
+    SLOW = "slow"  # a straggler: the node runs 1/factor of the time (testbed/straggler.py), alive and answering
     CLOCK_SKEW = "clock_skew"  # the node's wall clock off by offset_ms (payload/clock.py), where hosts share one
     HEAL = "heal"  # ends the impairments above, and a clock skew, on the nodes named
 
     @property
     def undo(self) -> "FaultKind | None":
         """The action that ends this one when it has a duration (a pause is resumed, a cut link restored)."""
-        if self in IMPAIRMENTS or self == FaultKind.CLOCK_SKEW:
+        if self in IMPAIRMENTS or self in (FaultKind.CLOCK_SKEW, FaultKind.SLOW):
             return FaultKind.HEAL
         return {FaultKind.PAUSE: FaultKind.RESUME, FaultKind.LINK_DOWN: FaultKind.LINK_UP}.get(self)
 
@@ -66,7 +67,8 @@ PCT_FAULTS = frozenset({FaultKind.CORRUPT, FaultKind.DUPLICATE, FaultKind.REORDE
 PROCESS_FAULTS = frozenset({FaultKind.KILL, FaultKind.PAUSE, FaultKind.RESUME})
 LINK_FAULTS = frozenset({FaultKind.LINK_DOWN, FaultKind.LINK_UP, FaultKind.FLAP})
 SHAPING_FAULTS = PROCESS_FAULTS | LINK_FAULTS | {FaultKind.DEGRADE, FaultKind.PARTITION}  # what netem shaping gives
-CLOCK_FAULTS = frozenset({FaultKind.CLOCK_SKEW, FaultKind.HEAL})  # testbeds whose hosts share one clock
+# Testbeds whose hosts share this machine's clock and processes (local, emu): clock skew and stragglers.
+CLOCK_FAULTS = frozenset({FaultKind.CLOCK_SKEW, FaultKind.SLOW, FaultKind.HEAL})
 ALL_FAULTS = frozenset(FaultKind)
 UNDO_ACTIONS = frozenset(k.undo for k in FaultKind if k.undo is not None)
 
@@ -219,13 +221,13 @@ class Testbed(abc.ABC):
         return self.faults
 
     def inject(self, action: FaultKind, hosts: list[HostInfo], *, profile: LinkProfile | None = None,
-               pct: float | None = None, peers: list[HostInfo] | None = None, offset_ms: float | None = None
-               ) -> list[FaultResult]:
+               pct: float | None = None, peers: list[HostInfo] | None = None, offset_ms: float | None = None,
+               factor: float | None = None) -> list[FaultResult]:
         """Apply one fault primitive to ``hosts``; return when each took effect (a partition is one result).
 
         ``pct`` is the share of frames a corrupt, duplicate or reorder touches; ``peers`` are the nodes a
         one-way partition stops ``hosts`` from reaching; ``offset_ms`` how far a clock skew sets their
-        clocks off.  A primitive on several hosts is applied to all of them
+        clocks off; ``factor`` how many times slower a straggler runs.  A primitive on several hosts is applied to all of them
         at once (a correlated failure: a room losing power), not one after another.
         """
         # What the class does not implement is refused before anything is read (an inventory, the manifest).
@@ -247,6 +249,10 @@ class Testbed(abc.ABC):
             if profile is None:
                 raise TestbedError("degrade needs a link profile")
             primitive = partial(self.degrade, profile=profile)
+        elif action == FaultKind.SLOW:
+            if factor is None or factor <= 1:
+                raise TestbedError("slow needs a factor above 1 (how many times slower the node runs)")
+            primitive = partial(self.slow, factor=factor)
         elif action == FaultKind.CLOCK_SKEW:
             if offset_ms is None:
                 raise TestbedError("clock_skew needs offset_ms")
@@ -295,6 +301,10 @@ class Testbed(abc.ABC):
         """Set ``host``'s node clock ``offset_ms`` off (the node applies it to every wall stamp it logs)."""
         raise TestbedError(f"the {self.kind} testbed cannot skew clocks")
 
+    def slow(self, host: HostInfo, factor: float) -> FaultResult:
+        """Make ``host``'s node a straggler, ``factor`` times slower until healed (testbed/straggler.py)."""
+        raise TestbedError(f"the {self.kind} testbed cannot slow nodes down")
+
     def heal(self, hosts: list[HostInfo]) -> FaultResult:
-        """End every impairment (and one-way partition) on ``hosts``' links, and their clock skews."""
+        """End every impairment (and one-way partition) on ``hosts``' links, their clock skews and slowdowns."""
         raise TestbedError(f"the {self.kind} testbed cannot heal impairments")

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 
+from testbed.interface import TestbedError
 from testbed.profiles import LinkProfile
 
 FRAME_BYTES = 1514
@@ -34,6 +35,9 @@ def netem_limit(direction: LinkProfile) -> int:
 def netem_argv(dev: str, direction: LinkProfile, *, netns: str | None = None, preserve_order: bool = True,
                parent: str = "root", handle: str | None = None) -> list[str]:
     """``tc qdisc replace ... netem`` for one direction of a profile (at ``parent``: the root, or a class)."""
+    if direction.trace:
+        raise TestbedError(f"profile {direction.name!r} is trace-driven ({direction.trace}); netem cannot replay a "
+                           "delivery trace: use the emu testbed with the userspace shaper (backend userspace)")
     where = ["root"] if parent == "root" else ["parent", parent]
     argv = ["tc", *(["-n", netns] if netns else []), "qdisc", "replace", "dev", dev, *where,
             *(["handle", handle] if handle else []), "netem",

@@ -36,11 +36,12 @@ from pathlib import Path
 import yaml
 
 from payload.errors import JarvisError
+from testbed.traces import TraceError, read_trace, resolve_trace
 
 SHIPPED = Path(__file__).with_name("profiles.yaml")
 DISTRIBUTIONS = ("normal", "uniform")
 DEFAULT_PROFILE = "wifi"
-_DIRECTION_KEYS = ("delay_ms", "jitter_ms", "distribution", "loss_pct", "rate_mbit", "queue_pkts")
+_DIRECTION_KEYS = ("delay_ms", "jitter_ms", "distribution", "loss_pct", "rate_mbit", "queue_pkts", "trace")
 _PROFILE_KEYS = (*_DIRECTION_KEYS, "source", "uplink", "downlink")
 
 
@@ -60,6 +61,7 @@ class LinkProfile:
     rate_mbit: float | None = None
     queue_pkts: int = 1000
     source: str = ""
+    trace: str | None = None  # a Mahimahi delivery trace (testbed/traces.py), resolved to its file; replaces rate
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -96,6 +98,17 @@ def _direction(name: str, fields: Mapping[str, object], source: str) -> LinkProf
         raise ProfileError(f"profile {name!r}: distribution must be one of {DISTRIBUTIONS}, got {distribution!r}")
     if rate is not None and _number(name, "rate_mbit", rate, low=0.0) == 0:
         raise ProfileError(f"profile {name!r}: rate_mbit must be > 0 (omit it or use null for unlimited)")
+    trace = fields.get("trace")
+    if trace is not None:
+        if not isinstance(trace, str) or not trace:
+            raise ProfileError(f"profile {name!r}: trace must name a trace file, got {trace!r}")
+        if rate is not None:
+            raise ProfileError(f"profile {name!r}: a trace sets the rate; drop rate_mbit where trace is given")
+        try:
+            trace = str(resolve_trace(trace))
+            read_trace(trace)
+        except TraceError as exc:
+            raise ProfileError(f"profile {name!r}: {exc}") from None
     return LinkProfile(
         name=name,
         delay_ms=_number(name, "delay_ms", fields.get("delay_ms", 0.0), low=0.0, high=60_000.0),
@@ -105,6 +118,7 @@ def _direction(name: str, fields: Mapping[str, object], source: str) -> LinkProf
         rate_mbit=None if rate is None else float(rate),
         queue_pkts=queue,
         source=source,
+        trace=trace,
     )
 
 

@@ -21,10 +21,12 @@ from experiment.scenario import ScenarioError, load_scenario
 EXAMPLES = int(os.environ.get("JARVIS_FUZZ_EXAMPLES", "300"))
 FUZZ = settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 KEYS = ["name", "nodes", "model", "placement", "replicas", "on_failure", "links", "prompts", "prompts_file",
-        "max_new_tokens", "sampling", "seed", "repeats", "concurrency", "chat", "ignore_eos", "wire_dtype", "compute_dtype",
-        "encrypt", "faults", "timing", "description", "bridges", "resilient", "failure_p"]
-FAULT_KEYS = ["action", "node", "nodes", "at_token", "at_seconds", "prompt", "repeat", "duration", "profile"]
-ACTIONS = ["kill", "pause", "resume", "link_down", "link_up", "degrade", "partition", "explode"]
+        "max_new_tokens", "sampling", "seed", "repeats", "concurrency", "chat", "ignore_eos", "wire_dtype",
+        "compute_dtype", "encrypt", "faults", "timing", "description", "bridges", "resilient", "failure_p", "chaos", "on_slow"]
+FAULT_KEYS = ["action", "node", "nodes", "at_token", "at_seconds", "prompt", "repeat", "duration", "profile", "from",
+              "to", "pct", "period_ms", "duty", "offset_ms", "factor"]
+ACTIONS = ["kill", "pause", "resume", "link_down", "link_up", "degrade", "partition", "flap", "one_way_partition",
+           "blackhole", "corrupt", "duplicate", "reorder", "clock_skew", "slow", "heal", "explode"]
 
 scalars = st.one_of(st.none(), st.booleans(), st.integers(-5, 500), st.floats(allow_nan=True, allow_infinity=True),
                     st.text(max_size=12), st.sampled_from(ACTIONS + ["wifi", "cellular", "even", "all", "1-3", "x"]))

@@ -16,7 +16,8 @@ PRIMITIVES = {FaultKind.KILL: "kill", FaultKind.PAUSE: "pause", FaultKind.RESUME
               FaultKind.LINK_DOWN: "link_down", FaultKind.LINK_UP: "link_up", FaultKind.DEGRADE: "degrade",
               FaultKind.PARTITION: "partition", FaultKind.ONE_WAY_PARTITION: "one_way_partition",
               FaultKind.BLACKHOLE: "impair", FaultKind.CORRUPT: "impair", FaultKind.DUPLICATE: "impair",
-              FaultKind.REORDER: "impair", FaultKind.HEAL: "heal", FaultKind.CLOCK_SKEW: "clock_skew"}
+              FaultKind.REORDER: "impair", FaultKind.HEAL: "heal", FaultKind.CLOCK_SKEW: "clock_skew",
+              FaultKind.SLOW: "slow"}
 
 
 @pytest.mark.parametrize("kind", sorted(TESTBEDS))

@@ -49,7 +49,7 @@ class TestShaperConfig:
         cell = config["ports"][1]
         assert cell["ifname"] == PLAN.nodes[1].root_if and cell["mac"] == PLAN.nodes[1].mac
         assert cell["uplink"] == {"delay_ms": 88.0, "jitter_ms": 0.0, "distribution": "normal", "loss_pct": 0.0,
-                                  "rate_mbit": 2.64, "queue_pkts": 130}
+                                  "rate_mbit": 2.64, "queue_pkts": 130, "trace": None}
         assert cell["downlink"]["delay_ms"] == 130.0
         assert [p["group"] for p in config["ports"]] == [0, 0, 1]
 
