@@ -293,17 +293,18 @@ def check_run(c, run):
                       "resilient,even-budget (the scenario's resilient options, replicas then skip)",
             "max_lost": "most layer nodes killed in one draw (default 2)",
             "independent": "each node fails independently with the scenario's failure_p (instead of max_lost)",
+            "chaos": "each draw is the scenario's chaos schedule, seeded seed + draw (instead of kills)",
             "testbed": TESTBED_HELP,
             "out": "output directory (default runs/<time>-campaign-<scenario>)", "prefix": "name prefix of this testbed"})
 def campaign(c, scenario, runs=10, seed=0, policy="skip,bridge,replica-then-skip", max_lost=2, independent=False,
-             testbed="local", out=None, prefix=None):
+             testbed="local", out=None, prefix=None, chaos=False):
     """Quality under failure as a curve: seeded random node kills under each policy, oracle-checked, scored
     against the no-fault run (campaign.csv, campaign.md, quality_vs_layers_lost.png)."""
     from experiment.orchestrate import campaign as run
 
     _guard(run, testbed, scenario, runs=int(runs), seed=int(seed),
            policies=[p.strip() for p in policy.split(",") if p.strip()], max_lost=int(max_lost),
-           independent=bool(independent), out=out, prefix=prefix)
+           independent=bool(independent), chaos=bool(chaos), out=out, prefix=prefix)
 
 
 @task(help={"testbed": "emu (default) or local", "out": "output directory"})

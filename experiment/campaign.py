@@ -8,6 +8,10 @@ which token they are killed together (a power cut).  Every policy asked for (``s
 paired.  Two entries compare placements instead: ``resilient`` (experiment/resilient.py, the scenario's
 ``resilient`` options and ``failure_p``) and ``even-budget`` (even placement with the same replica copies,
 placed the same way), both failing over to their replicas, then skipping (bridging under a bridge policy).
+With ``chaos``, draw *i* is instead the scenario's chaos schedule (experiment/chaos.py) drawn with seed
+``seed + i``: pauses, cuts, impairments, kills as the scenario's ``chaos`` asks, each healed but the kills;
+its ``at_token`` is the step in progress when its first fault fired (faults.csv), ``nodes_killed`` and
+``layers_lost`` count its kills only.
 A draw that loses no node is the no-fault run itself (scored as such, not run again).  Each run is checked by the consistency oracle and scored against the no-fault run:
 
 * ``agreement``: share of generated positions whose token is the no-fault run's;
@@ -24,15 +28,16 @@ from __future__ import annotations
 import json
 import random
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
 
 from experiment.deploy import deploy
 from experiment.replay import Monolith, check_run
+from experiment.chaos import draw_chaos
 from experiment.run import Fault, run_job
-from experiment.scenario import Scenario
+from experiment.scenario import FaultSpec, Scenario
 from payload.config import Timing
 from payload.prepare import load_manifest, prepare
 from payload.routing import Placement, Policy
@@ -45,11 +50,45 @@ COLUMNS = ["policy", "draw", "nodes_killed", "at_token", "layers_lost", "complet
 
 @dataclass(frozen=True)
 class Draw:
-    """One seeded fault schedule: ``nodes`` killed together after token ``at_token``."""
+    """One seeded fault schedule: ``nodes`` killed together after token ``at_token``; or a chaos schedule
+    (``chaos``: its faults; ``nodes`` those it kills, ``at_token`` -1 until the run says when it began)."""
 
     index: int
     nodes: tuple[int, ...]
     at_token: int
+    chaos: tuple[FaultSpec, ...] = ()
+
+    @property
+    def faultless(self) -> bool:
+        return not self.nodes and not self.chaos
+
+    def faults(self) -> list[Fault]:
+        from experiment.orchestrate import fault_of
+
+        if self.chaos:
+            return [fault_of(spec) for spec in self.chaos]
+        return [Fault("kill", self.nodes, at_token=self.at_token)]
+
+    def describe(self) -> dict:
+        """For campaign.json."""
+        return {"index": self.index, "nodes": list(self.nodes), "at_token": self.at_token,
+                "chaos": [spec.model_dump(exclude_none=True, by_alias=True) for spec in self.chaos]}
+
+
+def chaos_schedules(scenario: Scenario, seed: int, runs: int) -> list[Draw]:
+    """``runs`` chaos schedules of the scenario, draw *i* with seed ``seed + i`` (the same seed, the same ones)."""
+    draws = []
+    for index in range(runs):
+        specs = tuple(draw_chaos(scenario.chaos.model_copy(update={"seed": seed + index}), scenario.nodes))
+        killed = tuple(sorted({n for s in specs if s.action == "kill" for n in s.targets}))
+        draws.append(Draw(index, killed, -1, specs))
+    return draws
+
+
+def first_fault_step(run: Path) -> int:
+    """The step in progress when the run's first fault fired (-1: before the first token, or none fired)."""
+    faults = pd.read_csv(run / "faults.csv", keep_default_na=False)
+    return int(faults["step"].min()) if len(faults) else -1
 
 
 def draw_schedules(seed: int, runs: int, *, nodes: int, max_new_tokens: int, max_lost: int,
@@ -90,9 +129,11 @@ def score(run: Path, baseline: list[int], at_token: int, monolith: Monolith, pre
 
 
 def run_campaign(testbed: Testbed, scenario: Scenario, base: Path, out: Path, *, runs: int, seed: int,
-                 policies: list[str], max_lost: int, independent: bool = False, progress=print) -> Path:
+                 policies: list[str], max_lost: int, independent: bool = False, chaos: bool = False,
+                 progress=print) -> Path:
     """Every draw under every policy on ``testbed`` (brought up by the caller); return ``out``.  With
-    ``independent`` nodes fail independently with the scenario's ``failure_p``."""
+    ``independent`` nodes fail independently with the scenario's ``failure_p``; with ``chaos`` each draw is the
+    scenario's chaos schedule."""
     from experiment.orchestrate import bridges_for, job_from, layer_costs
 
     if scenario.sampling.temperature:
@@ -109,8 +150,11 @@ def run_campaign(testbed: Testbed, scenario: Scenario, base: Path, out: Path, *,
     chosen = [(name, fallback if name in plans else Policy(name)) for name in policies]
     job = job_from(scenario, base) | {"repeats": 1, "concurrency": 1, "ignore_eos": True}
     job["prompts"] = job["prompts"][:1]
-    draws = draw_schedules(seed, runs, nodes=scenario.nodes, max_new_tokens=job["max_new_tokens"],
-                           max_lost=max_lost, failure_p=scenario.failure_probabilities() if independent else None)
+    if chaos:
+        draws = chaos_schedules(scenario, seed, runs)
+    else:
+        draws = draw_schedules(seed, runs, nodes=scenario.nodes, max_new_tokens=job["max_new_tokens"],
+                               max_lost=max_lost, failure_p=scenario.failure_probabilities() if independent else None)
     out.mkdir(parents=True, exist_ok=True)
     timing = Timing(**scenario.timing)
     monolith = Monolith(prepared)
@@ -150,18 +194,21 @@ def run_campaign(testbed: Testbed, scenario: Scenario, base: Path, out: Path, *,
         for draw in draws:
             row = {"policy": name, "draw": draw.index, "nodes_killed": " ".join(map(str, draw.nodes)),
                    "at_token": draw.at_token}
-            if not draw.nodes:  # nothing fails: the no-fault run, already run and replayed
+            if draw.faultless:  # nothing fails: the no-fault run, already run and replayed
                 rows.append(row | {"layers_lost": 0} | intact)
                 table.write_text(pd.DataFrame(rows, columns=COLUMNS).to_csv(index=False))
                 continue
             deployment, placement = deployed(name, policy)
             run = out / "runs" / f"{name}-{draw.index:03d}"
-            run_job(testbed, deployment, job, [Fault("kill", draw.nodes, at_token=draw.at_token)], run, stream=quiet)
-            row |= {"layers_lost": layers_of(placement, draw.nodes), "run_dir": str(run.relative_to(out))}
-            row |= score(run, baseline, draw.at_token, monolith, prepared)
+            run_job(testbed, deployment, job, draw.faults(), run, stream=quiet)
+            at_token = first_fault_step(run) if draw.chaos else draw.at_token
+            row |= {"at_token": at_token, "layers_lost": layers_of(placement, draw.nodes),
+                    "run_dir": str(run.relative_to(out))}
+            row |= score(run, baseline, at_token, monolith, prepared)
             rows.append(row)
             table.write_text(pd.DataFrame(rows, columns=COLUMNS).to_csv(index=False))  # kept if the campaign dies
-            progress(f"[campaign] {name} #{draw.index}: kill {row['nodes_killed']} at token {draw.at_token}"
+            what = f"{len(draw.chaos)} chaos faults" if draw.chaos else f"kill {row['nodes_killed']}"
+            progress(f"[campaign] {name} #{draw.index}: {what} at token {at_token}"
                      f" ({row['layers_lost']} layers): agreement {row['agreement']:.2f}, KL after "
                      f"{row['kl_after'] if row['kl_after'] is None else round(row['kl_after'], 3)}, oracle "
                      f"{'ok' if row['oracle_ok'] else 'FAILED'} ({time.monotonic() - started:.0f} s)")
@@ -169,7 +216,8 @@ def run_campaign(testbed: Testbed, scenario: Scenario, base: Path, out: Path, *,
         "scenario": scenario.name, "model": scenario.model, "nodes": scenario.nodes, "seed": seed, "runs": runs,
         "max_lost": max_lost, "policies": [name for name, _ in chosen],
         "failure_p": scenario.failure_probabilities() if independent else None, "prompt": job["prompts"][0],
-        "max_new_tokens": job["max_new_tokens"], "testbed": testbed.kind, "draws": [asdict(d) for d in draws],
+        "max_new_tokens": job["max_new_tokens"], "testbed": testbed.kind, "draws": [d.describe() for d in draws],
+        "chaos": scenario.chaos.model_dump() if chaos else None,
         "seconds": time.monotonic() - started}, indent=2))
     from analysis.campaign import report
 

@@ -18,7 +18,7 @@ from dashboard.feed import phase_message, topology_message
 from experiment.collect import nodes_frame
 from experiment.deploy import Deployment, deploy
 from experiment.run import Fault, run_job
-from experiment.scenario import Scenario, check_supported, load_scenario
+from experiment.scenario import FaultSpec, Scenario, check_supported, load_scenario
 from payload.stragglers import OnSlow
 from payload.config import Timing
 from payload.prepare import load_manifest, prepare
@@ -231,14 +231,15 @@ def generate(testbed: Testbed, prompt: str, *, max_new_tokens: int = 32, out: st
 
 def faults_from(scenario: Scenario) -> list[Fault]:
     """The scenario's faults, its chaos schedule's among them, as the fault runner takes them."""
-    faults = []
-    for spec in scenario.all_faults():
-        profile = resolve(spec.profile) if spec.profile else None
-        faults.append(Fault(FaultKind(spec.action), spec.targets, at_token=spec.at_token, at_seconds=spec.at_seconds,
-                            prompt_index=spec.prompt, repeat=spec.repeat, profile=profile, duration=spec.duration,
-                            to=spec.sinks, pct=spec.pct, period_ms=spec.period_ms, duty=spec.duty,
-                            offset_ms=spec.offset_ms, factor=spec.factor))
-    return faults
+    return [fault_of(spec) for spec in scenario.all_faults()]
+
+
+def fault_of(spec: FaultSpec) -> Fault:
+    """One scenario fault as the fault runner takes it (its profile resolved)."""
+    return Fault(FaultKind(spec.action), spec.targets, at_token=spec.at_token, at_seconds=spec.at_seconds,
+                 prompt_index=spec.prompt, repeat=spec.repeat, profile=resolve(spec.profile) if spec.profile else None,
+                 duration=spec.duration, to=spec.sinks, pct=spec.pct, period_ms=spec.period_ms, duty=spec.duty,
+                 offset_ms=spec.offset_ms, factor=spec.factor)
 
 
 def job_from(scenario: Scenario, base: Path) -> dict:
@@ -332,7 +333,8 @@ def experiment(kind: str, scenario_path: str, *, out: str | None = None, prefix:
 
 
 def campaign(kind: str, scenario_path: str, *, runs: int, seed: int, policies: list[str], max_lost: int = 2,
-             independent: bool = False, out: str | None = None, prefix: str | None = None) -> Path:
+             independent: bool = False, chaos: bool = False, out: str | None = None, prefix: str | None = None
+             ) -> Path:
     """``fab campaign``: up -> every seeded draw under every policy -> down; return the campaign directory."""
     from experiment.campaign import PLACEMENTS, run_campaign
 
@@ -343,6 +345,9 @@ def campaign(kind: str, scenario_path: str, *, runs: int, seed: int, policies: l
         raise TestbedError(f"runs must be at least 1, got {runs}")
     testbed = make_testbed(kind, prefix=prefix)
     scenario = scenario_for(scenario_path, testbed)
+    if chaos and scenario.chaos is None:
+        raise TestbedError(f"--chaos draws each run's schedule from the scenario's chaos options; "
+                           f"{scenario_path} has none")
     target = Path(out) if out else default_out(f"campaign-{scenario.name}")
     links = {}
     if testbed.kind != "local" and scenario.links:
@@ -352,7 +357,7 @@ def campaign(kind: str, scenario_path: str, *, runs: int, seed: int, policies: l
     try:
         testbed.up(scenario.nodes, links or None)
         run_campaign(testbed, scenario, Path(scenario_path).parent, target, runs=runs, seed=seed,
-                     policies=policies, max_lost=max_lost, independent=independent)
+                     policies=policies, max_lost=max_lost, independent=independent, chaos=chaos)
     finally:
         testbed.down()
     print(f"[campaign] results in {target}")

@@ -67,6 +67,7 @@ class FaultRunner:
     records: list[dict] = field(default_factory=list)
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _timers: list[tuple[threading.Timer, threading.Event, Fault, FaultKind | None]] = field(default_factory=list)
+    _heal_at_end: list[Fault] = field(default_factory=list)  # impairments without a duration: healed by finish()
     current: dict = field(default_factory=dict)
     on_record: Callable[[dict], None] | None = None  # told each record as it is made (the live dashboard)
 
@@ -104,6 +105,11 @@ class FaultRunner:
         print(f"[fault] {action.value} {target} ({fault.trigger}): {detail}", flush=True)
         if fault.duration and action.undo is not None:
             self.schedule(fault.duration, fault, action.undo)
+        with self._lock:
+            if action == FaultKind.HEAL:  # healed now: nothing of these nodes is left to heal at the end
+                self._heal_at_end = [f for f in self._heal_at_end if not set(f.nodes + f.to) <= set(nodes)]
+            elif action.undo == FaultKind.HEAL and not fault.duration:
+                self._heal_at_end.append(fault)
 
     def _flap(self, fault: Fault) -> None:
         """A flap is its link_down/link_up pairs, each recorded: down for ``duty`` of every period, from now until
@@ -137,14 +143,15 @@ class FaultRunner:
 
         A run that ends before a pause's ``duration`` is up must not leave the
         node stopped for the next run; the early undo is recorded like any fault.
-        A fault firing meanwhile may schedule its own undo: those are handled too.
+        A fault firing meanwhile may schedule its own undo: those are handled too.  An impairment given no
+        duration (a blackhole, a clock skew, a straggler, ...) lasts the run and is healed here.
         """
         done = 0
         while True:
             with self._lock:
                 batch = self._timers[done:]
             if not batch:
-                return
+                break
             done += len(batch)
             for timer, started, fault, action in batch:
                 timer.cancel()
@@ -152,7 +159,10 @@ class FaultRunner:
                     self.fire(fault, action)
             for timer, *_ in batch:
                 timer.join()
-
+        with self._lock:
+            remaining, self._heal_at_end = self._heal_at_end, []
+        for fault in remaining:
+            self.fire(fault, FaultKind.HEAL)
 
 def run_job(testbed: Testbed, deployment: Deployment, job: dict, faults: list[Fault], out: Path, *,
             scenario: dict | None = None, stream=print, feed: Feed | None = None) -> Path:

@@ -40,7 +40,7 @@ _STATES = {"kill": ("process", {"running", "paused"}, "dead"), "pause": ("proces
            **{k.value: ("impairment", {"clean", "impaired"}, "impaired")
               for k in (*IMPAIRMENTS, FaultKind.CLOCK_SKEW, FaultKind.SLOW)}}
 _INITIAL = {"process": "running", "link": "up", "impairment": "clean"}
-_UNDO = {"paused": "resume", "cut": "link_up", "impaired": "heal"}
+_UNDO = {"paused": "resume", "cut": "link_up"}  # an impairment without a duration is healed as the run ends
 Nodes = Index | list[Index]
 
 

@@ -140,3 +140,14 @@ def test_a_pct_fault_without_its_share_is_refused_before_any_host_is_touched():
     fr.fire(Fault("duplicate", (1,), at_token=0))
     assert tb.calls == [] and "needs pct" in fr.records[0]["detail"]
     assert FaultKind.HEAL in tb.supported_faults()
+
+
+def test_an_impairment_without_a_duration_lasts_the_run_and_is_healed_as_it_ends():
+    fr, tb = runner()
+    fr.fire(Fault("blackhole", (1,), at_token=0))
+    fr.fire(Fault("reorder", (2,), at_token=0, pct=5))
+    fr.fire(Fault("heal", (2,), at_token=3))  # healed by the scenario itself: not healed again
+    assert tb.calls == [("blackhole", "node1"), ("reorder", "node2"), ("heal", "node2")]
+    fr.finish()
+    assert tb.calls[3:] == [("heal", "node1")]
+    assert [r["action"] for r in fr.records] == ["blackhole", "reorder", "heal", "heal"]

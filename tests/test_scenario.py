@@ -118,9 +118,6 @@ BROKEN = {
                             r"flap needs period_ms, duty and duration"),
     "flap-duty-of-one": (BASE + "faults:\n  - {at_token: 1, action: flap, node: 1, period_ms: 100, duty: 1, "
                                 "duration: 2}\n", r"faults\.0\.duty \(line 6\): Input should be less than 1"),
-    "blackhole-forever": (BASE + "faults:\n  - {at_token: 1, action: blackhole, node: 2}\n",
-                          r"faults\.0\.action \(line 6\): node 2 would stay impaired after the run: give the fault a "
-                          r"duration, or add a later heal"),
     "heal-of-a-clean-node": (BASE + "faults:\n  - {at_token: 1, action: heal, node: 2}\n",
                              r"faults\.0\.action \(line 6\): heal of node 2, whose impairment is clean"),
     "chaos-unknown-kind": (BASE + "chaos: {rate: 1, duration: 5, kinds: [explode]}\n",

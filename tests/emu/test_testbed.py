@@ -270,3 +270,51 @@ def test_a_clock_skew_reaches_the_node_and_heal_resets_it(bed, hosts):
     assert "clocks of node2 reset" in healed.detail
     assert system.wait_until(lambda: seen.read_text() == "0", timeout=5)
     bed.kill(host)
+
+
+def test_a_flap_cuts_the_link_for_its_duty_of_every_period_measured_by_the_probe(bed, hosts):
+    """The fault runner drives a flap (link_down/link_up pairs): 2 s of datagrams 2 ms apart across a link
+    flapping at 400 ms with duty 0.5 lose about half, and every cut is in faults.csv."""
+    from experiment.run import Fault, FaultRunner
+
+    _, node1, node2, _ = hosts
+    runner = FaultRunner(bed, {h.index: h for h in hosts})
+    runner.fire(Fault("flap", (2,), at_seconds=0, duration=2.0, period_ms=400, duty=0.5))
+    result = probe(node1, node2, count=900, interval_s=0.002)
+    runner.finish()
+    assert 35 <= result.loss_pct <= 65, result
+    actions = [r["action"] for r in runner.records]
+    assert actions == ["link_down", "link_up"] * 5, actions
+    assert ping_ok(node1, node2.address), "a flap leaves the link up"
+
+
+def test_a_slowed_node_makes_progress_at_one_factor_th_of_its_speed_and_heal_restores_it(bed, hosts):
+    """A CPU-bound stand-in service counts loop iterations; slowed 4x it counts about a quarter as fast."""
+    host = hosts[3]
+    counter = ("import time, pathlib\nn, last = 0, time.monotonic()\nwhile True:\n    n += 1\n"
+               "    if n % 20000 == 0:\n        pathlib.Path('count').write_text(str(n))\n")
+    bed.start_service(host, [sys.executable, "-c", counter])
+    count = Path(host.workdir) / "count"
+
+    def rate() -> float:
+        def read() -> int:
+            while True:
+                try:
+                    return int(count.read_text())
+                except (FileNotFoundError, ValueError):
+                    time.sleep(0.01)
+        first = read()
+        time.sleep(1.0)
+        return read() - first
+
+    assert system.wait_until(count.exists, timeout=10)
+    full = rate()
+    slowed = bed.inject(FaultKind.SLOW, [host], factor=4)[0]
+    assert "runs 1/4" in slowed.detail
+    slow = rate()
+    healed = bed.inject(FaultKind.HEAL, [host])[0]
+    assert "node3 at full speed" in healed.detail
+    again = rate()
+    bed.kill(host)
+    assert 0.12 <= slow / full <= 0.4, (full, slow)
+    assert again >= 0.7 * full, (full, again)

@@ -76,3 +76,37 @@ def test_independent_failures_compare_resilient_with_even_placement_on_the_same_
         spared = mine[mine.nodes_killed == ""]
         assert (spared.run_dir == "runs/baseline").all() and (spared.kl_after.astype(float) == 0).all()
     assert json.loads((out / "campaign.json").read_text())["failure_p"] == {"1": 0.4, "2": 0.4, "3": 0.4}
+
+
+def test_a_chaos_campaign_runs_each_seeded_chaos_schedule_under_every_policy(tmp_path, monkeypatch):
+    """``--chaos``: draw i is the scenario's chaos schedule with seed + i (pauses and kills here), the same for
+    every policy; each run oracle-checked, its first fault's step recorded as at_token."""
+    from experiment.campaign import chaos_schedules
+    from experiment.scenario import load_scenario
+
+    monkeypatch.setenv("JARVIS_CACHE", str(tmp_path / "cache"))
+    source = _save_tiny("llama", tmp_path / "tiny")
+    scenario = tmp_path / "chaos.yaml"
+    scenario.write_text(yaml.safe_dump({"name": "tinychaos", "model": str(source), "nodes": 3,
+                                        "max_new_tokens": 48, "prompts": ["the cat sat on the"],
+                                        "chaos": {"seed": 0, "rate": 20, "duration": 0.6, "kinds": ["pause", "kill"]}}))
+    out = campaign("local", str(scenario), runs=3, seed=10, policies=["skip", "replica-then-skip"], chaos=True,
+                   out=str(tmp_path / "out"), prefix=f"jv-test-{uuid.uuid4().hex[:8]}")
+    rows = pd.read_csv(out / "campaign.csv", keep_default_na=False)
+    draws = chaos_schedules(load_scenario(scenario), 10, 3)
+    assert draws == chaos_schedules(load_scenario(scenario), 10, 3) and any(d.chaos for d in draws)
+    assert len(rows) == 6 and rows.oracle_ok.all() and rows.complete.all()
+    for policy in ("skip", "replica-then-skip"):
+        mine = rows[rows.policy == policy]
+        assert mine.nodes_killed.tolist() == [" ".join(map(str, d.nodes)) for d in draws]
+    settings = json.loads((out / "campaign.json").read_text())
+    assert [len(d["chaos"]) for d in settings["draws"]] == [len(d.chaos) for d in draws]
+    assert settings["chaos"]["rate"] == 20
+    with pytest.raises(TestbedError, match="has none"):
+        campaign("local", _plain(tmp_path), runs=1, seed=0, policies=["skip"], chaos=True, prefix="jv-never")
+
+
+def _plain(tmp_path) -> str:
+    path = tmp_path / "plain.yaml"
+    path.write_text("name: plain\nnodes: 2\nprompts: [hi]\n")
+    return str(path)

@@ -56,7 +56,9 @@ def test_kill_at_a_token_over_ssh_gives_a_complete_consistent_run(require_root, 
     assert faults["effective_wall_ns"].iloc[0] >= faults["requested_wall_ns"].iloc[0]
     lost = {str(i) for i in range(*dep.placement_obj().slices[3])}
     assert not lost & set(tokens["layers"].iloc[-1].split()) and tokens["nodes_out"].iloc[-1] == "3"
-    assert (hops["rtt_ns"] > 0).all() and set(hops["src"]) >= {0, 1, 2, 4}
+    # A frame node3 took but whose ack died with it has the receiver's side only (acked false, no round trip).
+    acked = hops[hops["acked"]]
+    assert (acked["rtt_ns"] > 0).all() and set(acked["src"]) >= {0, 1, 2, 4} and len(hops) - len(acked) <= 1
     for name in ("user", "node1", "node2", "node3", "node4"):
         events = (run / "nodes" / name / "events.jsonl").read_text().splitlines()
         assert any('"ev":"ready"' in line for line in events), name
