@@ -49,7 +49,7 @@ from emu.plan import DATA_IF, MGMT_BRIDGE, MGMT_IF, UPLINK_IF, NodePlan, Plan, c
 from emu.shaping import PARTITION_GROUP, Impairments, NetemShaper, Shaper, UserspaceShaper, probe_netem
 from testbed.fanout import on_each
 from payload.clock import write_skew
-from testbed.straggler import SLOW_PERIOD_S, DutyCycle
+from testbed.straggler import SLOW_PERIOD_S, Stragglers
 from testbed.interface import ALL_FAULTS, CLOCK_FAULTS, FOLLOW_ARGV, SHAPING_FAULTS, FaultKind, FaultResult, HostInfo, \
     Testbed, TestbedError
 from testbed.profiles import DEFAULT_PROFILE, LinkProfile, load_profiles, profile_from_dict, profile_to_dict
@@ -79,7 +79,7 @@ class EmuTestbed(Testbed):
         self.profiles_file = profiles_file
         self._lock = threading.Lock()
         self._shells: dict[str, SshShell] = {}
-        self._stragglers: dict[str, DutyCycle] = {}  # node name -> its slowdown, while it lasts
+        self._stragglers = Stragglers()
 
     # -- manifest ----------------------------------------------------------------------------
 
@@ -445,8 +445,7 @@ class EmuTestbed(Testbed):
             manifest = self._manifest()
             manifest.setdefault("skews", {})[str(node.index)] = offset_ms
             state.save(self.prefix, manifest)
-            result = self._skew(host, offset_ms)
-        return result
+            return self._skew(host, offset_ms)
 
     def _skew(self, host: HostInfo, offset_ms: float) -> FaultResult:
         """Write the offset where the node reads it and tell its services (sshd spared) to read it."""
@@ -464,19 +463,12 @@ class EmuTestbed(Testbed):
         pids = self._service_pids(node.namespace)  # found once: scanning /proc every few ms would cost more
         if not pids:
             raise TestbedError(f"{host.name}: no service process is running in {node.namespace} to slow down")
-        with self._lock:
-            if host.name in self._stragglers:
-                self._stragglers.pop(host.name).stop()
-            cycle = DutyCycle(lambda sig: system.signal_pids(pids, sig), factor)
-            self._stragglers[host.name] = cycle
-            cycle.start()
+        self._stragglers.start(host.name, lambda sig: system.signal_pids(pids, sig), factor)
         return FaultResult.now("slow", host.name, f"runs 1/{factor:g} of every {SLOW_PERIOD_S * 1000:g} ms "
                                                  f"(SIGSTOP/SIGCONT to the services in {node.namespace})")
 
     def heal(self, hosts: list[HostInfo]) -> FaultResult:
-        slowed = [h for h in hosts if h.name in self._stragglers]
-        for host in slowed:
-            self._stragglers.pop(host.name).stop()
+        slowed = self._stragglers.stop([h.name for h in hosts])
         with self._lock:
             indices = {self._node(h).index for h in hosts}
             manifest = self._manifest()
@@ -494,7 +486,7 @@ class EmuTestbed(Testbed):
         return FaultResult("heal", " ".join(h.name for h in hosts), wall, mono,
                            f"impairments ended on {len(had)} node(s), {cut} one-way drop(s) lifted"
                            + (f", clocks of {' '.join(h.name for h in skewed)} reset" if skewed else "")
-                           + (f", {' '.join(h.name for h in slowed)} at full speed" if slowed else ""))
+                           + (f", {' '.join(slowed)} at full speed" if slowed else ""))
 
     # -- down ----------------------------------------------------------------------------------
 

@@ -31,8 +31,8 @@ class Fault:
     """One scheduled fault: trigger (``at_token`` or ``at_seconds``), action and targets.
 
     ``to`` are the nodes a one-way partition cuts ``nodes`` off from; ``pct`` the share of frames a corrupt,
-    duplicate or reorder touches; ``offset_ms`` a clock skew's offset; ``factor`` a straggler's; a flap cuts the link for ``duty`` of
-    every ``period_ms`` during ``duration``.
+    duplicate or reorder touches; ``offset_ms`` a clock skew's offset; ``factor`` a straggler's; a flap cuts
+    the link for ``duty`` of every ``period_ms`` during ``duration``.
     """
 
     action: FaultKind
@@ -163,6 +163,7 @@ class FaultRunner:
             remaining, self._heal_at_end = self._heal_at_end, []
         for fault in remaining:
             self.fire(fault, FaultKind.HEAL)
+
 
 def run_job(testbed: Testbed, deployment: Deployment, job: dict, faults: list[Fault], out: Path, *,
             scenario: dict | None = None, stream=print, feed: Feed | None = None) -> Path:

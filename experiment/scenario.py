@@ -480,13 +480,14 @@ def load_scenario(path: Path | str) -> Scenario:
 
 def check_supported(scenario: Scenario, path: Path, testbed: str, supported: frozenset[FaultKind]) -> None:
     """Refuse, naming each fault's line, faults that ``testbed`` cannot inject (before anything starts)."""
-    found = [(("faults", i, "action"), f"the {testbed} testbed cannot {fault.action.replace('_', ' ')} "
-              f"(it supports {', '.join(sorted(k.value for k in supported))})")
+    def refused(action: str) -> str:
+        return (f"the {testbed} testbed cannot {action.replace('_', ' ')} "
+                f"(it supports {', '.join(sorted(k.value for k in supported))})")
+
+    found = [(("faults", i, "action"), refused(fault.action))
              for i, fault in enumerate(scenario.faults) if FaultKind(fault.action) not in supported]
-    if scenario.chaos is not None:
-        found += [(("chaos", "kinds"), f"the {testbed} testbed cannot {kind.replace('_', ' ')} (it supports "
-                   f"{', '.join(sorted(k.value for k in supported))})")
-                  for kind in scenario.chaos.kinds if FaultKind(kind) not in supported]
+    found += [(("chaos", "kinds"), refused(kind))
+              for kind in (scenario.chaos.kinds if scenario.chaos else []) if FaultKind(kind) not in supported]
     if found:
         raise ScenarioError(f"{path}: {len(found)} fault(s) not possible here:\n"
                             + describe_problems(found, parse(Path(path).read_text(encoding="utf-8"))[1], "scenario"))

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from local.spawner import ModuleCall, SpawnerClient, code_fingerprint
 from payload.clock import write_skew
-from testbed.straggler import SLOW_PERIOD_S, DutyCycle
+from testbed.straggler import SLOW_PERIOD_S, Stragglers
 from testbed.interface import CLOCK_FAULTS, FOLLOW_ARGV, PROCESS_FAULTS, FaultResult, HostInfo, Testbed, TestbedError
 from testbed.profiles import LinkProfile
 from testbed.shell import LocalShell
@@ -72,7 +72,7 @@ class LocalTestbed(Testbed):
         self.store = StateStore(self.state_dir / "manifest.json", what="local testbed manifest")
         self._lock = threading.Lock()  # deploy starts services from parallel threads
         self._spawner_lock = threading.Lock()
-        self._stragglers: dict[str, DutyCycle] = {}  # node name -> its slowdown, while it lasts
+        self._stragglers = Stragglers()
 
     def _load(self) -> dict:
         state = self.store.load()
@@ -246,11 +246,7 @@ class LocalTestbed(Testbed):
             except ProcessLookupError:
                 pass  # it died meanwhile: nothing left to slow
 
-        with self._lock:
-            if host.name in self._stragglers:
-                self._stragglers.pop(host.name).stop()
-            self._stragglers[host.name] = cycle = DutyCycle(send, factor)
-            cycle.start()
+        self._stragglers.start(host.name, send, factor)
         return FaultResult.now("slow", host.name, f"runs 1/{factor:g} of every {SLOW_PERIOD_S * 1000:g} ms "
                                                  f"(SIGSTOP/SIGCONT to process group {pid})")
 
@@ -260,14 +256,10 @@ class LocalTestbed(Testbed):
         reset = [h for h in hosts if skews.get(h.name)]
         for host in reset:
             self.clock_skew(host, 0)
-        with self._lock:
-            slowed = [h for h in hosts if h.name in self._stragglers]
-            cycles = [self._stragglers.pop(h.name) for h in slowed]
-        for cycle in cycles:
-            cycle.stop()
+        slowed = self._stragglers.stop([h.name for h in hosts])
         return FaultResult.now("heal", " ".join(h.name for h in hosts),
                                f"clocks of {' '.join(h.name for h in reset) or 'none'} reset"
-                               + (f", {' '.join(h.name for h in slowed)} at full speed" if slowed else ""))
+                               + (f", {' '.join(slowed)} at full speed" if slowed else ""))
 
     def stop_service(self, host: HostInfo) -> None:
         """SIGKILL the service recorded for ``host`` (a re-deploy replaces it at once); none is fine."""

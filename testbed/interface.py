@@ -51,7 +51,7 @@ class FaultKind(str, enum.Enum):
     REORDER = "reorder"
     SLOW = "slow"  # a straggler: the node runs 1/factor of the time (testbed/straggler.py), alive and answering
     CLOCK_SKEW = "clock_skew"  # the node's wall clock off by offset_ms (payload/clock.py), where hosts share one
-    HEAL = "heal"  # ends the impairments above, and a clock skew, on the nodes named
+    HEAL = "heal"  # ends the impairments above, a slowdown and a clock skew, on the nodes named
 
     @property
     def undo(self) -> "FaultKind | None":

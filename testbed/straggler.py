@@ -50,3 +50,27 @@ class DutyCycle:
         """End the cycle with the processes running."""
         self._done.set()
         self._thread.join(timeout=5)
+
+
+class Stragglers:
+    """The slowdowns a testbed has running, one per node name (a new one for a node replaces its old one)."""
+
+    def __init__(self) -> None:
+        self._cycles: dict[str, DutyCycle] = {}
+        self._lock = threading.Lock()
+
+    def start(self, name: str, send: Callable[[signal.Signals], None], factor: float) -> None:
+        cycle = DutyCycle(send, factor)
+        with self._lock:
+            old, self._cycles[name] = self._cycles.get(name), cycle
+        if old is not None:
+            old.stop()
+        cycle.start()
+
+    def stop(self, names: list[str]) -> list[str]:
+        """End the slowdowns of ``names`` that are running; return those names."""
+        with self._lock:
+            cycles = {n: self._cycles.pop(n) for n in names if n in self._cycles}
+        for cycle in cycles.values():
+            cycle.stop()
+        return list(cycles)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import subprocess
@@ -130,6 +131,16 @@ def tcp_connect(src: HostInfo, address: str, port: int = 9) -> str:
                           text=True).stdout.strip()
 
 
+@contextlib.contextmanager
+def impaired(bed, kind: FaultKind, host: HostInfo, **options):
+    """``kind`` on ``host``'s link for the block, healed after it whatever the block does."""
+    bed.inject(kind, [host], **options)
+    try:
+        yield
+    finally:
+        bed.inject(FaultKind.HEAL, [host])
+
+
 class TestFaults:
     def test_kill_ends_every_service_process_but_ssh_keeps_working(self, bed, hosts):
         host = hosts[1]
@@ -201,46 +212,34 @@ class TestImpairments:
     def test_a_blackhole_drops_every_frame_with_the_link_up_and_no_reset(self, bed, hosts):
         user, node1, node2, _ = hosts
         assert tcp_connect(node1, node2.address) == "refused"
-        bed.inject(FaultKind.BLACKHOLE, [node2])
-        try:
+        with impaired(bed, FaultKind.BLACKHOLE, node2):
             assert probe(node1, node2).delivered == 0 and probe(node2, user).delivered == 0
             assert tcp_connect(node1, node2.address) == "timeout", "a blackhole answers nothing, not even a RST"
             link = subprocess.run(["ip", "-n", node2.namespace, "-o", "link", "show", DATA_IF], capture_output=True,
                                   text=True).stdout
             assert "LOWER_UP" in link, "the link itself stays up"
             assert probe(node1, user).lost == 0, "other nodes are untouched"
-        finally:
-            bed.inject(FaultKind.HEAL, [node2])
         assert tcp_connect(node1, node2.address) == "refused"
 
     def test_corruption_is_dropped_by_the_receivers_checksums_at_the_share_asked(self, bed, hosts):
         _, node1, node2, _ = hosts
-        bed.inject(FaultKind.CORRUPT, [node2], pct=30)
-        try:
+        with impaired(bed, FaultKind.CORRUPT, node2, pct=30):
             result = probe(node1, node2, count=400)
-        finally:
-            bed.inject(FaultKind.HEAL, [node2])
         assert 18 <= result.loss_pct <= 42, result
         assert probe(node1, node2).lost == 0
 
     def test_duplication_delivers_the_share_asked_twice(self, bed, hosts):
         _, node1, node2, _ = hosts
-        bed.inject(FaultKind.DUPLICATE, [node1], pct=40)
-        try:
+        with impaired(bed, FaultKind.DUPLICATE, node1, pct=40):
             result = probe(node1, node2, count=400)
-        finally:
-            bed.inject(FaultKind.HEAL, [node1])
         assert result.lost == 0 and 0.28 <= result.duplicates / result.sent <= 0.52, result
         assert probe(node1, node2).duplicates == 0
 
     def test_reordering_lets_later_frames_overtake_the_share_asked(self, bed, hosts):
         _, node1, node2, _ = hosts
         assert probe(node1, node2).reordered == 0
-        bed.inject(FaultKind.REORDER, [node2], pct=30)
-        try:
+        with impaired(bed, FaultKind.REORDER, node2, pct=30):
             result = probe(node1, node2, count=400)
-        finally:
-            bed.inject(FaultKind.HEAL, [node2])
         assert result.lost == 0 and 0.18 <= result.reordered / result.sent <= 0.42, result
 
     def test_a_correlated_kill_takes_every_node_at_one_instant(self, bed, hosts):
