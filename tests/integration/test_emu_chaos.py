@@ -31,6 +31,8 @@ CASES = {
     "duplicate": (Fault("duplicate", (2,), at_seconds=0.0, duration=3, pct=30), ["duplicate", "heal"]),
     "reorder": (Fault("reorder", (2,), at_seconds=0.0, duration=3, pct=30), ["reorder", "heal"]),
     "flap": (Fault("flap", (4,), at_token=1, duration=1.2, period_ms=400, duty=0.5), ["link_down", "link_up"] * 3),
+    "slow": (Fault("slow", (2,), at_token=2, factor=3), ["slow", "heal"]),  # no duration: healed as the run ends
+    "clock skew": (Fault("clock_skew", (3,), at_token=2, offset_ms=250), ["clock_skew", "heal"]),
     "correlated kill": (Fault("kill", (2, 3), at_token=3), ["kill"]),
 }
 
@@ -48,7 +50,8 @@ def check(bed, run, smollm2, monolith) -> tuple[pd.DataFrame, pd.DataFrame]:
     assert len(tokens) == JOB["max_new_tokens"]
     assert not faults["detail"].str.startswith("FAILED").any(), faults["detail"].tolist()
     manifest = state.load(bed.prefix)
-    assert not manifest.get("impairments") and not manifest.get("one_way"), "every impairment healed"
+    assert not manifest.get("impairments") and not manifest.get("one_way") and not manifest.get("skews"), \
+        "every impairment healed"
     for result in check_run(run, smollm2, model=monolith):
         assert result.ok, (result.first_mismatch, result.expected, result.replayed)
     return tokens, faults
