@@ -49,6 +49,7 @@ from colosseum.network import SrnAddresses, needs_wired
 from colosseum.plan import Layout
 from colosseum.scope import scope_config_text
 from experiment.deploy import Deployment, node_config
+from experiment.wire import wire_dtypes
 from payload.bridges import FILE as BRIDGES_FILE
 from payload.config import Timing
 from payload.prepare import sha256_file
@@ -130,7 +131,8 @@ def radio_conf(layout: Layout, name: str, *, addresses: dict[str, SrnAddresses],
     if name in layout.chain:
         host = hosts[layout.chain.index(name)]
         cfg = node_config(host, hosts, deployment.placement_obj(), key_hex=deployment.key_hex,
-                          wire_dtype=deployment.wire_dtype, compute_dtype=deployment.compute_dtype, timing=timing)
+                          wire_dtypes={int(k): v for k, v in deployment.wire_dtypes.items()},
+                          compute_dtype=deployment.compute_dtype, timing=timing)
         # The key stays in the image (snapshotted by the team), never in radio.conf (on the team NAS) or /logs.
         cfg = dataclasses.replace(cfg, model_dir=f"{paths.jarvis}/model", key_hex="", key_file=f"{paths.jarvis}/key",
                                   bridges_file=f"{paths.jarvis}/model/{BRIDGES_FILE}" if deployment.bridges else "")
@@ -187,8 +189,9 @@ def write_bundle(inventory: Path | str, scenario_path: Path | str, out: Path | s
     deployment = Deployment(testbed="colosseum", model=scenario.model, prepared=str(prepared),
                             placement=placement.to_dict(), policy=scenario.on_failure.value,
                             hosts=[h.to_dict() for h in hosts], key_hex=secrets.token_hex(32),
-                            wire_dtype=scenario.wire_dtype, compute_dtype=scenario.compute_dtype,
-                            timing=dataclasses.asdict(timing), bridges=str(bridges or ""),
+                            wire_dtype=scenario.wire_dtype,
+                            wire_dtypes={str(k): v for k, v in wire_dtypes(hosts, scenario.wire_dtype).items()},
+                            compute_dtype=scenario.compute_dtype, timing=dataclasses.asdict(timing), bridges=str(bridges or ""),
                             bridges_sha256=sha256_file(bridges) if bridges else "", on_slow=scenario.on_slow.value)
     job = job_from(scenario, Path(scenario_path).parent)
     out = Path(out)

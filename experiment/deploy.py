@@ -27,6 +27,7 @@ from testbed.fanout import on_each
 from testbed.interface import HostInfo, Testbed, TestbedError
 from testbed.shipping import service_argv
 from testbed.state import write_private
+from experiment.wire import wire_dtypes
 
 NODE_PORT = 7100
 
@@ -44,7 +45,8 @@ class Deployment:
     bytes_shipped: dict[str, int] = field(default_factory=dict)
     files_skipped: dict[str, int] = field(default_factory=dict)
     key_hex: str = ""
-    wire_dtype: str = "bfloat16"
+    wire_dtype: str = "bfloat16"  # as asked: a dtype, or auto (experiment/wire.py)
+    wire_dtypes: dict[str, str] = field(default_factory=dict)  # node index -> the dtype its output travels in
     compute_dtype: str = "float32"
     timing: dict = field(default_factory=dict)
     encrypt: bool = False
@@ -127,8 +129,9 @@ def key_path(host: HostInfo) -> str | None:
     return f"{secrets_dir}/{host.name}.key" if secrets_dir else None
 
 
-def node_config(host: HostInfo, hosts: list[HostInfo], placement: Placement, *, key_hex: str, wire_dtype: str,
-                compute_dtype: str, timing: Timing, encrypt: bool = False, bridges: bool = False) -> NodeConfig:
+def node_config(host: HostInfo, hosts: list[HostInfo], placement: Placement, *, key_hex: str,
+                wire_dtypes: dict[int, str], compute_dtype: str, timing: Timing, encrypt: bool = False,
+                bridges: bool = False) -> NodeConfig:
     """A node's config; it listens on the address the testbed assigned it (``extra["listen"]`` overrides),
     never on every interface, and names its key file instead of holding the key where one is set."""
     ranges = [] if host.index == 0 else placement.ranges_of(host.index)
@@ -143,7 +146,8 @@ def node_config(host: HostInfo, hosts: list[HostInfo], placement: Placement, *, 
         key_file=key_file or "",
         log_path=f"{host.workdir}/events.jsonl",
         compute_dtype=compute_dtype,
-        wire_dtype=wire_dtype,
+        wire_dtype=wire_dtypes[host.index],
+        wire_dtypes_in=tuple(sorted(set(wire_dtypes.values()) - {wire_dtypes[host.index]})),
         timing=timing,
         encrypt=encrypt,
         bridges_file=f"{host.workdir}/model/{BRIDGES_FILE}" if bridges else "",
@@ -186,12 +190,16 @@ def deploy(testbed: Testbed, prepared: Path, placement: Placement, *, model: str
         raise TestbedError(f"on_failure: {policy.value} needs the placement's bridges (fab prepare-bridges)")
     manifest = load_manifest(prepared)
     key_hex = secrets.token_hex(32)
+    dtypes = wire_dtypes(hosts, wire_dtype)
+    if len(set(dtypes.values())) > 1:
+        progress("[deploy] wire dtypes (auto, by uplink rate): "
+                 + ", ".join(f"{h.name} {dtypes[h.index]}" for h in hosts))
     extras = {BRIDGES_FILE: (Path(bridges), sha256_file(Path(bridges)))} if bridges is not None else {}
 
     def one(host: HostInfo) -> tuple[int, int]:
         files = files_for(manifest, placement, host.index)
         sent, skipped = ship_model(testbed, host, prepared, files, extras)
-        cfg = node_config(host, hosts, placement, key_hex=key_hex, wire_dtype=wire_dtype,
+        cfg = node_config(host, hosts, placement, key_hex=key_hex, wire_dtypes=dtypes,
                           compute_dtype=compute_dtype, timing=timing, encrypt=encrypt, bridges=bool(extras))
         shell = testbed.shell(host)
         if cfg.key_file:
@@ -228,7 +236,8 @@ def deploy(testbed: Testbed, prepared: Path, placement: Placement, *, model: str
         testbed=testbed.kind, model=model, prepared=str(prepared), placement=placement.to_dict(),
         policy=policy.value, hosts=[h.to_dict() for h in hosts],
         bytes_shipped={n: r[0] for n, r in results.items()}, files_skipped={n: r[1] for n, r in results.items()},
-        key_hex=key_hex, wire_dtype=wire_dtype, compute_dtype=compute_dtype, timing=asdict(timing), encrypt=encrypt,
+        key_hex=key_hex, wire_dtype=wire_dtype, wire_dtypes={str(k): v for k, v in dtypes.items()},
+        compute_dtype=compute_dtype, timing=asdict(timing), encrypt=encrypt,
         bridges=str(bridges) if bridges is not None else "",
         bridges_sha256=extras[BRIDGES_FILE][1] if extras else "", on_slow=on_slow.value,
     )

@@ -2,7 +2,7 @@
 
 For each step of a session, apply exactly the decoder layers that tokens.csv
 records for that step, in route order, rounding hidden states to the wire
-dtype at every node boundary as the chain did.  Each layer keeps its own KV
+dtype of the sending node at every node boundary as the chain did.  Each layer keeps its own KV
 cache holding only the positions of steps where it ran; layers listed in
 ``rebuilt`` have their cache rebuilt from the previous hop's history, as the
 chain replays it: the output of the last layer applied before them at every
@@ -27,6 +27,7 @@ from payload.config import compute_threads
 from payload.events import read_events
 from payload.frames import WireDtype
 from payload.prepare import sha256_file
+from payload.routing import Placement
 from payload.schema import TABLES, RunDirError
 from payload.slices import Head, LayerSlice, ModelSpec, SessionCache
 from payload.tensors import to_wire
@@ -79,11 +80,32 @@ def _contiguous_runs(layers: list[int]) -> list[list[int]]:
     return runs
 
 
+def _owners(route: object, layers: list[int], ranges: dict[int, list[tuple[int, int]]]) -> dict[int, int]:
+    """Which node applied each of a step's ``layers``: the route's hops in order, each one range it holds."""
+    nodes = [int(x) for x in route.split()][1:-1] if isinstance(route, str) else []
+    pending, at, owners = sorted(layers), 0, {}
+    for node in nodes:
+        if at == len(pending):
+            break
+        span = next(((a, b) for a, b in ranges.get(node, []) if a <= pending[at] < b), None)
+        if span is None:
+            raise ValueError(f"route {route!r} visits node {node} for layer {pending[at]}, which it does not hold")
+        while at < len(pending) and span[0] <= pending[at] < span[1]:
+            owners[pending[at]] = node
+            at += 1
+    if at < len(pending):
+        raise ValueError(f"route {route!r} does not reach layers {pending[at:]} that the step applied")
+    return owners
+
+
 def replay_session(model: Monolith, prompt_ids: list[int], steps: pd.DataFrame, slices: dict[int, tuple[int, int]],
-                   wire: WireDtype, bridges: BridgeSet | None = None,
-                   logits: list[torch.Tensor] | None = None) -> list[int]:
+                   wires: dict[int, WireDtype], ranges: dict[int, list[tuple[int, int]]],
+                   bridges: BridgeSet | None = None, logits: list[torch.Tensor] | None = None) -> list[int]:
     """Token ids the monolith produces when each step applies the recorded layers (and bridges); with
-    ``logits``, each step's next-token logits are appended to it (the distribution the chain chose from)."""
+    ``logits``, each step's next-token logits are appended to it (the distribution the chain chose from).
+
+    ``wires`` is each node's output dtype (``auto`` gives nodes different ones): what crosses a node boundary
+    is rounded to its sender's, the node that applied the last layer before it (the user node before any)."""
     caches = {i: SessionCache.new(model.spec, (i,)) for i in range(model.spec.num_layers)}
     # Wire-rounded output of each layer at every position (None where it did not run): a rebuild replays
     # the history of the hop before it on the route, which is its last layer's output at each position.
@@ -94,15 +116,18 @@ def replay_session(model: Monolith, prompt_ids: list[int], steps: pd.DataFrame, 
     positions = 0
     for row in steps.itertuples():
         layers = set(_indices(row.layers))
+        owners = _owners(row.route, sorted(layers), ranges)
+        wire_of = {layer: wires[node] for layer, node in owners.items()}
         runs = {run[0]: run for run in _contiguous_runs(sorted(_indices(row.rebuilt)))}
         spans = parse_spans(getattr(row, "bridges", ""))
         new_ids = ids[positions:]
-        hidden = to_wire(model.head.embed_ids(torch.tensor([new_ids])), wire)
+        sender = wires[0]  # the dtype of whoever sent what ``hidden`` holds now
+        hidden = to_wire(model.head.embed_ids(torch.tensor([new_ids])), sender)
         unbridged: dict[int, tuple[list, torch.Tensor]] = {}  # layer after a gap -> (maps, state before them)
         layer = 0
         while layer < model.spec.num_layers:
             if layer in boundaries:
-                hidden = to_wire(hidden, wire)
+                hidden = to_wire(hidden, sender)
             if layer in spans:
                 end = spans[layer]
                 maps = bridges.cover(layer, end) if bridges is not None else None
@@ -110,7 +135,7 @@ def replay_session(model: Monolith, prompt_ids: list[int], steps: pd.DataFrame, 
                     raise ValueError(f"the run bridged layers {layer}-{end - 1} but no bridges for them were given")
                 unbridged[end] = (maps, hidden)
                 # The last hop sends the user node its last position only: a gap at the end is bridged on that.
-                hidden = bridge_wire(maps, hidden[:, -1:] if end == model.spec.num_layers else hidden, wire)
+                hidden = bridge_wire(maps, hidden[:, -1:] if end == model.spec.num_layers else hidden, sender)
                 for index in range(layer, end):
                     outputs[index].extend([None] * len(new_ids))
                 layer = end
@@ -121,24 +146,26 @@ def replay_session(model: Monolith, prompt_ids: list[int], steps: pd.DataFrame, 
                 # bit a forward over T, then 1).  After a gap the previous hop bridges that whole frame at once.
                 run = runs[layer]
                 if positions:
-                    history = _replay_source(model, ids[:positions], outputs, sorted(layers), layer, wire)
+                    history = _replay_source(model, ids[:positions], outputs, sorted(layers), layer, sender)
                     if layer in unbridged:
                         maps, before = unbridged[layer]
-                        hidden = bridge_wire(maps, torch.cat([history, before], dim=1), wire)
+                        hidden = bridge_wire(maps, torch.cat([history, before], dim=1), sender)
                     else:
                         hidden = torch.cat([history, hidden], dim=1)
                 for index in run:
                     caches[index] = SessionCache.new(model.spec, (index,))
                     outputs[index] = []
-                hidden = _apply(model, run, hidden, 0, caches, outputs, boundaries, wire)[:, positions:]
+                hidden = _apply(model, run, hidden, 0, caches, outputs, boundaries, wire_of)[:, positions:]
+                sender = wire_of[run[-1]]
                 layer = run[-1] + 1
                 continue
             if layer in layers:
-                hidden = _apply(model, [layer], hidden, positions, caches, outputs, boundaries, wire)
+                hidden = _apply(model, [layer], hidden, positions, caches, outputs, boundaries, wire_of)
+                sender = wire_of[layer]
             else:
                 outputs[layer].extend([None] * len(new_ids))
             layer += 1
-        hidden = to_wire(hidden, wire)
+        hidden = to_wire(hidden, sender)
         step_logits = model.head.logits(hidden[:, -1:])[0, -1]
         if logits is not None:
             logits.append(step_logits)
@@ -155,29 +182,32 @@ def _indices(cell: object) -> list[int]:
 
 
 def _apply(model: Monolith, run: list[int], hidden: torch.Tensor, start: int, caches: dict[int, SessionCache],
-           outputs: dict[int, list[torch.Tensor | None]], boundaries: set[int], wire: WireDtype) -> torch.Tensor:
-    """Apply consecutive layers ``run`` to positions ``start...``, rounding at node boundaries inside the run."""
+           outputs: dict[int, list[torch.Tensor | None]], boundaries: set[int],
+           wire_of: dict[int, WireDtype]) -> torch.Tensor:
+    """Apply consecutive layers ``run`` to positions ``start...``, rounding at node boundaries inside the run
+    (to the dtype of the node that applied the layer before)."""
     pos = torch.arange(start, start + hidden.shape[1]).unsqueeze(0)
     for index in run:
         if index in boundaries and index != run[0]:
-            hidden = to_wire(hidden, wire)
+            hidden = to_wire(hidden, wire_of[index - 1])
         hidden = model.layers[index].forward(hidden, pos, caches[index])
         caches[index].commit()
-        rounded = to_wire(hidden, wire)
+        rounded = to_wire(hidden, wire_of[index])
         outputs[index].extend(rounded[:, j:j + 1] for j in range(rounded.shape[1]))
     return hidden
 
 
 def _replay_source(model: Monolith, ids: list[int], outputs: dict[int, list[torch.Tensor | None]],
-                   layers: list[int], first: int, wire: WireDtype) -> torch.Tensor:
+                   layers: list[int], first: int, sender: WireDtype) -> torch.Tensor:
     """What the chain replays into rebuilt layers starting at ``first``: the previous hop's history.
 
     That is the output of the last layer applied before ``first`` at this step,
-    at every earlier position, or the embeddings when no layer comes before.
+    at every earlier position (rounded as its node sent it), or the embeddings
+    (at ``sender``'s dtype: the user node's) when no layer comes before.
     """
     before = [layer for layer in layers if layer < first]
     if not before:
-        return to_wire(model.head.embed_ids(torch.tensor([ids])), wire)
+        return to_wire(model.head.embed_ids(torch.tensor([ids])), sender)
     history = outputs[before[-1]][:len(ids)]
     missing = [p for p, chunk in enumerate(history) if chunk is None]
     if missing:
@@ -212,7 +242,9 @@ def check_run(run_dir: Path, prepared: Path, *, model: Monolith | None = None,
     tokens = read_table(run_dir, "tokens")
     nodes = read_table(run_dir, "nodes")
     deployment = json.loads((run_dir / "deployment.json").read_text())
-    wire = WireDtype.from_name(deployment.get("wire_dtype", "bfloat16"))
+    wires = run_wire_dtypes(deployment)
+    placement = Placement.from_dict(deployment["placement"])
+    ranges = {n: placement.ranges_of(n) for n in wires if n != 0}
     user = nodes.loc[nodes["index"] == 0, "name"].iloc[0]
     starts = {e["session"]: e["prompt_ids"] for e in read_events(run_dir / "nodes" / user / "events.jsonl")
               if e["ev"] == "session_start"}
@@ -225,12 +257,13 @@ def check_run(run_dir: Path, prepared: Path, *, model: Monolith | None = None,
         for sid, steps in tokens.groupby("session", sort=False):
             steps = steps.sort_values("step")
             chain: list[torch.Tensor] | None = [] if divergence else None
-            replayed = replay_session(model, starts[sid], steps, _node_layers(nodes), wire, bridges, chain)
+            replayed = replay_session(model, starts[sid], steps, _node_layers(nodes), wires, ranges, bridges, chain)
             result = ReplayResult(str(sid), steps["token_id"].astype(int).tolist(), replayed)
             if chain is not None:
                 full: list[torch.Tensor] = []
-                intact = steps.assign(layers=" ".join(map(str, range(model.spec.num_layers))), rebuilt="", bridges="")
-                replay_session(model, starts[sid], intact, _node_layers(nodes), wire, None, full)
+                intact = steps.assign(layers=" ".join(map(str, range(model.spec.num_layers))), rebuilt="", bridges="",
+                                      route=" ".join(map(str, [0, *placement.nodes, 0])))
+                replay_session(model, starts[sid], intact, _node_layers(nodes), wires, ranges, None, full)
                 result.kl = [_kl(p, q) for p, q in zip(full, chain)]
             results.append(result)
     finally:
@@ -242,6 +275,13 @@ def _kl(full: torch.Tensor, chain: torch.Tensor) -> float:
     """KL(softmax(full) || softmax(chain)) in nats, from logits."""
     log_p, log_q = torch.log_softmax(full.double(), -1), torch.log_softmax(chain.double(), -1)
     return float((log_p.exp() * (log_p - log_q)).sum())
+
+
+def run_wire_dtypes(deployment: dict) -> dict[int, WireDtype]:
+    """Each node's output dtype in a run (one for all in runs deployed before ``wire_dtypes`` was recorded)."""
+    named = deployment.get("wire_dtypes") or {str(i): deployment.get("wire_dtype", "bfloat16")
+                                              for i in range(len(deployment["hosts"]))}
+    return {int(node): WireDtype.from_name(name) for node, name in named.items()}
 
 
 def run_bridges(deployment: dict, hidden: int) -> BridgeSet:

@@ -79,12 +79,19 @@ class NodeConfig:
     key_hex: str
     log_path: str
     compute_dtype: str = "float32"
-    wire_dtype: str = "bfloat16"
+    wire_dtype: str = "bfloat16"  # what this node's output travels in (frames say their own dtype)
+    wire_dtypes_in: tuple[str, ...] = ()  # what its peers send in, when others than wire_dtype (wire_dtype: auto)
     max_positions: int = 8192
     timing: Timing = field(default_factory=Timing)
     encrypt: bool = False  # seal every payload with ChaCha20-Poly1305 (frames are authenticated either way)
     key_file: str = ""  # where the key is instead of key_hex: a private file outside anything copied off the node
     bridges_file: str = ""  # the placement's bridges (on_failure: bridge): safetensors, payload/bridges.py
+
+    def largest_position_bytes(self, hidden: int) -> int:
+        """Bytes of one position in the widest dtype this node sends or receives (what its frame cap allows)."""
+        from payload.frames import WireDtype
+
+        return max(WireDtype.from_name(d).position_bytes(hidden) for d in (self.wire_dtype, *self.wire_dtypes_in))
 
     @property
     def key(self) -> bytes:
@@ -110,6 +117,7 @@ class NodeConfig:
                 log_path=str(data["log_path"]),
                 compute_dtype=data.get("compute_dtype", "float32"),
                 wire_dtype=data.get("wire_dtype", "bfloat16"),
+                wire_dtypes_in=tuple(str(d) for d in data.get("wire_dtypes_in", ())),
                 max_positions=int(data.get("max_positions", 8192)),
                 timing=Timing(**data.get("timing", {})),
                 encrypt=bool(data.get("encrypt", False)),

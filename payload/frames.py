@@ -86,22 +86,40 @@ class FrameFlag(enum.IntFlag):
 
 
 class WireDtype(enum.IntEnum):
+    """How hidden states travel.  INT8 and FP8_E4M3 are compressed: each position carries a float32 scale (a
+    power of two, :mod:`payload.tensors`) after its codes."""
+
     NONE = 0
     FLOAT32 = 1
     BFLOAT16 = 2
     FLOAT16 = 3
+    INT8 = 4
+    FP8_E4M3 = 5
 
     @property
     def itemsize(self) -> int:
-        return {0: 1, 1: 4, 2: 2, 3: 2}[int(self)]
+        return {0: 1, 1: 4, 2: 2, 3: 2, 4: 1, 5: 1}[int(self)]
+
+    @property
+    def scaled(self) -> bool:
+        """Whether each position carries a scale (the compressed dtypes)."""
+        return self in (WireDtype.INT8, WireDtype.FP8_E4M3)
+
+    def position_bytes(self, hidden: int) -> int:
+        """Payload bytes of one position of ``hidden`` values: its codes, and its scale when compressed."""
+        return hidden * self.itemsize + (SCALE_BYTES if self.scaled else 0)
 
     @classmethod
     def from_name(cls, name: str) -> "WireDtype":
-        names = {"float32": cls.FLOAT32, "bfloat16": cls.BFLOAT16, "float16": cls.FLOAT16}
         try:
-            return names[name]
+            return WIRE_NAMES[name]
         except KeyError:
-            raise LocalFrameError(f"unknown wire dtype {name!r}; choose one of {sorted(names)}") from None
+            raise LocalFrameError(f"unknown wire dtype {name!r}; choose one of {sorted(WIRE_NAMES)}") from None
+
+
+SCALE_BYTES = 4  # a compressed position's float32 scale
+WIRE_NAMES = {"float32": WireDtype.FLOAT32, "bfloat16": WireDtype.BFLOAT16, "float16": WireDtype.FLOAT16,
+              "int8": WireDtype.INT8, "fp8": WireDtype.FP8_E4M3}
 
 
 class HopFlag(enum.IntFlag):
@@ -149,7 +167,7 @@ class Frame:
     seq: int = 0  # the sender's sequence number, never repeated within one boot
 
     def expected_payload_bytes(self) -> int:
-        return self.n_pos * self.hidden * self.dtype.itemsize
+        return self.n_pos * self.dtype.position_bytes(self.hidden)
 
     def reply(self, type_: FrameType, payload: bytes = b"", **changes) -> "Frame":
         """A control frame about this one (ACK/ERROR), addressed back to its sender."""

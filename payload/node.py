@@ -149,8 +149,8 @@ class LayerNode:
         self.links: dict[int, PeerLink] = {}
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="compute")
         # The largest legitimate frame is a replay of every position at the wire dtype.
-        self.wire = Wire(config.key, self.log, frame_cap(config.max_positions, self.spec.hidden_size,
-                                                         self.wire_dtype.itemsize),
+        self.wire = Wire(config.key, self.log, frame_cap(config.max_positions,
+                                                         config.largest_position_bytes(self.spec.hidden_size)),
                          encrypt=config.encrypt, timing=config.timing)
         self.gate = ConnectionGate(config.timing)
         self._tasks: set[asyncio.Task] = set()
@@ -404,7 +404,7 @@ class LayerNode:
         out = Frame(FrameType.DATA, frame.session, step=frame.step, epoch=frame.epoch, pos_start=pos_start,
                     n_pos=payload.shape[1], replay_len=replay_len, hidden=frame.hidden, dtype=self.wire_dtype,
                     hop=frame.hop + 1 if not last else 0, route=frame.route, src=self.config.node, dst=nxt,
-                    payload=to_bytes(payload))
+                    payload=to_bytes(payload, self.wire_dtype))
         t_enc = time.monotonic_ns()
         encoded = self.wire.encode(out)
         serialize_ns = time.monotonic_ns() - t_enc

@@ -57,9 +57,9 @@ LATE_WAKEUP_S = 0.05
 _KIND = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}|\d+")
 
 
-def frame_cap(positions: int, hidden: int, itemsize: int) -> int:
+def frame_cap(positions: int, position_bytes: int) -> int:
     """The largest legitimate frame: ``positions`` hidden states (a full replayed history) plus overhead."""
-    return MAX_OVERHEAD + max(positions * hidden * itemsize, CONTROL_PAYLOAD)
+    return MAX_OVERHEAD + max(positions * position_bytes, CONTROL_PAYLOAD)
 
 
 class FailureKind(str, enum.Enum):

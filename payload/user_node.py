@@ -102,7 +102,7 @@ class UserNode:
         self.cold: dict[uuid.UUID, set[int]] = {}
         self.unended: dict[int, set[uuid.UUID]] = {}  # node -> sessions that ended while it was out
         # Results carry one position; failure reports and heartbeats are small JSON.
-        self.wire = Wire(self.node.key, self.log, frame_cap(1, self.spec.hidden_size, 4), encrypt=self.node.encrypt,
+        self.wire = Wire(self.node.key, self.log, frame_cap(1, self.node.largest_position_bytes(self.spec.hidden_size)), encrypt=self.node.encrypt,
                          timing=self.node.timing)
         self.gate = ConnectionGate(self.node.timing)
         self.liveness = Liveness(self.node.timing, config.placement, self.log, on_out=self._failed,
@@ -225,11 +225,11 @@ class UserNode:
                                                                           self.wire_dtype)
             frame = Frame(FrameType.DATA, sid, step=step, epoch=epoch, pos_start=pos_start, n_pos=len(new_ids),
                           replay_len=replay_len, hidden=self.spec.hidden_size, dtype=self.wire_dtype, hop=0,
-                          route=plan.hops, src=USER_NODE, dst=first.node, payload=to_bytes(hidden))
+                          route=plan.hops, src=USER_NODE, dst=first.node, payload=to_bytes(hidden, self.wire_dtype))
         # A hop that rebuilds a cache receives the whole history; other hops get this step's positions.
         frame_positions = len(ids) if any(h.flags & HopFlag.REPLAY for h in plan.hops) else len(ids) - positions
         attempt = Attempt(epoch, frozenset(h.node for h in plan.hops), asyncio.get_running_loop().create_future(),
-                          frame_positions * self.spec.hidden_size * self.wire_dtype.itemsize)
+                          frame_positions * self.wire_dtype.position_bytes(self.spec.hidden_size))
         self.attempts[sid] = attempt
         t_enc = time.monotonic_ns()
         encoded = self.wire.encode(frame)

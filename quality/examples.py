@@ -26,7 +26,9 @@ from pathlib import Path
 
 import torch
 
+from payload.frames import WireDtype
 from payload.slices import LayerSlice
+from payload.tensors import to_wire
 from quality.model import SkipModel
 from quality.progress import Bar
 from quality.skipsets import SkipSet, label
@@ -99,30 +101,41 @@ def prompt_ids(tokenizer, model: SkipModel, prompt: str) -> list[int]:
 
 def chain(model: SkipModel, skip: SkipSet) -> list[LayerSlice]:
     """The surviving layers as contiguous slices, as a JARVIS chain would hold them after failures."""
-    slices, first = [], None
+    spans, first = [], None
     for index in range(model.num_layers + 1):
         alive = index < model.num_layers and index not in skip
         if alive and first is None:
             first = index
         elif not alive and first is not None:
-            layers = {i: model.layers[i] for i in range(first, index)}
-            slices.append(LayerSlice(spec=model.spec, first=first, end=index, layers=layers))
+            spans.append((first, index))
             first = None
-    return slices
+    return node_slices(model, spans)
+
+
+def node_slices(model: SkipModel, spans: list[tuple[int, int]]) -> list[LayerSlice]:
+    """One slice per ``[first, end)`` span, sharing the model's layers (nodes of a placement, in one process)."""
+    return [LayerSlice(spec=model.spec, first=a, end=b, layers={i: model.layers[i] for i in range(a, b)})
+            for a, b in spans]
 
 
 @torch.inference_mode()
-def generate(model: SkipModel, ids: list[int], skip: SkipSet, *, stop: set[int], max_new_tokens: int) -> list[int]:
-    """Greedy continuation of ``ids`` with the layers in ``skip`` left out (KV-cached, one token per step)."""
-    slices = chain(model, skip)
+def generate(model: SkipModel, ids: list[int], skip: SkipSet, *, stop: set[int], max_new_tokens: int,
+             spans: list[tuple[int, int]] | None = None, wire: WireDtype | None = None) -> list[int]:
+    """Greedy continuation of ``ids`` with the layers in ``skip`` left out (KV-cached, one token per step).
+
+    With ``spans`` and ``wire``: the layers held as those node slices, the hidden state rounded to ``wire``
+    as it leaves the user node and each slice, as on a chain."""
+    slices = chain(model, skip) if spans is None else node_slices(model, spans)
     caches = [s.new_cache() for s in slices]
     out: list[int] = []
     step = torch.tensor([ids])
     position = torch.arange(len(ids)).unsqueeze(0)
     for _ in range(max_new_tokens):
         hidden = model.head.embed_ids(step)
+        hidden = hidden if wire is None else to_wire(hidden, wire)
         for layer_slice, cache in zip(slices, caches):
             hidden = layer_slice.forward(hidden, position, cache)
+            hidden = hidden if wire is None else to_wire(hidden, wire)
         token = int(model.logits(hidden[:, -1:])[0, -1].argmax())
         if token in stop:
             break
