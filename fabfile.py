@@ -91,7 +91,7 @@ def hosts(c, testbed="local", json_=False, prefix=None):
             "on_failure": "skip | replica | replica-then-skip | bridge | replica-then-bridge",
             "on_slow": "wait | skip | replica: what a straggler (answering, persistently slow) gets",
             "bridges": "bridge file from prepare-bridges (default: fitted for this placement, cached)",
-            "wire_dtype": "bfloat16 | float16 | float32 | int8 | fp8 | auto (int8 on uplinks below 100 Mbit/s)", "prefix": "name prefix of this testbed",
+            "wire_dtype": "bfloat16 | float16 | float32 | int8 | fp8 | auto (int8 on uplinks below 50 Mbit/s)", "prefix": "name prefix of this testbed",
             "encrypt": "seal every frame's payload with ChaCha20-Poly1305 (frames are authenticated either way)",
             "inventory": "inventory file (colosseum, rpi, ssh): brings the testbed up first if it is not",
             "nodes": "layer nodes to bring up (default: all the inventory holds)",

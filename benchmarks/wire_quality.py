@@ -42,7 +42,7 @@ def chain_final(model: SkipModel, seq, spans: list[tuple[int, int]], wire: WireD
     """The last node's output as the user node receives it: rounded to ``wire`` at every hop."""
     hidden = to_wire(seq.embeddings, wire)
     for first, end in spans:
-        hidden = to_wire(model.run(hidden, seq, first, end), wire)
+        hidden = to_wire(model.run(hidden.to(model.head.compute_dtype), seq, first, end), wire)
     return hidden
 
 

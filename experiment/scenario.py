@@ -205,7 +205,7 @@ class Scenario(BaseModel):
     ignore_eos: StrictBool = Field(default=False, description="always generate max_new_tokens (fixed-length runs)")
     wire_dtype: Literal["float32", "bfloat16", "float16", "int8", "fp8", "auto"] = Field(
         default="bfloat16", description="what hidden states travel in; auto: int8 from nodes whose uplink is "
-                                        "below 100 Mbit/s, bfloat16 from the others (experiment/wire.py)")
+                                        "below 50 Mbit/s, bfloat16 from the others (experiment/wire.py)")
     compute_dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     encrypt: StrictBool = Field(default=False, description="seal every frame's payload (ChaCha20-Poly1305)")
     faults: list[FaultSpec] = Field(default_factory=list)

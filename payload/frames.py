@@ -86,8 +86,8 @@ class FrameFlag(enum.IntFlag):
 
 
 class WireDtype(enum.IntEnum):
-    """How hidden states travel.  INT8 and FP8_E4M3 are compressed: each position carries a float32 scale (a
-    power of two, :mod:`payload.tensors`) after its codes."""
+    """How hidden states travel.  INT8 and FP8_E4M3 are compressed (:mod:`payload.tensors`): per position, the
+    codes of its values, a float32 scale, and its largest-magnitude values (outliers) kept in bfloat16."""
 
     NONE = 0
     FLOAT32 = 1
@@ -102,12 +102,19 @@ class WireDtype(enum.IntEnum):
 
     @property
     def scaled(self) -> bool:
-        """Whether each position carries a scale (the compressed dtypes)."""
+        """Whether each position carries a scale and outliers (the compressed dtypes)."""
         return self in (WireDtype.INT8, WireDtype.FP8_E4M3)
 
+    def outliers(self, hidden: int) -> int:
+        """How many of a position's ``hidden`` values travel in bfloat16 beside the codes (0 if not compressed)."""
+        share = OUTLIER_SHARE.get(self)
+        return max(1, hidden // share) if share else 0
+
     def position_bytes(self, hidden: int) -> int:
-        """Payload bytes of one position of ``hidden`` values: its codes, and its scale when compressed."""
-        return hidden * self.itemsize + (SCALE_BYTES if self.scaled else 0)
+        """Payload bytes of one position of ``hidden`` values: codes, then scale and outliers when compressed."""
+        if not self.scaled:
+            return hidden * self.itemsize
+        return hidden * self.itemsize + SCALE_BYTES + self.outliers(hidden) * OUTLIER_BYTES
 
     @classmethod
     def from_name(cls, name: str) -> "WireDtype":
@@ -118,6 +125,11 @@ class WireDtype(enum.IntEnum):
 
 
 SCALE_BYTES = 4  # a compressed position's float32 scale
+OUTLIER_BYTES = 4  # an outlier: its int16 index (hidden sizes up to 32,768) and its bfloat16 value
+# One value in this many travels as an outlier.  Measured (benchmarks/wire_quality.py): residual streams carry a
+# few values hundreds of times the median (Gemma 3: 37,000 against 234), which a per-position int8 scale cannot
+# span (KL 4.9 nats/token on Gemma 3 270M with none); int8 needs about 1 in 16, e4m3 (its own exponent) far fewer.
+OUTLIER_SHARE = {WireDtype.INT8: 16, WireDtype.FP8_E4M3: 128}
 WIRE_NAMES = {"float32": WireDtype.FLOAT32, "bfloat16": WireDtype.BFLOAT16, "float16": WireDtype.FLOAT16,
               "int8": WireDtype.INT8, "fp8": WireDtype.FP8_E4M3}
 

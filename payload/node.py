@@ -325,6 +325,11 @@ class LayerNode:
             hop = frame.route[frame.hop]
             sl = self.slices[hop.first]
             rs = state.ranges.get(hop.first)
+            try:
+                hidden = from_bytes(frame.payload, frame.dtype, frame.n_pos, frame.hidden)
+            except ValueError as exc:  # compressed codes that decode to nothing valid: refused before any cache moves
+                await self._refuse(frame, f"undecodable {frame.dtype.name} payload: {exc}")
+                return
             decision = decide(epoch=frame.epoch, pos_start=frame.pos_start, session_epoch=state.max_epoch,
                               cached=rs.cache.length if rs is not None else None)
             if decision.action == Action.DROP_STALE:
@@ -347,7 +352,6 @@ class LayerNode:
                              positions=decision.rollback)
             else:
                 rs.cache.commit()
-            hidden = from_bytes(frame.payload, frame.dtype, frame.n_pos, frame.hidden)
             positions = torch.arange(frame.pos_start, frame.pos_start + frame.n_pos).unsqueeze(0)
             start = time.monotonic_ns()
             if frame.n_pos <= INLINE_POSITIONS:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 
 from experiment.replay import Monolith, check_run
+from experiment.wire import AUTO_COMPRESSED
 from experiment.run import Fault, run_job
 from payload.events import read_events
 from payload.frames import WireDtype
@@ -38,19 +39,20 @@ def test_a_compressed_chain_survives_a_kill_and_the_oracle_replays_it(smollm2, s
 
 def test_auto_compresses_per_hop_by_uplink_and_the_oracle_replays_the_mix(require_root, tiny_prepared, tmp_path):
     """Emu nodes over SSH and the userspace switch: the user node on WiFi (the default) and node 2 on cellular
-    send int8, nodes 1 and 3 on server links bfloat16; node 2 is killed, so node 1 sends to node 3 directly."""
+    send compressed, nodes 1 and 3 on server links bfloat16; node 2 is killed, so node 1 sends to node 3 directly."""
     tiny = tiny_prepared("llama")
     links = {1: resolve("server"), 2: resolve("cellular"), 3: resolve("server")}
     with emu_testbed("wire", 3, links) as bed:
         dep = deploy_even(bed, tiny, 3, wire_dtype="auto")
         run = run_job(bed, dep, {"prompts": ["the cat sat on the mat and then"], "max_new_tokens": 8,
                                  "ignore_eos": True}, [Fault("kill", (2,), at_token=3)], tmp_path / "run")
-    assert dep.wire_dtypes == {"0": "int8", "1": "bfloat16", "2": "int8", "3": "bfloat16"}
+    assert dep.wire_dtypes == {"0": AUTO_COMPRESSED, "1": "bfloat16", "2": AUTO_COMPRESSED, "3": "bfloat16"}
     assert summary(run)["complete"] and read_tokens(run)["nodes_out"].iloc[-1] == "2"
     hidden = ModelSpec(tiny).hidden_size
+    compressed = WireDtype.from_name(AUTO_COMPRESSED).position_bytes(hidden)
     received = [e for name in ("node1", "node2", "node3") for e in read_events(run / "nodes" / name / "events.jsonl")
                 if e["ev"] == "recv"]
     sent_as = {(e["src"], e["bytes"] // e["positions"]) for e in received}
-    assert sent_as == {(0, hidden + 4), (1, 2 * hidden), (2, hidden + 4)}, sent_as
+    assert sent_as == {(0, compressed), (1, 2 * hidden), (2, compressed)}, sent_as
     for result in check_run(run, tiny, model=Monolith(tiny)):
         assert result.ok, (result.first_mismatch, result.expected, result.replayed)

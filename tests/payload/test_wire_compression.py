@@ -56,9 +56,24 @@ def test_the_error_is_what_the_format_allows(dtype, bound):
     assert 0 < error < bound
 
 
-def test_a_compressed_position_is_a_quarter_of_float32_plus_its_scale():
-    assert WireDtype.INT8.position_bytes(640) == WireDtype.FP8_E4M3.position_bytes(640) == 644
+def test_a_compressed_position_is_its_codes_scale_and_outliers():
+    assert WireDtype.INT8.outliers(640) == 40 and WireDtype.FP8_E4M3.outliers(640) == 5
+    assert WireDtype.INT8.position_bytes(640) == 640 + 4 + 40 * 4
+    assert WireDtype.FP8_E4M3.position_bytes(640) == 640 + 4 + 5 * 4
     assert WireDtype.BFLOAT16.position_bytes(640) == 1280 and WireDtype.FLOAT32.position_bytes(640) == 2560
+
+
+@pytest.mark.parametrize("dtype", COMPRESSED)
+def test_outliers_travel_exactly_in_bfloat16_and_do_not_crush_the_rest(dtype):
+    """A residual stream's massive values (Gemma 3: 37,000 beside a median of 234) are kept, and the others keep
+    their precision: one scale over both would round most of them to zero."""
+    torch.manual_seed(1)
+    x = torch.randn(1, 4, 640)
+    x[..., [7, 100, 301]] = torch.tensor([37000.0, -9000.0, 2500.0])
+    wire = to_wire(x, dtype)
+    assert torch.equal(wire[..., [7, 100, 301]], x[..., [7, 100, 301]].to(torch.bfloat16).float())
+    rest = [i for i in range(640) if i not in (7, 100, 301)]
+    assert ((wire[..., rest] - x[..., rest]).norm() / x[..., rest].norm()) < 0.05
 
 
 def test_each_position_has_its_own_scale():
@@ -82,9 +97,17 @@ def test_a_compressed_frame_decodes_and_a_short_one_is_refused(dtype):
     decoder.feed(encode(frame, KEY, boot=1, seq=1))
     got = decoder.next_frame()
     assert torch.equal(from_bytes(got.payload, got.dtype, got.n_pos, got.hidden), x)
-    with pytest.raises(LocalFrameError, match="is 60 bytes, expected 192"):  # 3 x (16 codes + 4 scale bytes)
+    with pytest.raises(LocalFrameError, match="is 72 bytes, expected 192"):  # 3 x (16 codes, scale, 1 outlier)
         encode(Frame(FrameType.DATA, uuid.uuid4(), n_pos=3, hidden=16, dtype=WireDtype.FLOAT32,
                      route=(Hop(1, 0, 2),), src=0, dst=1, payload=frame.payload), KEY)
+
+
+def test_an_outlier_index_outside_the_position_is_refused():
+    x = to_wire(torch.randn(1, 1, 16), WireDtype.INT8)
+    payload = bytearray(to_bytes(x, WireDtype.INT8))
+    payload[20:22] = (16).to_bytes(2, "little")  # the one outlier's index, one past the end
+    with pytest.raises(ValueError, match="outlier index lies outside 0..15"):
+        from_bytes(bytes(payload), WireDtype.INT8, 1, 16)
 
 
 def _resign(raw: bytes) -> bytes:
@@ -95,7 +118,7 @@ def _resign(raw: bytes) -> bytes:
 
 
 def test_an_authentic_frame_whose_dtype_does_not_fit_its_payload_is_refused():
-    """float32 bytes of 1 x 16 under a header that says int8 (which would need 20 bytes): refused by length."""
+    """float32 bytes of 1 x 16 under a header that says int8 (which would need 24 bytes): refused by length."""
     raw = bytearray(encode(Frame(FrameType.DATA, uuid.uuid4(), n_pos=1, hidden=16, dtype=WireDtype.FLOAT32,
                                  route=(Hop(1, 0, 2),), src=0, dst=1, payload=bytes(64)), KEY, boot=1, seq=1))
     raw[_PREFIX.size + struct.calcsize("!2sBBH16sIIIIII")] = int(WireDtype.INT8)
