@@ -49,10 +49,10 @@ from colosseum.network import SrnAddresses, needs_wired
 from colosseum.plan import Layout
 from colosseum.scope import scope_config_text
 from experiment.deploy import Deployment, node_config
-from experiment.wire import wire_dtypes
+from experiment.wire import prefill_chunk, wire_dtypes
 from payload.bridges import FILE as BRIDGES_FILE
 from payload.config import Timing
-from payload.prepare import sha256_file
+from payload.prepare import load_manifest, sha256_file
 from testbed.addresses import Address
 from testbed.interface import FaultResult, HostInfo, Testbed, TestbedError
 from testbed.profiles import LinkProfile
@@ -139,7 +139,7 @@ def radio_conf(layout: Layout, name: str, *, addresses: dict[str, SrnAddresses],
         config = json.loads(cfg.to_json())
         if host.index == 0:
             config = {"node": config, "placement": deployment.placement, "policy": deployment.policy,
-                      "on_slow": deployment.on_slow}
+                      "on_slow": deployment.on_slow, "prefill_chunk": deployment.prefill_chunk}
             argv = service_argv(host, "payload.user", "--config", "user.json", "--job", "job.json", "--jsonl")
         else:
             argv = service_argv(host, "payload.node", "--config", "node.json")
@@ -186,11 +186,14 @@ def write_bundle(inventory: Path | str, scenario_path: Path | str, out: Path | s
     addresses = static_addresses(inv)
     hosts = chain_hosts(layout, addresses)
     timing = Timing()
+    dtypes = wire_dtypes(hosts, scenario.wire_dtype)
     deployment = Deployment(testbed="colosseum", model=scenario.model, prepared=str(prepared),
                             placement=placement.to_dict(), policy=scenario.on_failure.value,
                             hosts=[h.to_dict() for h in hosts], key_hex=secrets.token_hex(32),
                             wire_dtype=scenario.wire_dtype,
-                            wire_dtypes={str(k): v for k, v in wire_dtypes(hosts, scenario.wire_dtype).items()},
+                            wire_dtypes={str(k): v for k, v in dtypes.items()},
+                            prefill_chunk=prefill_chunk(hosts, dtypes, int(load_manifest(prepared)["hidden_size"]),
+                                                        scenario.prefill_chunk),
                             compute_dtype=scenario.compute_dtype, timing=dataclasses.asdict(timing), bridges=str(bridges or ""),
                             bridges_sha256=sha256_file(bridges) if bridges else "", on_slow=scenario.on_slow.value)
     job = job_from(scenario, Path(scenario_path).parent)

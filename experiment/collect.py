@@ -71,20 +71,24 @@ def tokens_frame(events: Events) -> pd.DataFrame:
 
 def hops_frame(events: Events) -> pd.DataFrame:
     """hops.csv: every frame sent across a hop, from the sender's ``ack`` and the receiver's ``recv`` and
-    ``compute`` events of it (keyed by receiver, session, step, epoch and sender); see the schema."""
+    ``compute`` events of it (keyed by receiver, session, step, epoch, sender and first position: the chunks of a
+    chunked prefill are frames of one step); see the schema.  Logs from before acks named their first position
+    match on the rest."""
     sides: dict[str, dict[tuple, dict]] = {"ack": {}, "recv": {}, "compute": {}}
     for node, evs in events.items():
         for e in evs:
             side = sides.get(e["ev"])
             if side is not None:
                 receiver = e["dst"] if e["ev"] == "ack" else node
-                side[(receiver, e["session"], e["step"], e["epoch"], e["src"])] = e
+                side[(receiver, e["session"], e["step"], e["epoch"], e["src"], e.get("pos_start"))] = e
+    if sides["ack"] and all(k[-1] is None for k in sides["ack"]):  # an older run: acks did not name it
+        sides = {name: {k[:-1] + (None,): e for k, e in side.items()} for name, side in sides.items()}
     columns = TABLES["hops"].names
     keys = list(sides["ack"]) + [k for k in {**sides["recv"], **sides["compute"]} if k not in sides["ack"]]
     rows = []
     for key in keys:
         ack, recv, compute = (sides[name].get(key, {}) for name in ("ack", "recv", "compute"))
-        dst, session, step, epoch, src = key
+        dst, session, step, epoch, src, _ = key
         rows.append({
             **{k: ack.get(k) for k in columns}, "session": session, "step": step, "epoch": epoch, "src": src,
             "dst": dst, "positions": (ack or recv or compute)["positions"], "acked": bool(ack),

@@ -27,7 +27,7 @@ from testbed.fanout import on_each
 from testbed.interface import HostInfo, Testbed, TestbedError
 from testbed.shipping import service_argv
 from testbed.state import write_private
-from experiment.wire import wire_dtypes
+from experiment.wire import prefill_chunk, wire_dtypes
 
 NODE_PORT = 7100
 
@@ -53,6 +53,7 @@ class Deployment:
     bridges: str = ""  # the bridges file every host holds (on_failure: bridge), here on the control machine
     bridges_sha256: str = ""
     on_slow: str = "wait"  # what the user node does about a straggler (payload/stragglers.py)
+    prefill_chunk: int = 0  # positions per frame of a chunked prefill, as deploy resolved it (0: one frame)
 
     def save(self, path: Path) -> None:
         """Write it readable by this user only: it holds the deployment key."""
@@ -178,11 +179,12 @@ def stop_started(testbed: Testbed, started: dict[str, HostInfo]) -> None:
 def deploy(testbed: Testbed, prepared: Path, placement: Placement, *, model: str, policy: Policy = Policy.SKIP,
            wire_dtype: str = "bfloat16", compute_dtype: str = "float32", timing: Timing = Timing(),
            encrypt: bool = False, bridges: Path | None = None, ready_timeout_s: float = 600.0,
-           on_slow: OnSlow = OnSlow.WAIT, progress=print) -> Deployment:
+           on_slow: OnSlow = OnSlow.WAIT, prefill: int | str = 0, progress=print) -> Deployment:
     """Ship, configure and start every node; return the Deployment (also saved by the caller).
 
     ``bridges`` (a bridge file of this placement, :func:`quality.bridges.bridge_file`) goes to every host:
-    any node may be the one before a gap.  A policy that bridges needs it."""
+    any node may be the one before a gap.  A policy that bridges needs it.  ``prefill`` is positions per chunk
+    of a pipelined prefill, or ``auto`` (from the links: experiment/wire.py)."""
     hosts = testbed.hosts()
     if len(hosts) - 1 != len(placement.nodes):
         raise TestbedError(f"placement has {len(placement.nodes)} layer nodes but the testbed has {len(hosts) - 1}")
@@ -194,6 +196,10 @@ def deploy(testbed: Testbed, prepared: Path, placement: Placement, *, model: str
     if len(set(dtypes.values())) > 1:
         progress("[deploy] wire dtypes (auto, by uplink rate): "
                  + ", ".join(f"{h.name} {dtypes[h.index]}" for h in hosts))
+    chunk = prefill_chunk(hosts, dtypes, int(manifest["hidden_size"]), prefill)
+    if chunk:
+        progress(f"[deploy] prefill in chunks of {chunk} positions, pipelined along the chain"
+                 + (" (auto: the slowest hop's bandwidth-delay product)" if prefill == "auto" else ""))
     extras = {BRIDGES_FILE: (Path(bridges), sha256_file(Path(bridges)))} if bridges is not None else {}
 
     def one(host: HostInfo) -> tuple[int, int]:
@@ -210,7 +216,7 @@ def deploy(testbed: Testbed, prepared: Path, placement: Placement, *, model: str
             shell.run(f"chmod 600 {shlex.quote(cfg.key_file)}")
         local_cfg = testbed.state_dir / f"{host.name}.node.json"
         if host.index == 0:
-            write_private(local_cfg, UserConfig(cfg, placement, policy, on_slow).to_json())
+            write_private(local_cfg, UserConfig(cfg, placement, policy, on_slow, chunk).to_json())
             shell.put(local_cfg, "user.json")
         else:
             write_private(local_cfg, cfg.to_json())
@@ -239,5 +245,5 @@ def deploy(testbed: Testbed, prepared: Path, placement: Placement, *, model: str
         key_hex=key_hex, wire_dtype=wire_dtype, wire_dtypes={str(k): v for k, v in dtypes.items()},
         compute_dtype=compute_dtype, timing=asdict(timing), encrypt=encrypt,
         bridges=str(bridges) if bridges is not None else "",
-        bridges_sha256=extras[BRIDGES_FILE][1] if extras else "", on_slow=on_slow.value,
+        bridges_sha256=extras[BRIDGES_FILE][1] if extras else "", on_slow=on_slow.value, prefill_chunk=chunk,
     )

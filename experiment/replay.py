@@ -120,51 +120,15 @@ def replay_session(model: Monolith, prompt_ids: list[int], steps: pd.DataFrame, 
         wire_of = {layer: wires[node] for layer, node in owners.items()}
         runs = {run[0]: run for run in _contiguous_runs(sorted(_indices(row.rebuilt)))}
         spans = parse_spans(getattr(row, "bridges", ""))
-        new_ids = ids[positions:]
-        sender = wires[0]  # the dtype of whoever sent what ``hidden`` holds now
-        hidden = to_wire(model.head.embed_ids(torch.tensor([new_ids])), sender)
-        unbridged: dict[int, tuple[list, torch.Tensor]] = {}  # layer after a gap -> (maps, state before them)
-        layer = 0
-        while layer < model.spec.num_layers:
-            if layer in boundaries:
-                hidden = to_wire(hidden, sender)
-            if layer in spans:
-                end = spans[layer]
-                maps = bridges.cover(layer, end) if bridges is not None else None
-                if maps is None:
-                    raise ValueError(f"the run bridged layers {layer}-{end - 1} but no bridges for them were given")
-                unbridged[end] = (maps, hidden)
-                # The last hop sends the user node its last position only: a gap at the end is bridged on that.
-                hidden = bridge_wire(maps, hidden[:, -1:] if end == model.spec.num_layers else hidden, sender)
-                for index in range(layer, end):
-                    outputs[index].extend([None] * len(new_ids))
-                layer = end
-                continue
-            if layer in runs:
-                # A rebuilding node gets the previous hop's history and this step's positions in one frame and
-                # computes them in one forward: so does the replay (a forward over T+1 positions is not bit for
-                # bit a forward over T, then 1).  After a gap the previous hop bridges that whole frame at once.
-                run = runs[layer]
-                if positions:
-                    history = _replay_source(model, ids[:positions], outputs, sorted(layers), layer, sender)
-                    if layer in unbridged:
-                        maps, before = unbridged[layer]
-                        hidden = bridge_wire(maps, torch.cat([history, before], dim=1), sender)
-                    else:
-                        hidden = torch.cat([history, hidden], dim=1)
-                for index in run:
-                    caches[index] = SessionCache.new(model.spec, (index,))
-                    outputs[index] = []
-                hidden = _apply(model, run, hidden, 0, caches, outputs, boundaries, wire_of)[:, positions:]
-                sender = wire_of[run[-1]]
-                layer = run[-1] + 1
-                continue
-            if layer in layers:
-                hidden = _apply(model, [layer], hidden, positions, caches, outputs, boundaries, wire_of)
-                sender = wire_of[layer]
-            else:
-                outputs[layer].extend([None] * len(new_ids))
-            layer += 1
+        chunks = _indices(getattr(row, "chunks", "")) or [len(ids) - positions]
+        if sum(chunks) != len(ids) - positions:
+            raise ValueError(f"step {row.step}'s chunks {chunks} do not add up to its {len(ids) - positions} "
+                             "new positions: the run's tokens.csv is inconsistent")
+        start = positions
+        for size in chunks:  # a chunked prefill: each chunk through every layer, as each node computed them
+            hidden, sender = _frame(model, ids, start, start + size, layers, wire_of, wires[0], runs, spans, bridges,
+                                    caches, outputs, boundaries)
+            start += size
         hidden = to_wire(hidden, sender)
         step_logits = model.head.logits(hidden[:, -1:])[0, -1]
         if logits is not None:
@@ -174,6 +138,60 @@ def replay_session(model: Monolith, prompt_ids: list[int], steps: pd.DataFrame, 
         positions = len(ids)
         ids.append(int(row.token_id))
     return produced
+
+
+def _frame(model: Monolith, ids: list[int], positions: int, stop: int, layers: set[int],
+           wire_of: dict[int, WireDtype], user_wire: WireDtype, runs: dict[int, list[int]], spans: dict[int, int],
+           bridges: BridgeSet | None, caches: dict[int, SessionCache], outputs: dict[int, list[torch.Tensor | None]],
+           boundaries: set[int]) -> tuple[torch.Tensor, WireDtype]:
+    """One frame's journey: positions ``[positions, stop)`` of ``ids`` through the step's layers, rebuilds and
+    bridges, as the chain computed them; returns the last hidden state and the dtype of the node that sent it."""
+    new_ids = ids[positions:stop]
+    sender = user_wire  # the dtype of whoever sent what ``hidden`` holds now
+    hidden = to_wire(model.head.embed_ids(torch.tensor([new_ids])), sender)
+    unbridged: dict[int, tuple[list, torch.Tensor]] = {}  # layer after a gap -> (maps, state before them)
+    layer = 0
+    while layer < model.spec.num_layers:
+        if layer in boundaries:
+            hidden = to_wire(hidden, sender)
+        if layer in spans:
+            end = spans[layer]
+            maps = bridges.cover(layer, end) if bridges is not None else None
+            if maps is None:
+                raise ValueError(f"the run bridged layers {layer}-{end - 1} but no bridges for them were given")
+            unbridged[end] = (maps, hidden)
+            # The last hop sends the user node its last position only: a gap at the end is bridged on that.
+            hidden = bridge_wire(maps, hidden[:, -1:] if end == model.spec.num_layers else hidden, sender)
+            for index in range(layer, end):
+                outputs[index].extend([None] * len(new_ids))
+            layer = end
+            continue
+        if layer in runs:
+            # A rebuilding node gets the previous hop's history and this step's positions in one frame and
+            # computes them in one forward: so does the replay (a forward over T+1 positions is not bit for
+            # bit a forward over T, then 1).  After a gap the previous hop bridges that whole frame at once.
+            run = runs[layer]
+            if positions:
+                history = _replay_source(model, ids[:positions], outputs, sorted(layers), layer, sender)
+                if layer in unbridged:
+                    maps, before = unbridged[layer]
+                    hidden = bridge_wire(maps, torch.cat([history, before], dim=1), sender)
+                else:
+                    hidden = torch.cat([history, hidden], dim=1)
+            for index in run:
+                caches[index] = SessionCache.new(model.spec, (index,))
+                outputs[index] = []
+            hidden = _apply(model, run, hidden, 0, caches, outputs, boundaries, wire_of)[:, positions:]
+            sender = wire_of[run[-1]]
+            layer = run[-1] + 1
+            continue
+        if layer in layers:
+            hidden = _apply(model, [layer], hidden, positions, caches, outputs, boundaries, wire_of)
+            sender = wire_of[layer]
+        else:
+            outputs[layer].extend([None] * len(new_ids))
+        layer += 1
+    return hidden, sender
 
 
 def _indices(cell: object) -> list[int]:

@@ -206,6 +206,9 @@ class Scenario(BaseModel):
     wire_dtype: Literal["float32", "bfloat16", "float16", "int8", "fp8", "auto"] = Field(
         default="bfloat16", description="what hidden states travel in; auto: int8 from nodes whose uplink is "
                                         "below 50 Mbit/s, bfloat16 from the others (experiment/wire.py)")
+    prefill_chunk: StrictInt | str = Field(
+        default="auto", description="positions per frame of a long prompt, pipelined along the chain; auto: the "
+                                    "slowest hop's bandwidth-delay product (none without link rates); 0: one frame")
     compute_dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     encrypt: StrictBool = Field(default=False, description="seal every frame's payload (ChaCha20-Poly1305)")
     faults: list[FaultSpec] = Field(default_factory=list)
@@ -213,6 +216,13 @@ class Scenario(BaseModel):
     timing: dict[str, StrictInt | StrictFloat] = Field(default_factory=dict,
                                                        description="failure-detection knobs (payload.config.Timing)")
     _source: Path | None = PrivateAttr(default=None)
+
+    @field_validator("prefill_chunk", mode="before")
+    @classmethod
+    def _chunk_is_auto_or_positions(cls, chunk: object) -> object:
+        if chunk == "auto" or (isinstance(chunk, int) and not isinstance(chunk, bool) and chunk >= 0):
+            return chunk
+        raise ValueError(f"prefill_chunk is auto or a number of positions >= 0 (0: one frame), not {chunk!r}")
 
     @field_validator("links", "failure_p", mode="before")
     @classmethod

@@ -236,7 +236,7 @@ def _step(sim: _Sim, session: str, prompt: int, repeat: int, step: int, epoch: i
     record = dict(session=session, prompt_index=prompt, repeat=repeat, step=step, token_id=tid, text=text,
                   t_emit_ns=sim.wall(0, emit), t_emit_mono_ns=sim.mono(0, emit), latency_ns=emit - first_send,
                   layers=" ".join(map(str, layers)), route=" ".join(map(str, route)), epoch=epoch, attempts=attempts,
-                  nodes_out=" ".join(map(str, sorted(sim.out))), rebuilt="", bridges="")
+                  nodes_out=" ".join(map(str, sorted(sim.out))), rebuilt="", bridges="", chunks="")
     sim.tokens.append(record)
     sim.log(0, "token", emit, **record)
     return emit + 200_000, epoch, text
@@ -264,9 +264,11 @@ def _hop(sim: _Sim, session: str, step: int, epoch: int, src: int, dst: int, pos
     if dst != 0:
         end = start + compute
         sim.log(dst, "compute", end, **frame, src=src, layers=list(sim.placement[dst]), positions=positions,
+                pos_start=pos_start,
                 start_mono_ns=sim.mono(dst, start), end_mono_ns=sim.mono(dst, end), queue_ns=queue,
                 compute_ns=compute)
-    sim.log(src, "ack", t4, **frame, src=src, dst=dst, positions=positions, bytes=size, serialize_ns=serialize,
+    sim.log(src, "ack", t4, **frame, src=src, dst=dst, positions=positions, pos_start=pos_start, bytes=size,
+            serialize_ns=serialize,
             t1_wall_ns=w1, t1_mono_ns=sim.mono(src, t1), t2_wall_ns=w2, t3_wall_ns=w3, t4_wall_ns=w4,
             t4_mono_ns=sim.mono(src, t4), rtt_ns=(w4 - w1) - (w3 - w2))
     return start + compute

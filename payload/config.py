@@ -143,16 +143,19 @@ class UserConfig:
     placement: Placement
     policy: Policy = Policy.SKIP
     on_slow: OnSlow = OnSlow.WAIT  # what a straggler gets (payload/stragglers.py)
+    prefill_chunk: int = 0  # positions per frame of a long step's input, pipelined along the chain (0: one frame)
 
     @classmethod
     def load(cls, path: Path | str) -> "UserConfig":
         data = json.loads(Path(path).read_text())
         return cls(NodeConfig.from_dict(data["node"]), Placement.from_dict(data["placement"]),
-                   Policy(data.get("policy", "skip")), OnSlow(data.get("on_slow", "wait")))
+                   Policy(data.get("policy", "skip")), OnSlow(data.get("on_slow", "wait")),
+                   int(data.get("prefill_chunk", 0)))
 
     def to_json(self) -> str:
         return json.dumps({"node": json.loads(self.node.to_json()), "placement": self.placement.to_dict(),
-                           "policy": self.policy.value, "on_slow": self.on_slow.value})
+                           "policy": self.policy.value, "on_slow": self.on_slow.value,
+                           "prefill_chunk": self.prefill_chunk})
 
 
 def compute_threads() -> int:

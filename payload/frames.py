@@ -182,9 +182,10 @@ class Frame:
         return self.n_pos * self.dtype.position_bytes(self.hidden)
 
     def reply(self, type_: FrameType, payload: bytes = b"", **changes) -> "Frame":
-        """A control frame about this one (ACK/ERROR), addressed back to its sender."""
+        """A control frame about this one (ACK/ERROR), addressed back to its sender; it names the frame's first
+        position too, which tells apart the chunks of one step (same session, step and epoch)."""
         return Frame(
-            type=type_, session=self.session, step=self.step, epoch=self.epoch,
+            type=type_, session=self.session, step=self.step, epoch=self.epoch, pos_start=self.pos_start,
             src=self.dst, dst=self.src, payload=payload, **changes,
         )
 

@@ -365,7 +365,8 @@ class LayerNode:
             wire = to_wire(out, self.wire_dtype)
             rs.history.append(wire)
             computed = dict(session=str(frame.session), step=frame.step, epoch=frame.epoch, layers=list(hop.layers),
-                            positions=frame.n_pos, start_mono_ns=start, end_mono_ns=end, queue_ns=start - recv_mono,
+                            positions=frame.n_pos, pos_start=frame.pos_start, start_mono_ns=start, end_mono_ns=end,
+                            queue_ns=start - recv_mono,
                             compute_ns=end - start, src=frame.src)
             handed_over = await self.forward(frame, rs, wire, state.lock, computed=computed)
         finally:

@@ -119,10 +119,12 @@ TOKEN_FIELDS = (
     f("nodes_out", STR, "space-separated layer nodes the step's plan routed around"),
     f("rebuilt", STR, "space-separated layers whose cache was rebuilt by replay before this step"),
     f("bridges", STR, "space-separated first-last layer spans bridged at this step (on_failure: bridge)"),
+    f("chunks", STR, "space-separated positions of each frame the step's input went in (a chunked prefill); "
+                     "empty: one frame"),
 )
 
 # Token fields added after run directories were first written, with the value they stand for in older ones.
-ADDED_TOKEN_FIELDS = {"bridges": ""}
+ADDED_TOKEN_FIELDS = {"bridges": "", "chunks": ""}
 
 EVENTS: MappingProxyType[str, EventKind] = MappingProxyType({k.name: k for k in (
     _kind("start", "the process started (before loading weights)", (LAYER,), TO_EVENTS, _RSS),
@@ -137,11 +139,12 @@ EVENTS: MappingProxyType[str, EventKind] = MappingProxyType({k.name: k for k in 
           f("t3_wall_ns", INT, "T3: ack sent")),
     _kind("compute", "the node applied its layers to a frame", (LAYER,), TO_HOPS, _SESSION, _STEP, _EPOCH,
           f("src", INT, "node the frame came from"), f("layers", LIST, "layers applied"),
-          f("positions", INT, "positions computed"), f("start_mono_ns", INT, "compute start"),
+          f("positions", INT, "positions computed"), opt("pos_start", INT, "first position of the frame"),
+          f("start_mono_ns", INT, "compute start"),
           f("end_mono_ns", INT, "compute end"), f("queue_ns", INT, "receive to compute start"),
           f("compute_ns", INT, "compute time")),
     _kind("ack", "the next hop acknowledged a frame this node sent (one hop of hops.csv)", (LAYER, USER), TO_HOPS,
-          _SESSION, _STEP, _EPOCH, *_HOP_STAMPS),
+          _SESSION, _STEP, _EPOCH, *_HOP_STAMPS, opt("pos_start", INT, "first position of the frame")),
     _kind("token", "the user node emitted a token (one row of tokens.csv)", (USER,), TO_TOKENS, *TOKEN_FIELDS),
     _kind("reject", "a frame was refused (invalid, unauthentic, or not servable here)", (LAYER, USER), TO_EVENTS,
           f("reason", STR, "why"), f("peer", PEER, "sender (node index or connection address)"),

@@ -288,7 +288,7 @@ class PeerLink:
                     if frame.type == FrameType.BYE:
                         goodbye = True
                         continue
-                    fut = self._pending.get((frame.session, frame.step, frame.epoch))
+                    fut = self._pending.get((frame.session, frame.step, frame.epoch, frame.pos_start))
                     if fut is not None and not fut.done():
                         fut.set_result(frame)
         except PeerFrameError as exc:
@@ -324,7 +324,7 @@ class PeerLink:
         peer stopped reading mid-frame) fails the peer as silent.
         ``serialize_ns`` (the time ``encoded`` took to make) goes into the hop's ack event.
         """
-        key = (frame.session, frame.step, frame.epoch)
+        key = (frame.session, frame.step, frame.epoch, frame.pos_start)
         fut: asyncio.Future = asyncio.get_running_loop().create_future()
         self._pending[key] = fut
         try:
@@ -365,7 +365,7 @@ class PeerLink:
             self.deadline.observe(max(timing.rtt_ns, 0) / 1e9)
             frame = sent.frame
             self.wire.log.log("ack", session=str(frame.session), step=frame.step, epoch=frame.epoch, src=frame.src,
-                              dst=frame.dst, positions=frame.n_pos, bytes=timing.bytes,
+                              dst=frame.dst, positions=frame.n_pos, pos_start=frame.pos_start, bytes=timing.bytes,
                               serialize_ns=sent.serialize_ns, t1_wall_ns=timing.t1_wall_ns,
                               t1_mono_ns=timing.t1_mono_ns, t2_wall_ns=timing.t2_wall_ns,
                               t3_wall_ns=timing.t3_wall_ns, t4_wall_ns=timing.t4_wall_ns,

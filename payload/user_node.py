@@ -39,12 +39,14 @@ class SessionError(RuntimeError):
 
 @dataclass
 class Attempt:
-    """The step attempt in flight: its epoch, the nodes it visits, the result future, and its largest frame."""
+    """The step attempt in flight: its epoch, the nodes it visits, the result future, its largest frame, and the
+    position of the result it waits for (a chunked prefill's earlier chunks come back too, and are not it)."""
 
     epoch: int
     nodes: frozenset[int]
     result: asyncio.Future
     frame_bytes: int = 0
+    final_pos: int = 0
 
 
 @dataclass
@@ -175,7 +177,7 @@ class UserNode:
         writer.write(self.wire.encode(frame.reply(FrameType.ACK, t_a=t2, t_b=t3)))
         attempt = self.attempts.get(frame.session)
         current = attempt is not None and attempt.epoch == frame.epoch and not attempt.result.done()
-        if current:
+        if current and frame.pos_start == attempt.final_pos:
             attempt.result.set_result(frame)
         self.log.log("recv", session=str(frame.session), step=frame.step, epoch=frame.epoch, src=frame.src,
                      positions=frame.n_pos, pos_start=frame.pos_start, replay_len=frame.replay_len,
@@ -201,50 +203,80 @@ class UserNode:
     def _max_attempts(self) -> int:
         return self.node.timing.max_attempts or len(self.config.placement.nodes) + 2
 
+    def chunk_sizes(self, plan: RoutePlan, positions: int) -> list[int]:
+        """How a step's ``positions`` new positions are split into frames: ``prefill_chunk`` at a time, so each
+        node computes and forwards one chunk while the next arrives (the caches grow chunk by chunk: the same
+        computation); in one frame when that is off, short enough, or a hop rebuilds its cache from history."""
+        chunk = self.config.prefill_chunk
+        if chunk <= 0 or positions <= chunk or any(h.flags & HopFlag.REPLAY for h in plan.hops):
+            return [positions]
+        return [chunk] * (positions // chunk) + ([positions % chunk] if positions % chunk else [])
+
+    async def _inputs(self, ids: list[int], plan: RoutePlan) -> torch.Tensor:
+        """The wire tensor the user node sends for ``ids``: embedded, rounded, and bridged over lost first slices."""
+        hidden = to_wire(self.head.embed_ids(torch.tensor([ids])), self.wire_dtype)
+        if plan.lead_bridge is not None:  # the first slices are lost: the user node bridges them
+            maps = self.bridges.cover(*plan.lead_bridge)
+            hidden = await asyncio.get_running_loop().run_in_executor(None, bridge_wire, maps, hidden,
+                                                                      self.wire_dtype)
+        return hidden
+
     async def _attempt(self, sid: uuid.UUID, step: int, epoch: int, plan: RoutePlan, ids: list[int],
-                       positions: int, resume_hop: int | None = None) -> Frame:
-        """Send one attempt of a step along ``plan`` and wait for the final hidden state.
+                       positions: int, resume_hop: int | None = None) -> tuple[Frame, list[int]]:
+        """Send one attempt of a step along ``plan`` and wait for the final hidden state; return it and the
+        chunk sizes its input went in (``[]``: one frame).
 
         With ``resume_hop`` the step is not recomputed from the start: the node at
         that hop re-forwards the output it already computed, under the new epoch.
         """
+        chunks: list[int] = []
         if resume_hop is not None:
             first = plan.hops[resume_hop]
-            frame = Frame(FrameType.RESUME, sid, step=step, epoch=epoch, pos_start=positions,
-                          n_pos=len(ids) - positions, hop=resume_hop, route=plan.hops, src=USER_NODE, dst=first.node)
+            frames = [Frame(FrameType.RESUME, sid, step=step, epoch=epoch, pos_start=positions,
+                            n_pos=len(ids) - positions, hop=resume_hop, route=plan.hops, src=USER_NODE,
+                            dst=first.node)]
         else:
             first = plan.hops[0]
             if first.flags & HopFlag.REPLAY:
                 new_ids, pos_start, replay_len = ids, 0, positions
             else:
                 new_ids, pos_start, replay_len = ids[positions:], positions, 0
-            hidden = to_wire(self.head.embed_ids(torch.tensor([new_ids])), self.wire_dtype)
-            if plan.lead_bridge is not None:  # the first slices are lost: the user node bridges them
-                maps = self.bridges.cover(*plan.lead_bridge)
-                hidden = await asyncio.get_running_loop().run_in_executor(None, bridge_wire, maps, hidden,
-                                                                          self.wire_dtype)
-            frame = Frame(FrameType.DATA, sid, step=step, epoch=epoch, pos_start=pos_start, n_pos=len(new_ids),
-                          replay_len=replay_len, hidden=self.spec.hidden_size, dtype=self.wire_dtype, hop=0,
-                          route=plan.hops, src=USER_NODE, dst=first.node, payload=to_bytes(hidden, self.wire_dtype))
-        # A hop that rebuilds a cache receives the whole history; other hops get this step's positions.
-        frame_positions = len(ids) if any(h.flags & HopFlag.REPLAY for h in plan.hops) else len(ids) - positions
+            sizes = self.chunk_sizes(plan, len(new_ids))
+            chunks = sizes if len(sizes) > 1 else []
+            frames, at = [], 0
+            for size in sizes:
+                hidden = await self._inputs(new_ids[at:at + size], plan)
+                frames.append(Frame(FrameType.DATA, sid, step=step, epoch=epoch, pos_start=pos_start + at,
+                                    n_pos=size, replay_len=replay_len, hidden=self.spec.hidden_size,
+                                    dtype=self.wire_dtype, hop=0, route=plan.hops, src=USER_NODE, dst=first.node,
+                                    payload=to_bytes(hidden, self.wire_dtype)))
+                at += size
+        # A hop that rebuilds a cache receives the whole history; other hops get this step's positions (a chunk).
+        frame_positions = len(ids) if any(h.flags & HopFlag.REPLAY for h in plan.hops) else max(
+            f.n_pos for f in frames)
         attempt = Attempt(epoch, frozenset(h.node for h in plan.hops), asyncio.get_running_loop().create_future(),
-                          frame_positions * self.wire_dtype.position_bytes(self.spec.hidden_size))
+                          frame_positions * self.wire_dtype.position_bytes(self.spec.hidden_size), len(ids) - 1)
         self.attempts[sid] = attempt
-        t_enc = time.monotonic_ns()
-        encoded = self.wire.encode(frame)
-        serialize_ns = time.monotonic_ns() - t_enc
-        sending = asyncio.ensure_future(self.link(first.node).send_data(frame, encoded, serialize_ns))
+
+        async def send_all() -> None:
+            # One chunk at a time, each acked before the next is written: a chunk's ack deadline then covers its
+            # own bytes only, not those of chunks still queued before it on a slow link.
+            for frame in frames:
+                t_enc = time.monotonic_ns()
+                encoded = self.wire.encode(frame)
+                await self.link(first.node).send_data(frame, encoded, time.monotonic_ns() - t_enc)
+
+        sending = asyncio.ensure_future(send_all())
         try:
             # The attempt can end while the first hop's ack is still awaited: a failure heard meanwhile
             # (heartbeats, a report) ends it at once instead of after a whole ack deadline, and a result that
             # overtook the ack is used as it is.
             await asyncio.wait({sending, attempt.result}, return_when=asyncio.FIRST_COMPLETED)
             if not sending.done():
-                return attempt.result.result()
-            sending.result()  # the first hop's ack (PeerFailed if it never came)
+                return attempt.result.result(), chunks
+            sending.result()  # the first hop's acks (PeerFailed if one never came)
             async with asyncio.timeout(self.node.timing.step_timeout_s):
-                return await asyncio.shield(attempt.result)
+                return await asyncio.shield(attempt.result), chunks
         finally:
             # The attempt is over: later reports about it change nothing (and leave no unretrieved exception).
             if not sending.done():
@@ -307,8 +339,10 @@ class UserNode:
                     served = {h.node for h in plan.hops if own.get(h.node, (-1,))[0] == h.first}
                     out = sorted(set(self.liveness.dead) | (slow - served))
                     hop = resume_hop(failed_plan, plan, resume_at)
+                    if hop is not None and len(self.chunk_sizes(plan, len(ids) - positions)) > 1:
+                        hop = None  # a chunked step restarts whole: re-forwarding it as one frame is another sum
                     try:
-                        final = await self._attempt(sid, step, epoch, plan, ids, positions, resume_hop=hop)
+                        final, chunks = await self._attempt(sid, step, epoch, plan, ids, positions, resume_hop=hop)
                         break
                     except PeerFailed as exc:
                         refused_resume = (hop is not None and exc.kind == FailureKind.REJECTED
@@ -340,7 +374,7 @@ class UserNode:
                     route=" ".join(map(str, [USER_NODE, *(h.node for h in plan.hops), USER_NODE])), epoch=epoch,
                     attempts=attempts, nodes_out=" ".join(map(str, out)),
                     rebuilt=" ".join(str(i) for h in plan.hops if h.flags & HopFlag.REPLAY for i in h.layers),
-                    bridges=" ".join(span_label(a, b) for a, b in plan.bridges),
+                    bridges=" ".join(span_label(a, b) for a, b in plan.bridges), chunks=" ".join(map(str, chunks)),
                 )
                 self.log.log("token", **record)  # the schema's token fields: one row of tokens.csv
                 self.emit(record)

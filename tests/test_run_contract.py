@@ -154,18 +154,19 @@ class TestCollection:
 
 
 def test_a_run_written_before_a_column_was_added_still_loads_with_its_documented_value(synthetic, tmp_path):
-    """tokens.csv gained ``bridges`` after runs were first written: an older run reads as bridging nothing;
-    a column that was always there stays required."""
+    """tokens.csv gained ``bridges`` and ``chunks`` after runs were first written: an older run reads as
+    bridging nothing and sending every step in one frame; a column that was always there stays required."""
     from analysis.load import load
     from experiment.replay import read_table
 
-    assert TABLES["tokens"].absent == {"bridges": ""}
+    assert TABLES["tokens"].absent == {"bridges": "", "chunks": ""}
     run = tmp_path / "older"
     shutil.copytree(synthetic, run)
     tokens = pd.read_csv(run / "tokens.csv", keep_default_na=False)
-    tokens.drop(columns=["bridges"]).to_csv(run / "tokens.csv", index=False)
-    assert (load([run]).tokens["bridges"] == "").all()
-    assert (read_table(run, "tokens")["bridges"] == "").all()
+    tokens.drop(columns=["bridges", "chunks"]).to_csv(run / "tokens.csv", index=False)
+    for column in ("bridges", "chunks"):
+        assert (load([run]).tokens[column] == "").all()
+        assert (read_table(run, "tokens")[column] == "").all()
     tokens.drop(columns=["bridges", "rebuilt"]).to_csv(run / "tokens.csv", index=False)
     with pytest.raises(RunDirError, match="lacks column.*rebuilt"):
         read_table(run, "tokens")

@@ -144,6 +144,10 @@ BROKEN = {
                                       r"resilient\.criticality \(line 6\): nowhere\.csv does not exist"),
     "failure-p-of-one": (BASE + "failure_p: {all: 1.0}\n", r"failure_p\.all \(line 5\): Input should be less than 1"),
     "failure-p-bad-key": (BASE + "failure_p: {first: 0.1}\n", r"failure_p\.first \(line 5\): a failure_p key"),
+    "wire-dtype-unknown": (BASE + "wire_dtype: int4\n", r"wire_dtype \(line 5\): Input should be 'float32'"),
+    "prefill-chunk-negative": (BASE + "prefill_chunk: -8\n", r"prefill_chunk \(line 5\): prefill_chunk is auto or a "
+                                                             r"number of positions >= 0 \(0: one frame\), not -8"),
+    "prefill-chunk-words": (BASE + "prefill_chunk: big\n", r"prefill_chunk \(line 5\): .* not 'big'"),
 }
 
 
@@ -167,6 +171,9 @@ def test_what_users_naturally_write_is_accepted(tmp_path):
 
     attempts = Timing(**scenario.timing).max_attempts
     assert attempts == 3 and isinstance(attempts, int), "a whole number must stay one (range() takes it)"
+    assert scenario.prefill_chunk == "auto" and scenario.wire_dtype == "bfloat16"
+    path.write_text(path.read_text() + "prefill_chunk: 64\nwire_dtype: auto\n")
+    assert load_scenario(path).prefill_chunk == 64 and load_scenario(path).wire_dtype == "auto"
 
 
 def test_failure_probabilities_default_to_one_in_ten_and_follow_link_style_keys(tmp_path):
