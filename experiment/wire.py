@@ -11,7 +11,7 @@ and into the deployment (``wire_dtypes``), which the consistency oracle replays 
 from __future__ import annotations
 
 from payload.frames import WIRE_NAMES
-from testbed.interface import HostInfo, TestbedError
+from testbed.interface import UNSHAPED, HostInfo, TestbedError
 from testbed.profiles import LinkProfile, directions, profile_from_dict, resolve
 from testbed.traces import mean_rate_mbit, read_trace
 
@@ -32,7 +32,7 @@ def link_of(host: HostInfo) -> tuple[LinkProfile, LinkProfile] | None:
     link = host.extra.get("link")
     if link:
         return directions(profile_from_dict(str(link.get("name", host.name)), link))
-    if host.profile:
+    if host.profile and host.profile != UNSHAPED:
         return directions(resolve(host.profile))
     return None
 

@@ -22,7 +22,8 @@ from pathlib import Path
 from local.spawner import ModuleCall, SpawnerClient, code_fingerprint
 from payload.clock import write_skew
 from testbed.straggler import SLOW_PERIOD_S, Stragglers
-from testbed.interface import CLOCK_FAULTS, FOLLOW_ARGV, PROCESS_FAULTS, FaultResult, HostInfo, Testbed, TestbedError
+from testbed.interface import (CLOCK_FAULTS, FOLLOW_ARGV, PROCESS_FAULTS, UNSHAPED, FaultResult, HostInfo, Testbed,
+                               TestbedError)
 from testbed.profiles import LinkProfile
 from testbed.shell import LocalShell
 from testbed.state import StateStore, state_root
@@ -95,7 +96,7 @@ class LocalTestbed(Testbed):
             workdir = self.state_dir / name
             workdir.mkdir(parents=True, exist_ok=True)
             hosts.append(HostInfo(name=name, index=index, address="127.0.0.1", workdir=str(workdir),
-                                  profile="loopback", extra={"port": ports[index]}))
+                                  profile=UNSHAPED, extra={"port": ports[index]}))
         self._save({"prefix": self.prefix, "hosts": [h.to_dict() for h in hosts], "pids": {}})
         return hosts
 

@@ -73,6 +73,9 @@ ALL_FAULTS = frozenset(FaultKind)
 UNDO_ACTIONS = frozenset(k.undo for k in FaultKind if k.undo is not None)
 
 
+UNSHAPED = "loopback"  # HostInfo.profile of a host whose link nothing shapes (the local testbed)
+
+
 @dataclass(frozen=True)
 class HostInfo:
     """What orchestration needs to know about one node of a testbed.
@@ -90,7 +93,7 @@ class HostInfo:
     ssh_port: int | None = None
     ssh_user: str | None = None
     namespace: str | None = None
-    profile: str | None = None
+    profile: str | None = None  # a link profile's name, or UNSHAPED where no testbed shapes the host's link
     extra: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:

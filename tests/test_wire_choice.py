@@ -57,3 +57,19 @@ def test_a_chunk_asked_for_is_used(asked, expected):
 def test_a_chunk_that_is_no_number_of_positions_is_refused(asked):
     with pytest.raises(TestbedError, match="prefill_chunk must be auto or a number of positions"):
         prefill_chunk([host(0)], {0: "bfloat16"}, 640, asked)
+
+
+def test_the_local_testbeds_unshaped_hosts_get_the_defaults(tmp_path, monkeypatch):
+    """Loopback hosts have no rate: auto sends them bfloat16 and does not chunk (a CI run failed here: their
+    profile label was looked up as a link profile)."""
+    from local.testbed import LocalTestbed
+
+    monkeypatch.setenv("JARVIS_STATE", str(tmp_path))
+    bed = LocalTestbed("jv-wire-choice")
+    hosts = bed.up(2)
+    try:
+        dtypes = wire_dtypes(hosts, "auto")
+        assert dtypes == {0: AUTO_UNCOMPRESSED, 1: AUTO_UNCOMPRESSED, 2: AUTO_UNCOMPRESSED}
+        assert prefill_chunk(hosts, dtypes, 640, "auto") == 0
+    finally:
+        bed.down()
