@@ -83,6 +83,7 @@ class FrameType(enum.IntEnum):
 class FrameFlag(enum.IntFlag):
     NONE = 0
     SEALED = 1  # the payload is ChaCha20-Poly1305 ciphertext with its 16-byte tag
+    MORE = 2  # more frames of this step follow (a chunked prefill): the receiver need not hold the session for it
 
 
 class WireDtype(enum.IntEnum):

@@ -32,7 +32,7 @@ from payload.bridges import BridgeSet, bridge_wire
 from payload.cache_rules import Action, admit, decide
 from payload.config import NodeConfig, compute_threads
 from payload.events import EventLog
-from payload.frames import Frame, FrameType, HopFlag, WireDtype
+from payload.frames import Frame, FrameFlag, FrameType, HopFlag, WireDtype
 from payload.routing import USER_NODE
 from payload.slices import LayerSlice, ModelSpec, SessionCache, dtype_of, model_config
 from payload.stragglers import MAX_HEARTBEAT_SAMPLES
@@ -84,6 +84,7 @@ class SessionState:
     max_epoch: int = 0
     ranges: dict[int, RangeState] = field(default_factory=dict)  # keyed by first layer
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    queued: int = 0  # frames handed to a task that has not taken the lock yet (the chunks of a prefill)
     used: float = field(default_factory=time.monotonic)  # last frame for it (for idle eviction)
 
 
@@ -245,7 +246,7 @@ class LayerNode:
         received = dict(session=str(frame.session), step=frame.step, epoch=frame.epoch, src=frame.src,
                         positions=frame.n_pos, pos_start=frame.pos_start, replay_len=frame.replay_len,
                         bytes=len(frame.payload), t2_wall_ns=t2, t3_wall_ns=t3)
-        if frame.n_pos <= INLINE_POSITIONS and not state.lock.locked():
+        if frame.n_pos <= INLINE_POSITIONS and not state.lock.locked() and not state.queued:
             # Nothing here waits on the network: this returns once the output is written downstream, and the
             # step's receipt is logged only then (its times are in the event), off the decode critical path.
             try:
@@ -254,7 +255,8 @@ class LayerNode:
                 self.log.log("recv", **received)
         else:
             self.log.log("recv", **received)
-            self._spawn(self.process(frame, state, recv_mono))
+            state.queued += 1  # until its task holds the lock: a short frame behind it must not overtake it
+            self._spawn(self.process(frame, state, recv_mono, queued=True))
 
     def _gap_after(self, route, index: int) -> tuple[int, int]:
         """Layers between hop ``index``'s end and the next hop's first (or the model's end)."""
@@ -312,14 +314,18 @@ class LayerNode:
                 state.lock.release()
 
     # -- compute and forward -------------------------------------------------------
-    async def process(self, frame: Frame, state: SessionState, recv_mono: int) -> None:
+    async def process(self, frame: Frame, state: SessionState, recv_mono: int, *, queued: bool = False) -> None:
         """Apply this node's layers to a step and send the result on.
 
         The session lock is held from here until the next hop acks the output
         (``forward`` hands it to the task that waits for that ack), so a later
         step or a resume of this session never overtakes this one.
         """
-        await state.lock.acquire()
+        try:
+            await state.lock.acquire()
+        finally:
+            if queued:
+                state.queued -= 1
         handed_over = False
         try:
             hop = frame.route[frame.hop]
@@ -384,6 +390,10 @@ class LayerNode:
         Returns once the frame is written (the ``computed`` event is logged
         then, off the critical path).  On success ``lock`` passes to a task that
         waits for the ack and releases it (True); on failure the caller keeps it.
+        A chunk with more of its step to come (``FrameFlag.MORE``) frees the
+        session as soon as it is written, so the next chunk is computed while
+        this one crosses the link: one TCP connection keeps them in order, and
+        a chunk lost with a connection leaves a gap the successor refuses.
         """
         last = frame.hop + 1 >= len(frame.route)
         nxt = USER_NODE if last else frame.route[frame.hop + 1].node
@@ -409,7 +419,7 @@ class LayerNode:
         out = Frame(FrameType.DATA, frame.session, step=frame.step, epoch=frame.epoch, pos_start=pos_start,
                     n_pos=payload.shape[1], replay_len=replay_len, hidden=frame.hidden, dtype=self.wire_dtype,
                     hop=frame.hop + 1 if not last else 0, route=frame.route, src=self.config.node, dst=nxt,
-                    payload=to_bytes(payload, self.wire_dtype))
+                    flags=frame.flags & FrameFlag.MORE, payload=to_bytes(payload, self.wire_dtype))
         t_enc = time.monotonic_ns()
         encoded = self.wire.encode(out)
         serialize_ns = time.monotonic_ns() - t_enc
@@ -424,18 +434,23 @@ class LayerNode:
             # Reported from a task so this session's lock is free by the time the user node asks to resume.
             self._spawn(self.report_failure(sent.peer, sent.kind, sent.reason, frame))
             return False
-        self._spawn(self._acked(frame, link, sent, lock))
+        if frame.flags & FrameFlag.MORE:
+            lock.release()
+            self._spawn(self._acked(frame, link, sent, None))
+        else:
+            self._spawn(self._acked(frame, link, sent, lock))
         return True
 
-    async def _acked(self, frame: Frame, link: PeerLink, sent: PendingAck, lock: asyncio.Lock) -> None:
-        """Wait for the next hop's ack (the link logs the hop), then free the session."""
+    async def _acked(self, frame: Frame, link: PeerLink, sent: PendingAck, lock: asyncio.Lock | None) -> None:
+        """Wait for the next hop's ack (the link logs the hop), then free the session (unless it was freed)."""
         failure: PeerFailed | None = None
         try:
             await link.wait_ack(sent)
         except PeerFailed as exc:
             failure = exc
         finally:
-            lock.release()
+            if lock is not None:
+                lock.release()
         if failure is not None:
             await self.report_failure(failure.peer, failure.kind, failure.reason, frame)
 

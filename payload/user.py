@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import json
 import sys
 from dataclasses import dataclass
@@ -36,6 +37,7 @@ class Job:
     chat: bool = False
     ignore_eos: bool = False
     wait_nodes_s: float = 300.0
+    prefill_chunk: int | None = None  # this job's chunk size (None: the deployment's), to compare without redeploying
 
 
 async def run_job(config: UserConfig, job: Job, *, jsonl: bool = False) -> list[SessionResult]:
@@ -44,6 +46,8 @@ async def run_job(config: UserConfig, job: Job, *, jsonl: bool = False) -> list[
         if jsonl:
             print(json.dumps({"ev": "token", **record}), flush=True)
 
+    if job.prefill_chunk is not None:
+        config = dataclasses.replace(config, prefill_chunk=job.prefill_chunk)
     user = UserNode(config, emit=emit)
     user.log.on_failure = lambda reason: print(f"[user] {reason}: sessions stop", file=sys.stderr, flush=True)
     user.log.log("ready", peak_rss_bytes=peak_rss_bytes())
@@ -103,7 +107,8 @@ def main(argv: list[str] | None = None) -> int:
                   sampling=Sampling(**data.get("sampling", {})), repeats=int(data.get("repeats", 1)),
                   concurrency=int(data.get("concurrency", 1)), chat=bool(data.get("chat", False)),
                   ignore_eos=bool(data.get("ignore_eos", False)),
-                  wait_nodes_s=float(data.get("wait_nodes_s", 300)))
+                  wait_nodes_s=float(data.get("wait_nodes_s", 300)),
+                  prefill_chunk=None if data.get("prefill_chunk") is None else max(0, int(data["prefill_chunk"])))
     elif args.prompt:
         job = Job(prompts=args.prompt, max_new_tokens=args.max_new_tokens)
     else:

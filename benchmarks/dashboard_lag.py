@@ -9,7 +9,7 @@ Prints median, p95 and max per round and over all rounds (target: updates within
 tokens have come (docs/img/dashboard.png is made so); that round's lags are shown but not counted, since the
 capture itself stalls the page for a moment.  Browser: Debian's chromium + chromium-driver.
 
-    .venv/bin/python benchmarks/dashboard.py [--rounds 3] [--scenario scenarios/demo.yaml] [--testbed auto]
+    .venv/bin/python benchmarks/dashboard_lag.py [--rounds 3] [--scenario scenarios/demo.yaml] [--testbed auto]
                                              [--screenshot docs/img/dashboard.png]
 """
 
