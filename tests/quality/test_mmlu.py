@@ -98,8 +98,8 @@ def test_scores_match_a_direct_computation_for_every_skip_set(kind, shots, tiny,
                 assert scores.loglik[scores.row(skip), i, choice] == pytest.approx(float(expected), abs=1e-4)
 
 
-def test_gemma_gets_bos_and_multi_token_letters_are_scored_whole(tiny, skip_model, mmlu_jsonl):
-    model, tokenizer = skip_model("gemma3"), load_tokenizer(tiny("gemma3")[1])
+def test_gemma_gets_bos_and_multi_token_letters_are_scored_whole(tiny, mmlu_jsonl):
+    tokenizer = load_tokenizer(tiny("gemma3")[1])
     item = encode(tokenizer, load_mmlu(mmlu_jsonl).test[0], [], bos=tokenizer.bos_token_id)
     assert item.context[0] == tokenizer.bos_token_id
     lengths = [len(c) for c in item.continuations]
