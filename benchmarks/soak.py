@@ -8,7 +8,7 @@ includes the CPU they take.
 
     PYTHONPATH=. .venv/bin/python benchmarks/soak.py [--model smollm2-135m-instruct] [--nodes 4]
         [--sessions 8] [--concurrency 4] [--tokens 24] [--rounds 2] [--flooders 6] [--keep DIR]
-        [--ack-floor-ms 250] [--heartbeat-floor-ms 500]
+        [--ack-floor-ms 250] [--heartbeat-floor-ms 500] [--event-loop auto|asyncio|uvloop]
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ import pandas as pd
 from experiment.deploy import deploy
 from experiment.run import run_job
 from local.testbed import LocalTestbed
+from payload import eventloop
 from payload.config import Timing
 from payload.events import read_events
 from payload.frames import Frame, FrameType, Hop, WireDtype, encode
@@ -131,6 +132,7 @@ def main() -> int:
                         help="the deployment's ack deadline floor (detection latency traded for fewer false alarms)")
     parser.add_argument("--heartbeat-floor-ms", type=float, default=Timing().heartbeat_floor_ms,
                         help="the deployment's heartbeat silence floor (the same trade)")
+    parser.add_argument("--event-loop", default="auto", choices=eventloop.CHOICES, help="what the nodes run on")
     args = parser.parse_args()
     prepared = prepare(args.model)
     manifest = load_manifest(prepared)
@@ -142,7 +144,7 @@ def main() -> int:
     try:
         deployment = deploy(testbed, prepared, even_placement(manifest["num_layers"], args.nodes), model=args.model,
                             timing=Timing(ack_floor_ms=args.ack_floor_ms, heartbeat_floor_ms=args.heartbeat_floor_ms),
-                            progress=lambda m: None)
+                            event_loop=args.event_loop, progress=lambda m: None)
         targets = [(h["address"], h["extra"]["port"]) for h in deployment.hosts if h["index"] > 0]
         for index in range(args.rounds):
             ms, failed, dead = one_round(testbed, deployment, job, args.keep)
@@ -160,7 +162,8 @@ def main() -> int:
     ratios = [f / q for f, q in zip(flooded, quiet)]
     print(f"model {args.model}, {args.nodes} layer nodes, {job['repeats'] * len(PROMPTS)} sessions at concurrency "
           f"{args.concurrency}, {args.flooders} flooding threads on the same {os.cpu_count()} cores, ack floor "
-          f"{args.ack_floor_ms:.0f} ms, heartbeat floor {args.heartbeat_floor_ms:.0f} ms")
+          f"{args.ack_floor_ms:.0f} ms, heartbeat floor {args.heartbeat_floor_ms:.0f} ms, event loop "
+          f"{eventloop.resolve(args.event_loop)}")
     print(f"per-token latency, flooded / quiet: {statistics.median(ratios):.2f} "
           f"(rounds {min(ratios):.2f}-{max(ratios):.2f})")
     print(f"sessions failed: {counts['failed']} (must be 0); healthy nodes declared dead: {counts['dead']} "

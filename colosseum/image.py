@@ -62,7 +62,7 @@ def wheels_command(requirements: list[str], out: str, *, python_version: str = "
 def build_commands(plan: ImagePlan, requirements: list[str]) -> list[str]:
     """On the SRN: wheels from the NAS, a venv from them alone, an import check, the snapshot."""
     staged = f"/tmp/{plan.name}-wheels"
-    probe = "import torch, transformers, safetensors, cryptography; print(torch.__version__)"
+    probe = "import torch, transformers, safetensors, cryptography, uvloop; print(torch.__version__)"
     return [
         f"su srn-user -c {q(f'cp -r {q(plan.nas_wheels)} {q(staged)}')}",
         f"{q(plan.python)} -m venv {q(plan.venv)}",

@@ -18,6 +18,7 @@ from dataclasses import asdict, dataclass, field
 from functools import partial
 from pathlib import Path
 
+from payload import eventloop
 from payload.stragglers import OnSlow
 from payload.config import NodeConfig, Timing, UserConfig
 from payload.bridges import FILE as BRIDGES_FILE
@@ -54,6 +55,7 @@ class Deployment:
     bridges_sha256: str = ""
     on_slow: str = "wait"  # what the user node does about a straggler (payload/stragglers.py)
     prefill_chunk: int = 0  # positions per frame of a chunked prefill, as deploy resolved it (0: one frame)
+    event_loop: str = "auto"  # what every node runs on: auto (uvloop where installed) | asyncio | uvloop
 
     def save(self, path: Path) -> None:
         """Write it readable by this user only: it holds the deployment key."""
@@ -132,7 +134,7 @@ def key_path(host: HostInfo) -> str | None:
 
 def node_config(host: HostInfo, hosts: list[HostInfo], placement: Placement, *, key_hex: str,
                 wire_dtypes: dict[int, str], compute_dtype: str, timing: Timing, encrypt: bool = False,
-                bridges: bool = False) -> NodeConfig:
+                bridges: bool = False, event_loop: str = eventloop.AUTO) -> NodeConfig:
     """A node's config; it listens on the address the testbed assigned it (``extra["listen"]`` overrides),
     never on every interface, and names its key file instead of holding the key where one is set."""
     ranges = [] if host.index == 0 else placement.ranges_of(host.index)
@@ -152,6 +154,7 @@ def node_config(host: HostInfo, hosts: list[HostInfo], placement: Placement, *, 
         timing=timing,
         encrypt=encrypt,
         bridges_file=f"{host.workdir}/model/{BRIDGES_FILE}" if bridges else "",
+        event_loop=event_loop,
     )
 
 
@@ -179,17 +182,21 @@ def stop_started(testbed: Testbed, started: dict[str, HostInfo]) -> None:
 def deploy(testbed: Testbed, prepared: Path, placement: Placement, *, model: str, policy: Policy = Policy.SKIP,
            wire_dtype: str = "bfloat16", compute_dtype: str = "float32", timing: Timing = Timing(),
            encrypt: bool = False, bridges: Path | None = None, ready_timeout_s: float = 600.0,
-           on_slow: OnSlow = OnSlow.WAIT, prefill: int | str = 0, progress=print) -> Deployment:
+           on_slow: OnSlow = OnSlow.WAIT, prefill: int | str = 0, event_loop: str = eventloop.AUTO,
+           progress=print) -> Deployment:
     """Ship, configure and start every node; return the Deployment (also saved by the caller).
 
     ``bridges`` (a bridge file of this placement, :func:`quality.bridges.bridge_file`) goes to every host:
     any node may be the one before a gap.  A policy that bridges needs it.  ``prefill`` is positions per chunk
-    of a pipelined prefill, or ``auto`` (from the links: experiment/wire.py)."""
+    of a pipelined prefill, or ``auto`` (from the links: experiment/wire.py).  ``event_loop`` is what the nodes
+    run on (payload/eventloop.py); a host without uvloop falls back to asyncio's under ``auto``."""
     hosts = testbed.hosts()
     if len(hosts) - 1 != len(placement.nodes):
         raise TestbedError(f"placement has {len(placement.nodes)} layer nodes but the testbed has {len(hosts) - 1}")
     if policy.bridges and bridges is None:
         raise TestbedError(f"on_failure: {policy.value} needs the placement's bridges (fab prepare-bridges)")
+    if event_loop not in eventloop.CHOICES:
+        raise TestbedError(f"unknown event_loop {event_loop!r}; choose one of {', '.join(eventloop.CHOICES)}")
     manifest = load_manifest(prepared)
     key_hex = secrets.token_hex(32)
     dtypes = wire_dtypes(hosts, wire_dtype)
@@ -206,7 +213,8 @@ def deploy(testbed: Testbed, prepared: Path, placement: Placement, *, model: str
         files = files_for(manifest, placement, host.index)
         sent, skipped = ship_model(testbed, host, prepared, files, extras)
         cfg = node_config(host, hosts, placement, key_hex=key_hex, wire_dtypes=dtypes,
-                          compute_dtype=compute_dtype, timing=timing, encrypt=encrypt, bridges=bool(extras))
+                          compute_dtype=compute_dtype, timing=timing, encrypt=encrypt, bridges=bool(extras),
+                          event_loop=event_loop)
         shell = testbed.shell(host)
         if cfg.key_file:
             local_key = testbed.state_dir / f"{host.name}.key"
@@ -246,4 +254,5 @@ def deploy(testbed: Testbed, prepared: Path, placement: Placement, *, model: str
         compute_dtype=compute_dtype, timing=asdict(timing), encrypt=encrypt,
         bridges=str(bridges) if bridges is not None else "",
         bridges_sha256=extras[BRIDGES_FILE][1] if extras else "", on_slow=on_slow.value, prefill_chunk=chunk,
+        event_loop=event_loop,
     )

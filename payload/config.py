@@ -12,6 +12,7 @@ import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from payload.eventloop import CHOICES as EVENT_LOOPS
 from payload.stragglers import OnSlow
 from payload.routing import Placement, Policy
 
@@ -86,6 +87,7 @@ class NodeConfig:
     encrypt: bool = False  # seal every payload with ChaCha20-Poly1305 (frames are authenticated either way)
     key_file: str = ""  # where the key is instead of key_hex: a private file outside anything copied off the node
     bridges_file: str = ""  # the placement's bridges (on_failure: bridge): safetensors, payload/bridges.py
+    event_loop: str = "auto"  # auto (uvloop where installed) | asyncio | uvloop: payload/eventloop.py
 
     def largest_position_bytes(self, hidden: int) -> int:
         """Bytes of one position in the widest dtype this node sends or receives (what its frame cap allows)."""
@@ -122,9 +124,13 @@ class NodeConfig:
                 timing=Timing(**data.get("timing", {})),
                 encrypt=bool(data.get("encrypt", False)),
                 bridges_file=str(data.get("bridges_file", "")),
+                event_loop=str(data.get("event_loop", "auto")),
             )
         except (KeyError, TypeError, ValueError, IndexError) as exc:
             raise ValueError(f"invalid node config: {exc!r}") from exc
+        if config.event_loop not in EVENT_LOOPS:
+            raise ValueError(f"invalid node config: event_loop {config.event_loop!r} is none of "
+                             f"{', '.join(EVENT_LOOPS)}")
         if not config.key_file and len(config.key_hex) < 64:
             raise ValueError("invalid node config: key_hex must hold at least 32 bytes (64 hex digits), "
                              "or key_file name a file that does")

@@ -30,6 +30,7 @@ import torch
 from payload.clock import follow_skew, wall_ns
 from payload.bridges import BridgeSet, bridge_wire
 from payload.cache_rules import Action, admit, decide
+from payload import eventloop
 from payload.config import NodeConfig, compute_threads
 from payload.events import EventLog
 from payload.frames import Frame, FrameFlag, FrameType, HopFlag, WireDtype
@@ -500,7 +501,7 @@ class LayerNode:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._stopping.set)
         self.log.log("ready", listen=list(self.config.listen), ranges=self.config.ranges,
-                     peak_rss_bytes=peak_rss_bytes(), model_dir=self.config.model_dir)
+                     peak_rss_bytes=peak_rss_bytes(), model_dir=self.config.model_dir, event_loop=eventloop.running())
         print(f"node {self.config.node} ready on {self.config.listen[0]}:{self.config.listen[1]} "
               f"layers {self.config.ranges}", flush=True)
         hb = asyncio.create_task(self.heartbeat())
@@ -530,7 +531,12 @@ def main(argv: list[str] | None = None) -> int:
     if node.log.failed:
         print(f"node {config.node}: {node.log.failed}", file=sys.stderr)
         return 3
-    asyncio.run(node.run())
+    try:
+        loop = eventloop.resolve(config.event_loop)
+    except ValueError as exc:  # the loop asked for cannot run here: fail at start, saying why
+        print(f"node {config.node}: {exc}", file=sys.stderr)
+        return 3
+    eventloop.run(node.run(), loop)
     return 3 if node.exit_reason else 0
 
 

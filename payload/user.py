@@ -17,6 +17,7 @@ from pathlib import Path
 
 import torch
 
+from payload import eventloop
 from payload.config import UserConfig, compute_threads
 from payload.clock import follow_skew
 from payload.node import peak_rss_bytes
@@ -50,7 +51,7 @@ async def run_job(config: UserConfig, job: Job, *, jsonl: bool = False) -> list[
         config = dataclasses.replace(config, prefill_chunk=job.prefill_chunk)
     user = UserNode(config, emit=emit)
     user.log.on_failure = lambda reason: print(f"[user] {reason}: sessions stop", file=sys.stderr, flush=True)
-    user.log.log("ready", peak_rss_bytes=peak_rss_bytes())
+    user.log.log("ready", peak_rss_bytes=peak_rss_bytes(), event_loop=eventloop.running())
     server = await user.serve()
     results: list[SessionResult] = []
     async with server:
@@ -113,7 +114,13 @@ def main(argv: list[str] | None = None) -> int:
         job = Job(prompts=args.prompt, max_new_tokens=args.max_new_tokens)
     else:
         parser.error("give --prompt or --job")
-    results = asyncio.run(run_job(UserConfig.load(args.config), job, jsonl=args.jsonl))
+    config = UserConfig.load(args.config)
+    try:
+        loop = eventloop.resolve(config.node.event_loop)
+    except ValueError as exc:  # the loop asked for cannot run here: fail at start, saying why
+        print(f"[user] {exc}", file=sys.stderr)
+        return 3
+    results = eventloop.run(run_job(config, job, jsonl=args.jsonl), loop)
     failed = [r for r in results if r.error]
     for r in failed:
         print(f"[user] session {r.session} failed: {r.error}", file=sys.stderr)

