@@ -1,15 +1,16 @@
 """Per-token decode latency of a local N-node chain vs monolithic decode, measured side by side.
 
-Prints the ratio (target <= 1.10 for 18 nodes) and the decode wire bytes per hop
+Prints the ratio (target <= 1.05 for 18 nodes) and the decode wire bytes per hop
 per token (target <= hidden_size x 2 + 256).  Usage:
 
     .venv/bin/python benchmarks/chain_latency.py [--model gemma3-270m] [--nodes 18] [--tokens 32] [--rounds 3]
-                                                 [--sealed]
+                                                 [--sealed] [--event-loops asyncio uvloop]
 
 It also splits a decode step into layer compute, the gaps between layer nodes
 (what the chain adds per hop) and the user node's share.  ``--sealed`` also
 runs the chain with every payload sealed (ChaCha20-Poly1305) in each round, and
-prints what sealing costs per token and per hop beside the plain chain.
+prints what sealing costs per token and per hop beside the plain chain.  ``--event-loops asyncio uvloop``
+measures the nodes on each event loop side by side (payload/eventloop.py).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from experiment.deploy import deploy
 from local.testbed import LocalTestbed
 from experiment.replay import load_hf_model
 from experiment.run import run_job
+from payload import eventloop
 from payload.events import read_events
 from payload.prepare import load_manifest, prepare
 from payload.routing import even_placement
@@ -66,6 +68,8 @@ def main() -> None:
     parser.add_argument("--wire-dtype", default="bfloat16")
     parser.add_argument("--keep", type=Path, help="also copy the last round's chain run directory here")
     parser.add_argument("--sealed", action="store_true", help="also measure the chain with sealed payloads")
+    parser.add_argument("--event-loops", nargs="+", default=["auto"], choices=eventloop.CHOICES,
+                        help="the nodes' event loops to compare side by side (each round deploys each in turn)")
     args = parser.parse_args()
     prompt = "The three most important inventions of the twentieth century are"
     prepared = prepare(args.model)
@@ -74,58 +78,64 @@ def main() -> None:
     monolith = Monolith(prepared, prompt)
     testbed = LocalTestbed("jv-bench-chain")
     testbed.up(args.nodes)
-    rounds, sealed_rounds = [], []
+    # Each variant is a deployment; with more than one, every round redeploys each in turn (one chain at a time).
+    variants = {loop: {"event_loop": loop} for loop in args.event_loops}
+    if args.sealed:
+        variants["sealed"] = {"event_loop": args.event_loops[0], "encrypt": True}
+    baseline = args.event_loops[0]
+    rounds: dict[str, list] = {name: [] for name in variants}
+    splits: list[dict[str, float]] = []
+    deployments = {}
     try:
-        variants = [False, True] if args.sealed else [False]
-        deployments = {}
         for index in range(args.rounds):
-            for sealed in variants:
-                if sealed not in deployments or len(variants) > 1:  # one chain at a time: redeploy to switch
-                    deployments[sealed] = deploy(testbed, prepared, even_placement(layers, args.nodes),
-                                                 model=args.model, wire_dtype=args.wire_dtype, encrypt=sealed,
-                                                 progress=lambda m: None)
+            for name, options in variants.items():
+                if name not in deployments or len(variants) > 1:
+                    deployments[name] = deploy(testbed, prepared, even_placement(layers, args.nodes), model=args.model,
+                                               wire_dtype=args.wire_dtype, progress=lambda m: None, **options)
                 with tempfile.TemporaryDirectory() as tmp:
-                    run = run_job(testbed, deployments[sealed], {"prompts": [prompt], "max_new_tokens": args.tokens + 1},
+                    run = run_job(testbed, deployments[name], {"prompts": [prompt], "max_new_tokens": args.tokens + 1},
                                   [], Path(tmp) / "run", stream=lambda line: None)
                     tokens = pd.read_csv(run / "tokens.csv")
                     hops = pd.read_csv(run / "hops.csv")
                     computes = compute_events(run)
-                    if args.keep and index == args.rounds - 1 and not sealed:
+                    if name == baseline:
+                        splits.append(hop_split(run))
+                    if args.keep and index == args.rounds - 1 and name == baseline:
                         shutil.copytree(run, args.keep, dirs_exist_ok=True)
-                chain_ms = tokens["latency_ns"].iloc[1:].median() / 1e6
-                (sealed_rounds if sealed else rounds).append((chain_ms, None, critical_path(tokens, hops, computes)))
-                if not sealed:
+                rounds[name].append((tokens["latency_ns"].iloc[1:].median() / 1e6, critical_path(tokens, hops, computes)))
+                if name == baseline:
                     plain_hops = hops
             mono_ms = monolith.ms_per_token(args.tokens)
-            rounds[-1] = (rounds[-1][0], mono_ms, rounds[-1][2])
-            line = (f"round {index + 1}: chain {rounds[-1][0]:.2f} ms/token, monolith {mono_ms:.2f} ms/token, "
-                    f"ratio {rounds[-1][0] / mono_ms:.3f}")
-            if args.sealed:
-                line += f"; sealed chain {sealed_rounds[-1][0]:.2f} ms/token ({sealed_rounds[-1][0] / rounds[-1][0]:.3f}x plain)"
-            print(line, flush=True)
+            rounds.setdefault("monolith", []).append(mono_ms)
+            print(f"round {index + 1}: monolith {mono_ms:.2f} ms/token; " + "; ".join(
+                f"{name} chain {rounds[name][-1][0]:.2f} ms/token (ratio {rounds[name][-1][0] / mono_ms:.3f})"
+                for name in variants), flush=True)
     finally:
         testbed.down()
-    hops = plain_hops
-    chain_ms = statistics.median(r[0] for r in rounds)
-    mono_ms = statistics.median(r[1] for r in rounds)
-    path = pd.DataFrame([r[2] for r in rounds]).median()
-    decode_hops = hops[(hops["step"] > 0) & (hops["positions"] == 1)]
-    bytes_per_hop = decode_hops["bytes"].max()
+    mono = rounds.pop("monolith")
+    mono_ms = statistics.median(mono)
+    decode_hops = plain_hops[(plain_hops["step"] > 0) & (plain_hops["positions"] == 1)]
     print(f"model {args.model}, {args.nodes} layer nodes, {args.tokens} decode tokens, wire {args.wire_dtype}, "
           f"{args.rounds} alternating rounds")
     print(f"monolithic decode   : {mono_ms:8.2f} ms/token (median over rounds, one process, 1 thread)")
-    print(f"{args.nodes:2d}-node local chain : {chain_ms:8.2f} ms/token (median over rounds, from tokens.csv)")
-    print(f"ratio chain/monolith: {chain_ms / mono_ms:8.3f}  (target <= 1.10)")
-    print(f"decode wire bytes per hop per token: {bytes_per_hop} (target <= {hidden * 2 + 256})")
-    print("per decode step (median ms): " + ", ".join(f"{k} {v:.2f}" for k, v in path.items()))
-    if sealed_rounds:
-        sealed_ms = statistics.median(r[0] for r in sealed_rounds)
-        sealed_path = pd.DataFrame([r[2] for r in sealed_rounds]).median()
-        gap = "gaps between layer nodes"
-        per_hop = (sealed_path[gap] - path[gap]) / max(1, args.nodes - 1)
-        spread = [s[0] / p[0] for s, p in zip(sealed_rounds, rounds)]
-        print(f"sealed payloads (ChaCha20-Poly1305): {sealed_ms:8.2f} ms/token, {sealed_ms / chain_ms:.3f}x the plain "
-              f"chain (rounds {min(spread):.3f}-{max(spread):.3f}); {per_hop * 1000:+.0f} us per hop")
+    gap = "gaps between layer nodes"
+    paths = {name: pd.DataFrame([r[1] for r in runs]).median() for name, runs in rounds.items()}
+    for name, runs in rounds.items():
+        chain_ms = statistics.median(r[0] for r in runs)
+        ratios = [r[0] / m for r, m in zip(runs, mono)]
+        print(f"{args.nodes:2d}-node chain, {name:8s}: {chain_ms:8.2f} ms/token, ratio chain/monolith {chain_ms / mono_ms:.3f} "
+              f"(rounds {min(ratios):.3f}-{max(ratios):.3f}; target <= 1.05), "
+              f"{paths[name][gap] / max(1, args.nodes - 1) * 1000:.0f} us per hop between layer nodes")
+        print("  per decode step (median ms): " + ", ".join(f"{k} {v:.2f}" for k, v in paths[name].items()))
+    print(f"decode wire bytes per hop per token: {decode_hops['bytes'].max()} (target <= {hidden * 2 + 256})")
+    split = pd.DataFrame(splits).median()
+    print(f"where a decode hop between layer nodes goes ({baseline}, median us): "
+          + ", ".join(f"{k} {v:.0f}" for k, v in split.items()))
+    if args.sealed:
+        spread = [s[0] / p[0] for s, p in zip(rounds["sealed"], rounds[baseline])]
+        per_hop = (paths["sealed"][gap] - paths[baseline][gap]) / max(1, args.nodes - 1)
+        print(f"sealed payloads (ChaCha20-Poly1305): {statistics.median(spread):.3f}x the plain {baseline} chain "
+              f"(rounds {min(spread):.3f}-{max(spread):.3f}); {per_hop * 1000:+.0f} us per hop")
 
 
 def critical_path(tokens: pd.DataFrame, hops: pd.DataFrame, computes: pd.DataFrame) -> dict[str, float]:
@@ -151,6 +161,32 @@ def critical_path(tokens: pd.DataFrame, hops: pd.DataFrame, computes: pd.DataFra
             "last layer to token (incl. head)": tok.t_emit_mono_ns - spans["end_mono_ns"].iloc[-1],
         })
     return (pd.DataFrame(rows).median() / 1e6).to_dict()
+
+
+def hop_split(run: Path) -> dict[str, float]:
+    """One decode hop from node k's compute end to node k+1's compute start, in four parts (median us): the
+    sender's work until its write (``t1``; of it, encoding and signing), the write to the receiver's read
+    (kernel, wake-up), the receiver's work until its ack (decode, checks), and from the ack to its compute."""
+    events = [{**e, "at": int(log.parent.name[4:])} for log in run.glob("nodes/node*/events.jsonl")
+              for e in read_events(log) if e["ev"] in ("compute", "ack")]
+    frame = pd.DataFrame(events)
+    keys = ["session", "step", "epoch"]
+    compute = frame[(frame["ev"] == "compute") & (frame["positions"] == 1) & (frame["step"] > 0)]
+    acks = frame[(frame["ev"] == "ack") & (frame["dst"] > 0) & (frame["positions"] == 1)]
+    sent = compute[[*keys, "at", "end_mono_ns"]].merge(
+        acks[[*keys, "src", "dst", "t1_mono_ns", "t1_wall_ns", "t2_wall_ns", "t3_wall_ns", "serialize_ns"]],
+        left_on=[*keys, "at"], right_on=[*keys, "src"])
+    hop = sent.merge(compute[[*keys, "at", "start_mono_ns", "queue_ns"]], left_on=[*keys, "dst"],
+                     right_on=[*keys, "at"], suffixes=("", "_next"))
+    parts = {
+        "sender until written": hop["t1_mono_ns"] - hop["end_mono_ns"],
+        "(of it, encode and sign)": hop["serialize_ns"],
+        "write to read": hop["t2_wall_ns"] - hop["t1_wall_ns"],
+        "receiver until ack": hop["t3_wall_ns"] - hop["t2_wall_ns"],
+        "ack to compute": hop["queue_ns"],
+        "whole gap": hop["start_mono_ns"] - hop["end_mono_ns"],
+    }
+    return {k: float(v.median()) / 1e3 for k, v in parts.items()}
 
 
 def compute_events(run: Path) -> pd.DataFrame:
