@@ -29,6 +29,7 @@ from testbed.profiles import resolve
 
 if TYPE_CHECKING:
     from dashboard.server import Dashboard
+    from experiment.resilient import SliceCosts
 
 # testbed name -> "module:class"; imported on demand (emu needs root, colosseum, rpi and ssh need inventories)
 TESTBEDS = {
@@ -109,16 +110,18 @@ def placement_from(spec: str, num_layers: int, nodes: int, replicas: int) -> Pla
     return explicit_placement(num_layers, ranges, replicas)
 
 
-def layer_costs(scenario: Scenario, prepared: Path, base: Path) -> list[float]:
-    """``placement: resilient``'s per-layer costs: the scenario's skip study, or measured now (bridged layers'
-    under a bridging policy)."""
-    from experiment.resilient import measured_costs, study_costs
+def layer_costs(scenario: Scenario, prepared: Path, base: Path) -> "SliceCosts":
+    """``placement: resilient``'s costs: the scenario's skip study (single layers, summed over a slice), or
+    measured now for every span a slice can be within the memory cap (bridged under a bridging policy)."""
+    from experiment.resilient import SliceCosts, default_capacity, measured_costs, study_costs
 
     method = "bridge" if scenario.on_failure.bridges else "skip"
     file = scenario.resilient.criticality
     if file:
-        return study_costs(Path(file) if Path(file).is_absolute() else base / file, method=method)
-    return measured_costs(prepared, method=method, tokens=scenario.resilient.tokens)
+        return SliceCosts(study_costs(Path(file) if Path(file).is_absolute() else base / file, method=method))
+    layers = load_manifest(prepared)["num_layers"]
+    cap = scenario.resilient.capacity or default_capacity(layers, scenario.nodes, scenario.resilient.copies)
+    return measured_costs(prepared, method=method, tokens=scenario.resilient.tokens, max_span=cap)
 
 
 def plan_placement(scenario: Scenario, prepared: Path, base: Path, memory: dict[int, int] | None = None

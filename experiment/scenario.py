@@ -258,8 +258,9 @@ class Scenario(BaseModel):
                              f"the ranges end at layer {end}, but model {self.model} has {num_layers} layers")
         return explicit_placement(num_layers, list(self.placement), self.replicas)
 
-    def resilient_plan(self, num_layers: int, costs: list[float] | None):
-        """The resilient plan (with even placement's figure beside it) for per-layer ``costs``."""
+    def resilient_plan(self, num_layers: int, costs):
+        """The resilient plan (with even placement's figure beside it) for ``costs`` (per layer, or a
+        :class:`experiment.resilient.SliceCosts`)."""
         from experiment.resilient import resilient_placement
 
         if costs is None:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from experiment.resilient import expected_kl, resilient_placement, study_costs
+from experiment.resilient import SliceCosts, expected_kl, resilient_placement, study_costs
 from payload.routing import Placement, PlacementError
 
 EQUAL = {k: 0.1 for k in range(1, 7)}
@@ -68,3 +68,22 @@ def test_costs_come_from_a_skip_studys_single_skips(tmp_path):
     assert study_costs(path) == [1.0, 2.0, 3.0]
     with pytest.raises(PlacementError, match="no single-skip KL rows for method 'repeat'"):
         study_costs(path, method="repeat")
+
+
+def test_measured_span_costs_override_the_sum_and_steer_the_split():
+    """Losing layers 0 and 1 together costs far more than each alone (10 against 1 + 1): with span costs the
+    plan keeps them on different nodes, where summed single costs see every split alike and keep even's."""
+    singles = [1.0, 1.0, 1.0, 1.0]
+    spans = {(0, 2): 10.0, (2, 4): 1.0, (1, 4): 2.0, (0, 3): 12.0}
+    p = {1: 0.1, 2: 0.1}
+    additive = resilient_placement(4, 2, singles, p, replicas=0, capacity=3)
+    assert additive.placement.slices == additive.even.slices == {1: (0, 2), 2: (2, 4)}
+    assert additive.expected_kl == pytest.approx(0.4) and additive.basis == "additive single-layer costs"
+    costs = SliceCosts(singles, spans)
+    assert costs.of(0, 2) == 10.0 and costs.of(1, 2) == 1.0 and costs.of(1, 3) == 2.0, "unmeasured: the sum"
+    plan = resilient_placement(4, 2, costs, p, replicas=0, capacity=3)
+    assert plan.placement.slices == {1: (0, 1), 2: (1, 4)}
+    assert plan.expected_kl == pytest.approx(0.1 * 1 + 0.1 * 2) and plan.even_expected_kl == pytest.approx(1.1)
+    assert plan.basis == "measured span costs" and "measured span costs" in plan.describe()
+    with pytest.raises(PlacementError, match="outside 0..4"):
+        SliceCosts(singles, {(2, 5): 1.0})
