@@ -315,5 +315,7 @@ def test_a_slowed_node_makes_progress_at_one_factor_th_of_its_speed_and_heal_res
     assert "node3 at full speed" in healed.detail
     again = rate()
     bed.kill(host)
-    assert 0.12 <= slow / full <= 0.4, (full, slow)
+    # Full speed is the better of the samples before and after: a CI run whose other work took the CPU while
+    # `full` was counted (5.4 M against 2.4 M slowed) read 0.44 for a 4x slowdown.
+    assert 0.12 <= slow / max(full, again) <= 0.4, (full, slow, again)
     assert again >= 0.7 * full, (full, again)
