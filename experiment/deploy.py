@@ -195,8 +195,10 @@ def deploy(testbed: Testbed, prepared: Path, placement: Placement, *, model: str
         raise TestbedError(f"placement has {len(placement.nodes)} layer nodes but the testbed has {len(hosts) - 1}")
     if policy.bridges and bridges is None:
         raise TestbedError(f"on_failure: {policy.value} needs the placement's bridges (fab prepare-bridges)")
-    if event_loop not in eventloop.CHOICES:
-        raise TestbedError(f"unknown event_loop {event_loop!r}; choose one of {', '.join(eventloop.CHOICES)}")
+    try:
+        eventloop.check(event_loop)
+    except ValueError as exc:
+        raise TestbedError(str(exc)) from None
     manifest = load_manifest(prepared)
     key_hex = secrets.token_hex(32)
     dtypes = wire_dtypes(hosts, wire_dtype)

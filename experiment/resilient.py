@@ -196,4 +196,5 @@ def measured_costs(prepared: Path, *, method: str = "skip", tokens: int = 512, m
     with bars(True) as display:
         scores = evaluate_proxies(model, cut, sets, display.bar("layer costs", proxy_work(model, cut, sets)), stand_in)
     kl = {(a, b): float(scores.kl[scores.row(tuple(range(a, b)))].mean()) for a, b in spans}
-    return SliceCosts([kl[(k, k + 1)] for k in range(layers)], {span: v for span, v in kl.items() if span[1] - span[0] > 1})
+    singles = [kl.pop((k, k + 1)) for k in range(layers)]
+    return SliceCosts(singles, kl)

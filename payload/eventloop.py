@@ -1,9 +1,9 @@
 """The event loop a node runs on: uvloop where it is installed, asyncio's own otherwise.
 
-A decode hop is a handful of small socket operations (the frame in, its ack out, the output on), and asyncio's
-pure-Python streams spend more time on them than the frame's codec does: a loopback round trip between two
-processes measured 88-103 us on asyncio's loop against 34-38 us on uvloop's (benchmarks/chain_latency.py
-``--loops`` shows what that is worth per hop).  Nothing in the node depends on which loop runs it.
+A decode hop is a handful of small socket operations (the frame in, its ack out, the output on): a warm
+loopback round trip between two processes measured 182 us on asyncio's loop against 118 us on uvloop's
+(benchmarks/loop_rtt.py); ``benchmarks/chain_latency.py --event-loops asyncio uvloop`` shows what that is
+worth per hop of a chain.  Nothing in the node depends on which loop runs it.
 """
 
 from __future__ import annotations
@@ -19,11 +19,17 @@ AUTO, ASYNCIO, UVLOOP = "auto", "asyncio", "uvloop"
 CHOICES = (AUTO, ASYNCIO, UVLOOP)
 
 
+def check(choice: str) -> str:
+    """``choice`` if it names a loop, else ValueError (what a deployment or a node config may say)."""
+    if choice not in CHOICES:
+        raise ValueError(f"unknown event_loop {choice!r}; choose one of {', '.join(CHOICES)}")
+    return choice
+
+
 def resolve(choice: str) -> str:
     """The loop ``choice`` means here: ``auto`` is uvloop when it is importable; ValueError for a loop that
     cannot run (unknown, or uvloop asked for and missing)."""
-    if choice not in CHOICES:
-        raise ValueError(f"unknown event_loop {choice!r}; choose one of {', '.join(CHOICES)}")
+    check(choice)
     have_uvloop = importlib.util.find_spec("uvloop") is not None
     if choice == UVLOOP and not have_uvloop:
         raise ValueError("event_loop uvloop asked for, but uvloop is not installed in this Python")

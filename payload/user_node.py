@@ -246,12 +246,12 @@ class UserNode:
             frames, at = [], 0
             for size in sizes:
                 hidden = await self._inputs(new_ids[at:at + size], plan)
-                at += size
-                frames.append(Frame(FrameType.DATA, sid, step=step, epoch=epoch, pos_start=pos_start + at - size,
+                frames.append(Frame(FrameType.DATA, sid, step=step, epoch=epoch, pos_start=pos_start + at,
                                     n_pos=size, replay_len=replay_len, hidden=self.spec.hidden_size,
                                     dtype=self.wire_dtype, hop=0, route=plan.hops, src=USER_NODE, dst=first.node,
-                                    flags=FrameFlag.MORE if at < len(new_ids) else FrameFlag.NONE,
+                                    flags=FrameFlag.MORE if at + size < len(new_ids) else FrameFlag.NONE,
                                     payload=to_bytes(hidden, self.wire_dtype)))
+                at += size
         # A hop that rebuilds a cache receives the whole history; other hops get this step's positions (a chunk).
         frame_positions = len(ids) if any(h.flags & HopFlag.REPLAY for h in plan.hops) else max(
             f.n_pos for f in frames)
