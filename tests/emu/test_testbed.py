@@ -316,6 +316,8 @@ def test_a_slowed_node_makes_progress_at_one_factor_th_of_its_speed_and_heal_res
     again = rate()
     bed.kill(host)
     # Full speed is the better of the samples before and after: a CI run whose other work took the CPU while
-    # `full` was counted (5.4 M against 2.4 M slowed) read 0.44 for a 4x slowdown.
+    # `full` was counted (5.4 M against 2.4 M slowed) read 0.44 for a 4x slowdown, and another read 0.70 of
+    # `full` after the heal. So the heal is judged against the slowed rate, which it must clearly beat (a
+    # heal that did nothing reads about 1x; a working one about 4x, less whatever else takes the CPU).
     assert 0.12 <= slow / max(full, again) <= 0.4, (full, slow, again)
-    assert again >= 0.7 * full, (full, again)
+    assert again >= 2 * slow, (slow, again)
