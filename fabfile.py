@@ -95,13 +95,15 @@ def hosts(c, testbed="local", json_=False, prefix=None):
             "prefill_chunk": "positions per pipelined prefill frame, 0 for one frame, or auto (the slowest hop's "
                              "bandwidth-delay product)", "prefix": "name prefix of this testbed",
             "event_loop": "auto (uvloop where installed) | asyncio | uvloop: what the nodes run on",
+            "batch_decode": "most decode steps of different sessions a node computes as one batch when they "
+                            "wait at once (default 1: one at a time)",
             "encrypt": "seal every frame's payload with ChaCha20-Poly1305 (frames are authenticated either way)",
             "inventory": "inventory file (colosseum, rpi, ssh): brings the testbed up first if it is not",
             "nodes": "layer nodes to bring up (default: all the inventory holds)",
             "dry_run": "print every remote command per host (up and deploy) without connecting"})
 def deploy(c, testbed="local", model="gemma3-270m", placement="even", replicas=0, on_failure="skip",
            wire_dtype="bfloat16", prefix=None, encrypt=False, inventory=None, nodes=None, dry_run=False,
-           bridges=None, on_slow="wait", prefill_chunk="auto", event_loop="auto"):
+           bridges=None, on_slow="wait", prefill_chunk="auto", event_loop="auto", batch_decode=1):
     """Ship each node only its layers, write configs, start node services, wait for health (on an inventory
     testbed that is not up, bring it up first: checks, radios or Wi-Fi, addresses)."""
     from experiment.orchestrate import deploy_model, dry_run_nodes, make_testbed
@@ -113,7 +115,7 @@ def deploy(c, testbed="local", model="gemma3-270m", placement="even", replicas=0
         return
     _guard(deploy_model, tb, model, placement=placement, replicas=int(replicas), on_failure=on_failure,
            wire_dtype=wire_dtype, encrypt=bool(encrypt), nodes=count, bridges=bridges, on_slow=on_slow,
-           prefill_chunk=prefill_chunk, event_loop=event_loop)
+           prefill_chunk=prefill_chunk, event_loop=event_loop, batch_decode=int(batch_decode))
 
 
 @task(help={"testbed": TESTBED_HELP, "prompt": "prompt text", "max_new_tokens": "tokens to generate",

@@ -1,13 +1,17 @@
-"""Aggregate decode throughput of a local chain at several concurrencies, each event loop side by side.
+"""Aggregate decode throughput of a chain at several concurrencies: unbatched against batched decode (and event
+loops), side by side.
 
-Each round deploys the chain once per event loop (payload/eventloop.py) and runs, on each, ``--concurrency``
-sessions at once for every concurrency asked; it prints aggregate decode tokens/s (decode tokens of all
-sessions over the wall time from the first session's start to the last token), per concurrency and loop, the
-median over rounds with the spread.  With every node on one of this machine's cores, concurrency shows how
-far the chain pipelines before it is compute-bound (issue 16's baseline for batched decode).
+Each round deploys the chain once per variant (``--batch-decode`` sizes, payload/batching.py, times
+``--event-loops``, payload/eventloop.py) and runs, on each, ``--concurrency`` sessions at once for every
+concurrency asked; it prints aggregate decode tokens/s (decode tokens of all sessions over the wall time from
+the first session's start to the last token), per concurrency and variant, the median over rounds with the
+spread, and each variant's ratio to the first.  ``--testbed local`` runs every node on this machine's cores
+(compute-bound from a few sessions: where batching pays); ``--testbed emu`` (root) puts every node on a link
+profile (``--link wifi``: issue 16's 7-node WiFi chain), where the links, not the cores, set the pace.
 
     .venv/bin/python benchmarks/decode_throughput.py [--model gemma3-270m] [--nodes 18] [--tokens 16]
-        [--concurrency 1 4 8] [--event-loops asyncio uvloop] [--rounds 2]
+        [--concurrency 1 4 8] [--batch-decode 1 8] [--event-loops uvloop] [--rounds 2]
+        [--testbed local|emu] [--link wifi]
 """
 
 from __future__ import annotations
@@ -51,37 +55,56 @@ def main() -> int:
     parser.add_argument("--nodes", type=int, default=18)
     parser.add_argument("--tokens", type=int, default=16, help="decode tokens per session")
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 8])
-    parser.add_argument("--event-loops", nargs="+", default=["asyncio", "uvloop"], choices=eventloop.CHOICES)
+    parser.add_argument("--batch-decode", type=int, nargs="+", default=[1, 8],
+                        help="most decode steps a node computes as one batch (1: unbatched)")
+    parser.add_argument("--event-loops", nargs="+", default=["uvloop"], choices=eventloop.CHOICES)
     parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--testbed", choices=["local", "emu"], default="local")
+    parser.add_argument("--link", default="wifi", help="link profile of every node (emu testbed)")
     args = parser.parse_args()
     prepared = prepare(args.model)
     placement = even_placement(load_manifest(prepared)["num_layers"], args.nodes)
-    testbed = LocalTestbed("jv-bench-throughput")
-    testbed.up(args.nodes)
-    rates: dict[tuple[int, str], list[float]] = {}
+    if args.testbed == "emu":
+        from emu.testbed import EmuTestbed
+        from testbed.profiles import resolve
+
+        testbed = EmuTestbed("jv-bench-throughput", backend="userspace")
+        testbed.up(args.nodes, {k: resolve(args.link) for k in range(1, args.nodes + 1)})
+    else:
+        testbed = LocalTestbed("jv-bench-throughput")
+        testbed.up(args.nodes)
+    variants = [(loop, batch) for batch in args.batch_decode for loop in args.event_loops]
+    label = {v: f"{v[0]}, batch {v[1]}" for v in variants}
+    rates: dict[tuple[int, tuple[str, int]], list[float]] = {}
     try:
         for index in range(args.rounds):
-            for loop in args.event_loops:
-                deployment = deploy(testbed, prepared, placement, model=args.model, event_loop=loop,
-                                    progress=lambda m: None)
+            for variant in variants:
+                deployment = deploy(testbed, prepared, placement, model=args.model, event_loop=variant[0],
+                                    batch_decode=variant[1], progress=lambda m: None)
                 for concurrency in args.concurrency:
                     rate = tokens_per_s(testbed, deployment, concurrency, args.tokens)
-                    rates.setdefault((concurrency, loop), []).append(rate)
-                    print(f"round {index + 1}, {loop}, concurrency {concurrency}: {rate:.2f} tokens/s", flush=True)
+                    rates.setdefault((concurrency, variant), []).append(rate)
+                    print(f"round {index + 1}, {label[variant]}, concurrency {concurrency}: {rate:.2f} tokens/s",
+                          flush=True)
     finally:
         testbed.down()
     rows = []
     for concurrency in args.concurrency:
         row = [concurrency]
-        for loop in args.event_loops:
-            got = rates[(concurrency, loop)]
+        for variant in variants:
+            got = rates[(concurrency, variant)]
             row.append(f"{statistics.median(got):.2f} ({min(got):.2f}-{max(got):.2f})")
-        base = statistics.median(rates[(concurrency, args.event_loops[0])])
-        row += [f"{statistics.median(rates[(concurrency, loop)]) / base:.2f}x" for loop in args.event_loops[1:]]
+        base = rates[(concurrency, variants[0])]
+        for variant in variants[1:]:  # per round, then the median and spread of the ratios
+            ratios = [b / a for a, b in zip(base, rates[(concurrency, variant)])]
+            row.append(f"{statistics.median(ratios):.2f}x ({min(ratios):.2f}-{max(ratios):.2f})")
         rows.append(row)
-    print(f"model {args.model}, {args.nodes} layer nodes, {args.tokens} decode tokens per session, {args.rounds} rounds")
-    print(tabulate(rows, headers=["concurrency", *(f"{loop} tokens/s" for loop in args.event_loops),
-                                  *(f"{loop} / {args.event_loops[0]}" for loop in args.event_loops[1:])]))
+    where = f"{args.testbed} testbed" + (f", every node on {args.link}" if args.testbed == "emu" else "")
+    print(f"model {args.model}, {args.nodes} layer nodes ({where}), {args.tokens} decode tokens per session, "
+          f"{args.rounds} rounds")
+    print(tabulate(rows, headers=["concurrency", *(f"{label[v]} tokens/s" for v in variants),
+                                  *(f"{label[v]} / {label[variants[0]]}" for v in variants[1:])],
+                   tablefmt="github"))
     return 0
 
 

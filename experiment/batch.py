@@ -132,7 +132,8 @@ def radio_conf(layout: Layout, name: str, *, addresses: dict[str, SrnAddresses],
         host = hosts[layout.chain.index(name)]
         cfg = node_config(host, hosts, deployment.placement_obj(), key_hex=deployment.key_hex,
                           wire_dtypes={int(k): v for k, v in deployment.wire_dtypes.items()},
-                          compute_dtype=deployment.compute_dtype, timing=timing)
+                          compute_dtype=deployment.compute_dtype, timing=timing,
+                          batch_decode=deployment.batch_decode)
         # The key stays in the image (snapshotted by the team), never in radio.conf (on the team NAS) or /logs.
         cfg = dataclasses.replace(cfg, model_dir=f"{paths.jarvis}/model", key_hex="", key_file=f"{paths.jarvis}/key",
                                   bridges_file=f"{paths.jarvis}/model/{BRIDGES_FILE}" if deployment.bridges else "")
@@ -195,7 +196,8 @@ def write_bundle(inventory: Path | str, scenario_path: Path | str, out: Path | s
                             prefill_chunk=prefill_chunk(hosts, dtypes, int(load_manifest(prepared)["hidden_size"]),
                                                         scenario.prefill_chunk),
                             compute_dtype=scenario.compute_dtype, timing=dataclasses.asdict(timing), bridges=str(bridges or ""),
-                            bridges_sha256=sha256_file(bridges) if bridges else "", on_slow=scenario.on_slow.value)
+                            bridges_sha256=sha256_file(bridges) if bridges else "", on_slow=scenario.on_slow.value,
+                            batch_decode=scenario.batch_decode)
     job = job_from(scenario, Path(scenario_path).parent)
     out = Path(out)
     if out.exists():

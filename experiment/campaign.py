@@ -176,7 +176,8 @@ def run_campaign(testbed: Testbed, scenario: Scenario, base: Path, out: Path, *,
         bridges = bridge_files[name]
         return deploy(testbed, prepared, placement, model=scenario.model, policy=policy,
                       wire_dtype=scenario.wire_dtype, compute_dtype=scenario.compute_dtype, timing=timing,
-                      bridges=bridges, prefill=scenario.prefill_chunk, progress=quiet), placement
+                      bridges=bridges, prefill=scenario.prefill_chunk, batch_decode=scenario.batch_decode,
+                      progress=quiet), placement
 
     deployment, _ = deployed("skip", Policy.SKIP)
     baseline_dir = run_job(testbed, deployment, job, [], out / "runs" / "baseline", stream=quiet)

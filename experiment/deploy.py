@@ -56,6 +56,7 @@ class Deployment:
     on_slow: str = "wait"  # what the user node does about a straggler (payload/stragglers.py)
     prefill_chunk: int = 0  # positions per frame of a chunked prefill, as deploy resolved it (0: one frame)
     event_loop: str = "auto"  # what every node runs on: auto (uvloop where installed) | asyncio | uvloop
+    batch_decode: int = 1  # most decode steps of different sessions a node computes as one batch (1: none)
 
     def save(self, path: Path) -> None:
         """Write it readable by this user only: it holds the deployment key."""
@@ -134,7 +135,7 @@ def key_path(host: HostInfo) -> str | None:
 
 def node_config(host: HostInfo, hosts: list[HostInfo], placement: Placement, *, key_hex: str,
                 wire_dtypes: dict[int, str], compute_dtype: str, timing: Timing, encrypt: bool = False,
-                bridges: bool = False, event_loop: str = eventloop.AUTO) -> NodeConfig:
+                bridges: bool = False, event_loop: str = eventloop.AUTO, batch_decode: int = 1) -> NodeConfig:
     """A node's config; it listens on the address the testbed assigned it (``extra["listen"]`` overrides),
     never on every interface, and names its key file instead of holding the key where one is set."""
     ranges = [] if host.index == 0 else placement.ranges_of(host.index)
@@ -155,6 +156,7 @@ def node_config(host: HostInfo, hosts: list[HostInfo], placement: Placement, *, 
         encrypt=encrypt,
         bridges_file=f"{host.workdir}/model/{BRIDGES_FILE}" if bridges else "",
         event_loop=event_loop,
+        batch_decode=batch_decode,
     )
 
 
@@ -183,13 +185,15 @@ def deploy(testbed: Testbed, prepared: Path, placement: Placement, *, model: str
            wire_dtype: str = "bfloat16", compute_dtype: str = "float32", timing: Timing = Timing(),
            encrypt: bool = False, bridges: Path | None = None, ready_timeout_s: float = 600.0,
            on_slow: OnSlow = OnSlow.WAIT, prefill: int | str = 0, event_loop: str = eventloop.AUTO,
-           progress=print) -> Deployment:
+           batch_decode: int = 1, progress=print) -> Deployment:
     """Ship, configure and start every node; return the Deployment (also saved by the caller).
 
     ``bridges`` (a bridge file of this placement, :func:`quality.bridges.bridge_file`) goes to every host:
     any node may be the one before a gap.  A policy that bridges needs it.  ``prefill`` is positions per chunk
     of a pipelined prefill, or ``auto`` (from the links: experiment/wire.py).  ``event_loop`` is what the nodes
-    run on (payload/eventloop.py); a host without uvloop falls back to asyncio's under ``auto``."""
+    run on (payload/eventloop.py); a host without uvloop falls back to asyncio's under ``auto``.
+    ``batch_decode`` is the most decode steps of different sessions a node (and the user node's head) computes
+    as one batch when they wait at once (payload/batching.py; 1: one at a time, bit for bit ``generate``)."""
     hosts = testbed.hosts()
     if len(hosts) - 1 != len(placement.nodes):
         raise TestbedError(f"placement has {len(placement.nodes)} layer nodes but the testbed has {len(hosts) - 1}")
@@ -199,6 +203,8 @@ def deploy(testbed: Testbed, prepared: Path, placement: Placement, *, model: str
         eventloop.check(event_loop)
     except ValueError as exc:
         raise TestbedError(str(exc)) from None
+    if isinstance(batch_decode, bool) or not isinstance(batch_decode, int) or batch_decode < 1:
+        raise TestbedError(f"batch_decode must be a whole number >= 1 (1: no batching), got {batch_decode!r}")
     manifest = load_manifest(prepared)
     key_hex = secrets.token_hex(32)
     dtypes = wire_dtypes(hosts, wire_dtype)
@@ -216,7 +222,7 @@ def deploy(testbed: Testbed, prepared: Path, placement: Placement, *, model: str
         sent, skipped = ship_model(testbed, host, prepared, files, extras)
         cfg = node_config(host, hosts, placement, key_hex=key_hex, wire_dtypes=dtypes,
                           compute_dtype=compute_dtype, timing=timing, encrypt=encrypt, bridges=bool(extras),
-                          event_loop=event_loop)
+                          event_loop=event_loop, batch_decode=batch_decode)
         shell = testbed.shell(host)
         if cfg.key_file:
             local_key = testbed.state_dir / f"{host.name}.key"
@@ -256,5 +262,5 @@ def deploy(testbed: Testbed, prepared: Path, placement: Placement, *, model: str
         compute_dtype=compute_dtype, timing=asdict(timing), encrypt=encrypt,
         bridges=str(bridges) if bridges is not None else "",
         bridges_sha256=extras[BRIDGES_FILE][1] if extras else "", on_slow=on_slow.value, prefill_chunk=chunk,
-        event_loop=event_loop,
+        event_loop=event_loop, batch_decode=batch_decode,
     )

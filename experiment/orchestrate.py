@@ -159,7 +159,7 @@ def bridges_for(prepared: Path, placement: Placement, *, file: str | None = None
 def do_deploy(testbed: Testbed, model: str, placement: Placement, *, policy: Policy = Policy.SKIP,
               wire_dtype: str = "bfloat16", compute_dtype: str = "float32", timing: Timing = Timing(),
               encrypt: bool = False, bridges: Path | None = None, on_slow: OnSlow = OnSlow.WAIT,
-              prefill: int | str = "auto", event_loop: str = "auto") -> Deployment:
+              prefill: int | str = "auto", event_loop: str = "auto", batch_decode: int = 1) -> Deployment:
     """Deploy ``model`` as ``placement``; a policy that bridges gets the placement's bridges (fitted with the
     defaults unless ``bridges`` names a file)."""
     prepared = prepare(model)
@@ -168,7 +168,7 @@ def do_deploy(testbed: Testbed, model: str, placement: Placement, *, policy: Pol
     deployment = deploy(testbed, prepared, placement, model=model, policy=policy, wire_dtype=wire_dtype,
                         compute_dtype=compute_dtype, timing=timing, encrypt=encrypt,
                         bridges=bridges if policy.bridges else None, on_slow=on_slow, prefill=prefill,
-                        event_loop=event_loop)
+                        event_loop=event_loop, batch_decode=batch_decode)
     deployment.save(deployment_path(testbed))
     total = sum(deployment.bytes_shipped.values())
     print(f"[deploy] shipped {total / 1e6:.1f} MB in total; deployment saved to {deployment_path(testbed)}")
@@ -186,7 +186,7 @@ def policy_of(name: str) -> Policy:
 def deploy_model(testbed: Testbed, model: str, *, placement: str = "even", replicas: int = 0,
                  on_failure: str = "skip", wire_dtype: str = "bfloat16", encrypt: bool = False,
                  nodes: int | None = None, bridges: str | None = None, on_slow: str = "wait",
-                 prefill_chunk: int | str = "auto", event_loop: str = "auto") -> Deployment:
+                 prefill_chunk: int | str = "auto", event_loop: str = "auto", batch_decode: int = 1) -> Deployment:
     """``fab deploy``: place ``model`` over the testbed's layer nodes (``even`` or a ranges file) and deploy it.
 
     An inventory testbed (Colosseum, Pis) that is not up is brought up first with ``nodes`` layer nodes (default:
@@ -202,7 +202,7 @@ def deploy_model(testbed: Testbed, model: str, *, placement: str = "even", repli
     except ValueError:
         raise TestbedError(f"unknown on_slow {on_slow!r}; choose one of {', '.join(o.value for o in OnSlow)}") from None
     return do_deploy(testbed, model, plan, policy=policy, wire_dtype=wire_dtype, encrypt=encrypt, bridges=chosen,
-                     on_slow=straggler, prefill=prefill_chunk, event_loop=event_loop)
+                     on_slow=straggler, prefill=prefill_chunk, event_loop=event_loop, batch_decode=batch_decode)
 
 
 def ensure_up(testbed: Testbed, nodes: int | None) -> None:
@@ -317,7 +317,8 @@ def experiment(kind: str, scenario_path: str, *, out: str | None = None, prefix:
         deployment = do_deploy(testbed, scenario.model, placement, policy=scenario.on_failure,
                                wire_dtype=scenario.wire_dtype, compute_dtype=scenario.compute_dtype,
                                timing=Timing(**scenario.timing), encrypt=scenario.encrypt, bridges=bridges,
-                               on_slow=scenario.on_slow, prefill=scenario.prefill_chunk)
+                               on_slow=scenario.on_slow, prefill=scenario.prefill_chunk,
+                               batch_decode=scenario.batch_decode)
         if dashboard is not None:
             dashboard.feed.publish(live_topology(deployment, scenario.name))
         phase("run", scenario.description or scenario.name)

@@ -10,7 +10,10 @@ earlier position, followed by the step's own positions, in one forward (as the
 rebuilding node computes them).  Spans listed in ``bridges`` are not computed but
 bridged (:mod:`payload.bridges`) on exactly what the chain bridged: the step's
 positions, the last position only before the head, or the whole history when
-the hop after the gap rebuilds.  The replay must reproduce the recorded token ids.
+the hop after the gap rebuilds.  A decode step a node computed in a batch of other sessions' steps
+(``batch_decode``: the ``batch`` of its ``compute`` event; ``head_batch`` for the user node's head) is
+replayed as the same row of a batch of the same size, the other rows zeros: a row's sums depend on the
+batch's shape and its place in it, not on the other rows.  The replay must reproduce the recorded token ids.
 """
 
 from __future__ import annotations
@@ -98,9 +101,49 @@ def _owners(route: object, layers: list[int], ranges: dict[int, list[tuple[int, 
     return owners
 
 
+# (step, first position, layer) -> (rows, place) of the batch a node computed that layer in, for one session.
+Batches = dict[tuple[int, int, int], tuple[int, int]]
+
+
+def node_batches(run_dir: Path, nodes_csv: pd.DataFrame, tokens: pd.DataFrame) -> dict[str, Batches]:
+    """Per session, the batches its decode steps were computed in (``compute`` events with ``batch``), from
+    the attempt its token came from: the latest epoch at or before the token's."""
+    final = {(r.session, int(r.step)): int(r.epoch) for r in tokens.itertuples()}
+    found: dict[str, dict[tuple[int, int, int], tuple[int, int, int]]] = {}
+    for row in nodes_csv.itertuples():
+        log = run_dir / "nodes" / str(row.name) / "events.jsonl"
+        if not row.index or not log.is_file():
+            continue
+        for event in read_events(log):
+            if event["ev"] != "compute" or "batch" not in event:
+                continue
+            epoch, ceiling = int(event["epoch"]), final.get((event["session"], int(event["step"])))
+            if ceiling is None or epoch > ceiling:
+                continue
+            rows, place = (int(x) for x in event["batch"])
+            per = found.setdefault(event["session"], {})
+            for layer in event["layers"]:
+                key = (int(event["step"]), int(event.get("pos_start", 0)), int(layer))
+                if key not in per or per[key][0] <= epoch:
+                    per[key] = (epoch, rows, place)
+    return {sid: {key: (rows, place) for key, (_, rows, place) in per.items()} for sid, per in found.items()}
+
+
+def _batch_of(cell: object) -> tuple[int, int] | None:
+    """``rows place`` of a head_batch cell, None when the head ran alone."""
+    values = _indices(cell)
+    return (values[0], values[1]) if values else None
+
+
+def _as_row(rows: int, place: int, item):
+    """Padding around ``item`` at ``place`` in a batch of ``rows`` (what the oracle replays a batched step as)."""
+    return [None] * place + [item] + [None] * (rows - place - 1)
+
+
 def replay_session(model: Monolith, prompt_ids: list[int], steps: pd.DataFrame, slices: dict[int, tuple[int, int]],
                    wires: dict[int, WireDtype], ranges: dict[int, list[tuple[int, int]]],
-                   bridges: BridgeSet | None = None, logits: list[torch.Tensor] | None = None) -> list[int]:
+                   bridges: BridgeSet | None = None, logits: list[torch.Tensor] | None = None,
+                   batches: Batches | None = None) -> list[int]:
     """Token ids the monolith produces when each step applies the recorded layers (and bridges); with
     ``logits``, each step's next-token logits are appended to it (the distribution the chain chose from).
 
@@ -126,11 +169,17 @@ def replay_session(model: Monolith, prompt_ids: list[int], steps: pd.DataFrame, 
                              "new positions: the run's tokens.csv is inconsistent")
         start = positions
         for size in chunks:  # a chunked prefill: each chunk through every layer, as each node computed them
+            batched = {layer: batch for (step, first, layer), batch in (batches or {}).items()
+                       if step == int(row.step) and first == start}
             hidden, sender = _frame(model, ids, start, start + size, layers, wire_of, wires[0], runs, spans, bridges,
-                                    caches, outputs, boundaries)
+                                    caches, outputs, boundaries, batched)
             start += size
         hidden = to_wire(hidden, sender)
-        step_logits = model.head.logits(hidden[:, -1:])[0, -1]
+        head_batch = _batch_of(getattr(row, "head_batch", ""))
+        if head_batch:
+            step_logits = model.head.logits_rows(_as_row(*head_batch, hidden[:, -1:]))[head_batch[1]][0, -1]
+        else:
+            step_logits = model.head.logits(hidden[:, -1:])[0, -1]
         if logits is not None:
             logits.append(step_logits)
         token = int(torch.argmax(step_logits))
@@ -143,7 +192,7 @@ def replay_session(model: Monolith, prompt_ids: list[int], steps: pd.DataFrame, 
 def _frame(model: Monolith, ids: list[int], positions: int, stop: int, layers: set[int],
            wire_of: dict[int, WireDtype], user_wire: WireDtype, runs: dict[int, list[int]], spans: dict[int, int],
            bridges: BridgeSet | None, caches: dict[int, SessionCache], outputs: dict[int, list[torch.Tensor | None]],
-           boundaries: set[int]) -> tuple[torch.Tensor, WireDtype]:
+           boundaries: set[int], batched: dict[int, tuple[int, int]]) -> tuple[torch.Tensor, WireDtype]:
     """One frame's journey: positions ``[positions, stop)`` of ``ids`` through the step's layers, rebuilds and
     bridges, as the chain computed them; returns the last hidden state and the dtype of the node that sent it."""
     new_ids = ids[positions:stop]
@@ -186,7 +235,8 @@ def _frame(model: Monolith, ids: list[int], positions: int, stop: int, layers: s
             layer = run[-1] + 1
             continue
         if layer in layers:
-            hidden = _apply(model, [layer], hidden, positions, caches, outputs, boundaries, wire_of)
+            hidden = _apply(model, [layer], hidden, positions, caches, outputs, boundaries, wire_of,
+                            batched.get(layer))
             sender = wire_of[layer]
         else:
             outputs[layer].extend([None] * len(new_ids))
@@ -201,14 +251,19 @@ def _indices(cell: object) -> list[int]:
 
 def _apply(model: Monolith, run: list[int], hidden: torch.Tensor, start: int, caches: dict[int, SessionCache],
            outputs: dict[int, list[torch.Tensor | None]], boundaries: set[int],
-           wire_of: dict[int, WireDtype]) -> torch.Tensor:
+           wire_of: dict[int, WireDtype], batch: tuple[int, int] | None = None) -> torch.Tensor:
     """Apply consecutive layers ``run`` to positions ``start...``, rounding at node boundaries inside the run
-    (to the dtype of the node that applied the layer before)."""
+    (to the dtype of the node that applied the layer before); ``batch`` (rows, place) replays a decode step a
+    node computed in a batch."""
     pos = torch.arange(start, start + hidden.shape[1]).unsqueeze(0)
     for index in run:
         if index in boundaries and index != run[0]:
             hidden = to_wire(hidden, wire_of[index - 1])
-        hidden = model.layers[index].forward(hidden, pos, caches[index])
+        if batch is not None:
+            rows, place = batch
+            hidden = model.layers[index].forward_rows(_as_row(rows, place, (hidden, start, caches[index])))[place]
+        else:
+            hidden = model.layers[index].forward(hidden, pos, caches[index])
         caches[index].commit()
         rounded = to_wire(hidden, wire_of[index])
         outputs[index].extend(rounded[:, j:j + 1] for j in range(rounded.shape[1]))
@@ -268,6 +323,7 @@ def check_run(run_dir: Path, prepared: Path, *, model: Monolith | None = None,
               if e["ev"] == "session_start"}
     model = model or Monolith(prepared)
     bridges = run_bridges(deployment, model.spec.hidden_size) if (tokens["bridges"] != "").any() else None
+    batches = node_batches(run_dir, nodes, tokens)
     results = []
     threads = torch.get_num_threads()
     torch.set_num_threads(compute_threads())  # the nodes' float sums, bit for bit: a greedy token can hinge on them
@@ -275,12 +331,13 @@ def check_run(run_dir: Path, prepared: Path, *, model: Monolith | None = None,
         for sid, steps in tokens.groupby("session", sort=False):
             steps = steps.sort_values("step")
             chain: list[torch.Tensor] | None = [] if divergence else None
-            replayed = replay_session(model, starts[sid], steps, _node_layers(nodes), wires, ranges, bridges, chain)
+            replayed = replay_session(model, starts[sid], steps, _node_layers(nodes), wires, ranges, bridges, chain,
+                                      batches.get(str(sid)))
             result = ReplayResult(str(sid), steps["token_id"].astype(int).tolist(), replayed)
             if chain is not None:
                 full: list[torch.Tensor] = []
                 intact = steps.assign(layers=" ".join(map(str, range(model.spec.num_layers))), rebuilt="", bridges="",
-                                      route=" ".join(map(str, [0, *placement.nodes, 0])))
+                                      route=" ".join(map(str, [0, *placement.nodes, 0])), head_batch="")
                 replay_session(model, starts[sid], intact, _node_layers(nodes), wires, ranges, None, full)
                 result.kl = [_kl(p, q) for p, q in zip(full, chain)]
             results.append(result)

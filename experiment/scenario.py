@@ -209,6 +209,9 @@ class Scenario(BaseModel):
     prefill_chunk: StrictInt | str = Field(
         default="auto", description="positions per frame of a long prompt, pipelined along the chain; auto: the "
                                     "slowest hop's bandwidth-delay product (none without link rates); 0: one frame")
+    batch_decode: Annotated[StrictInt, Field(ge=1, le=256, description=(
+        "most decode steps of different sessions a node computes as one batch when they wait at once "
+        "(concurrency > 1); 1: one at a time"))] = 1
     compute_dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     encrypt: StrictBool = Field(default=False, description="seal every frame's payload (ChaCha20-Poly1305)")
     faults: list[FaultSpec] = Field(default_factory=list)

@@ -88,6 +88,7 @@ class NodeConfig:
     key_file: str = ""  # where the key is instead of key_hex: a private file outside anything copied off the node
     bridges_file: str = ""  # the placement's bridges (on_failure: bridge): safetensors, payload/bridges.py
     event_loop: str = "auto"  # auto (uvloop where installed) | asyncio | uvloop: payload/eventloop.py
+    batch_decode: int = 1  # most decode steps of different sessions computed as one batch (1: one at a time)
 
     def largest_position_bytes(self, hidden: int) -> int:
         """Bytes of one position in the widest dtype this node sends or receives (what its frame cap allows)."""
@@ -125,12 +126,17 @@ class NodeConfig:
                 encrypt=bool(data.get("encrypt", False)),
                 bridges_file=str(data.get("bridges_file", "")),
                 event_loop=str(data.get("event_loop", "auto")),
+                batch_decode=data.get("batch_decode", 1),
             )
         except (KeyError, TypeError, ValueError, IndexError) as exc:
             raise ValueError(f"invalid node config: {exc!r}") from exc
         if config.event_loop not in EVENT_LOOPS:
             raise ValueError(f"invalid node config: event_loop {config.event_loop!r} is none of "
                              f"{', '.join(EVENT_LOOPS)}")
+        if isinstance(config.batch_decode, bool) or not isinstance(config.batch_decode, int) \
+                or config.batch_decode < 1:
+            raise ValueError(f"invalid node config: batch_decode must be a whole number >= 1 (1: no batching), "
+                             f"got {config.batch_decode!r}")
         if not config.key_file and len(config.key_hex) < 64:
             raise ValueError("invalid node config: key_hex must hold at least 32 bytes (64 hex digits), "
                              "or key_file name a file that does")

@@ -84,6 +84,7 @@ class FrameFlag(enum.IntFlag):
     NONE = 0
     SEALED = 1  # the payload is ChaCha20-Poly1305 ciphertext with its 16-byte tag
     MORE = 2  # more frames of this step follow (a chunked prefill): the receiver need not hold the session for it
+    BATCH = 4  # more rows of the batch this decode step was computed in follow to the same receiver (batch_decode)
 
 
 class WireDtype(enum.IntEnum):

@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from payload.batching import RowBatcher
 from payload.clock import follow_skew, wall_ns
 from payload.bridges import BridgeSet, bridge_wire
 from payload.cache_rules import Action, admit, decide
@@ -145,6 +146,10 @@ class LayerNode:
         self.spec = ModelSpec(config.model_dir)
         compute = dtype_of(config.compute_dtype)
         self.slices = {a: LayerSlice.load(self.spec, a, b, compute) for a, b in config.ranges}
+        # batch_decode: single-position steps of different sessions at one slice computed together, inline
+        # (a batch of one layer's decode steps takes milliseconds, as an unbatched step does).
+        self.batchers = {a: RowBatcher(sl.forward_rows, config.batch_decode) for a, sl in self.slices.items()
+                         } if config.batch_decode > 1 else {}
         self.bridges = BridgeSet.load(config.bridges_file, self.spec.hidden_size)
         self.sessions = SessionTable(ttl_s=config.timing.session_ttl_s, limit=config.timing.max_sessions, log=self.log)
         self.steps_ns: list[int] = []  # decode steps' arrival-to-output times since the last heartbeat
@@ -247,17 +252,27 @@ class LayerNode:
         received = dict(session=str(frame.session), step=frame.step, epoch=frame.epoch, src=frame.src,
                         positions=frame.n_pos, pos_start=frame.pos_start, replay_len=frame.replay_len,
                         bytes=len(frame.payload), t2_wall_ns=t2, t3_wall_ns=t3)
-        if frame.n_pos <= INLINE_POSITIONS and not state.lock.locked() and not state.queued:
+        batch = self._batchable(frame)
+        if frame.n_pos <= INLINE_POSITIONS and not state.lock.locked() and not state.queued and not batch:
             # Nothing here waits on the network: this returns once the output is written downstream, and the
             # step's receipt is logged only then (its times are in the event), off the decode critical path.
             try:
-                await self.process(frame, state, recv_mono)
+                await self.process(frame, state, recv_mono, batch=False)
             finally:
                 self.log.log("recv", **received)
         else:
             self.log.log("recv", **received)
             state.queued += 1  # until its task holds the lock: a short frame behind it must not overtake it
-            self._spawn(self.process(frame, state, recv_mono, queued=True))
+            self._spawn(self.process(frame, state, recv_mono, queued=True, batch=batch))
+
+    def _batchable(self, frame: Frame) -> bool:
+        """A decode step that goes to its slice's batcher (batch_decode on).  It never holds up the connection
+        it came on, or the steps of other sessions behind it there could never join its batch; a lone step
+        still runs at once (sending every step this way measured better at 8 sessions than running steps
+        inline when no batch was forming: the first of a burst then held the rest up)."""
+        if not self.batchers or frame.n_pos != 1 or frame.replay_len:
+            return False
+        return frame.route[frame.hop].first in self.batchers
 
     def _gap_after(self, route, index: int) -> tuple[int, int]:
         """Layers between hop ``index``'s end and the next hop's first (or the model's end)."""
@@ -315,12 +330,14 @@ class LayerNode:
                 state.lock.release()
 
     # -- compute and forward -------------------------------------------------------
-    async def process(self, frame: Frame, state: SessionState, recv_mono: int, *, queued: bool = False) -> None:
+    async def process(self, frame: Frame, state: SessionState, recv_mono: int, *, queued: bool = False,
+                      batch: bool = False) -> None:
         """Apply this node's layers to a step and send the result on.
 
         The session lock is held from here until the next hop acks the output
         (``forward`` hands it to the task that waits for that ack), so a later
-        step or a resume of this session never overtakes this one.
+        step or a resume of this session never overtakes this one.  With ``batch`` the step is computed by
+        its slice's batcher, with the steps of other sessions waiting there (:meth:`_batchable`).
         """
         try:
             await state.lock.acquire()
@@ -360,13 +377,23 @@ class LayerNode:
             else:
                 rs.cache.commit()
             positions = torch.arange(frame.pos_start, frame.pos_start + frame.n_pos).unsqueeze(0)
-            start = time.monotonic_ns()
-            if frame.n_pos <= INLINE_POSITIONS:
-                out = sl.forward(hidden, positions, rs.cache)
+            batched: dict = {}
+            rows_follow = False  # rows of this step's batch go on to the same next hop after it
+            if batch:
+                nxt = self._next_node(frame)
+                done = await self.batchers[hop.first].submit((hidden, frame.pos_start, rs.cache), tag=nxt,
+                                                             more=bool(frame.flags & FrameFlag.BATCH))
+                out, start, end = done.out, done.start_ns, done.end_ns
+                batched = dict(batch=[done.rows, done.row]) if done.rows > 1 else {}
+                rows_follow = nxt in done.later
             else:
-                out = await asyncio.get_running_loop().run_in_executor(
-                    self.executor, sl.forward, hidden, positions, rs.cache)
-            end = time.monotonic_ns()
+                start = time.monotonic_ns()
+                if frame.n_pos <= INLINE_POSITIONS:
+                    out = sl.forward(hidden, positions, rs.cache)
+                else:
+                    out = await asyncio.get_running_loop().run_in_executor(
+                        self.executor, sl.forward, hidden, positions, rs.cache)
+                end = time.monotonic_ns()
             if frame.n_pos == 1 and not frame.replay_len:  # what the user node tells stragglers by
                 self.steps_ns.append(end - recv_mono)
             wire = to_wire(out, self.wire_dtype)
@@ -374,8 +401,9 @@ class LayerNode:
             computed = dict(session=str(frame.session), step=frame.step, epoch=frame.epoch, layers=list(hop.layers),
                             positions=frame.n_pos, pos_start=frame.pos_start, start_mono_ns=start, end_mono_ns=end,
                             queue_ns=start - recv_mono,
-                            compute_ns=end - start, src=frame.src)
-            handed_over = await self.forward(frame, rs, wire, state.lock, computed=computed)
+                            compute_ns=end - start, src=frame.src, **batched)
+            handed_over = await self.forward(frame, rs, wire, state.lock, computed=computed,
+                                             rows_follow=rows_follow)
         finally:
             if not handed_over:
                 state.lock.release()
@@ -384,8 +412,12 @@ class LayerNode:
         self.log.log("reject", reason=reason, peer=frame.src, session=str(frame.session), step=frame.step)
         await self.report_failure(self.config.node, FailureKind.REJECTED, reason, frame)
 
+    def _next_node(self, frame: Frame) -> int:
+        """Where this hop's output goes: the next hop's node, or the user node after the last."""
+        return USER_NODE if frame.hop + 1 >= len(frame.route) else frame.route[frame.hop + 1].node
+
     async def forward(self, frame: Frame, rs: RangeState, wire: torch.Tensor, lock: asyncio.Lock, *,
-                      computed: dict | None = None) -> bool:
+                      computed: dict | None = None, rows_follow: bool = False) -> bool:
         """Send this step's output to the next hop (or the user node after the last hop).
 
         Returns once the frame is written (the ``computed`` event is logged
@@ -394,10 +426,11 @@ class LayerNode:
         A chunk with more of its step to come (``FrameFlag.MORE``) frees the
         session as soon as it is written, so the next chunk is computed while
         this one crosses the link: one TCP connection keeps them in order, and
-        a chunk lost with a connection leaves a gap the successor refuses.
+        a chunk lost with a connection leaves a gap the successor refuses.  ``rows_follow`` marks the frame
+        ``FrameFlag.BATCH``: more rows of its batch come to the same receiver right after it.
         """
         last = frame.hop + 1 >= len(frame.route)
-        nxt = USER_NODE if last else frame.route[frame.hop + 1].node
+        nxt = self._next_node(frame)
         new = wire[:, frame.replay_len:] if frame.replay_len else wire
         pos_start = frame.pos_start + frame.replay_len
         replay_len = 0
@@ -420,7 +453,8 @@ class LayerNode:
         out = Frame(FrameType.DATA, frame.session, step=frame.step, epoch=frame.epoch, pos_start=pos_start,
                     n_pos=payload.shape[1], replay_len=replay_len, hidden=frame.hidden, dtype=self.wire_dtype,
                     hop=frame.hop + 1 if not last else 0, route=frame.route, src=self.config.node, dst=nxt,
-                    flags=frame.flags & FrameFlag.MORE, payload=to_bytes(payload, self.wire_dtype))
+                    flags=(frame.flags & FrameFlag.MORE) | (FrameFlag.BATCH if rows_follow else FrameFlag.NONE),
+                    payload=to_bytes(payload, self.wire_dtype))
         t_enc = time.monotonic_ns()
         encoded = self.wire.encode(out)
         serialize_ns = time.monotonic_ns() - t_enc

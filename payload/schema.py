@@ -121,10 +121,12 @@ TOKEN_FIELDS = (
     f("bridges", STR, "space-separated first-last layer spans bridged at this step (on_failure: bridge)"),
     f("chunks", STR, "space-separated positions of each frame the step's input went in (a chunked prefill); "
                      "empty: one frame"),
+    f("head_batch", STR, "rows and place of the batch the user node computed this token's logits in "
+                         "(batch_decode), e.g. `4 1`; empty: alone"),
 )
 
 # Token fields added after run directories were first written, with the value they stand for in older ones.
-ADDED_TOKEN_FIELDS = {"bridges": "", "chunks": ""}
+ADDED_TOKEN_FIELDS = {"bridges": "", "chunks": "", "head_batch": ""}
 
 EVENTS: MappingProxyType[str, EventKind] = MappingProxyType({k.name: k for k in (
     _kind("start", "the process started (before loading weights)", (LAYER,), TO_EVENTS, _RSS),
@@ -143,7 +145,9 @@ EVENTS: MappingProxyType[str, EventKind] = MappingProxyType({k.name: k for k in 
           f("positions", INT, "positions computed"), opt("pos_start", INT, "first position of the frame"),
           f("start_mono_ns", INT, "compute start"),
           f("end_mono_ns", INT, "compute end"), f("queue_ns", INT, "receive to compute start"),
-          f("compute_ns", INT, "compute time")),
+          f("compute_ns", INT, "compute time"),
+          opt("batch", LIST, "[rows, place]: computed as row `place` of a batch of `rows` decode steps of "
+                             "different sessions (batch_decode); absent: alone")),
     _kind("ack", "the next hop acknowledged a frame this node sent (one hop of hops.csv)", (LAYER, USER), TO_HOPS,
           _SESSION, _STEP, _EPOCH, *_HOP_STAMPS, opt("pos_start", INT, "first position of the frame")),
     _kind("token", "the user node emitted a token (one row of tokens.csv)", (USER,), TO_TOKENS, *TOKEN_FIELDS),

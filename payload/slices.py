@@ -11,6 +11,11 @@ with two differences that matter when layers live on different nodes:
 * masks are built with ``layer_idx`` set to the first layer of each type on
   this slice, so they are sized from a slot this node actually fills.
 
+Batched decode (:meth:`LayerSlice.forward_rows`) runs the decoder layers once over one position of several
+sessions: every operation of a layer but attention is row-wise, and attention runs per row against that row's
+own cache (:class:`RowsKV`).  A row's result then depends on its own values, the batch's size and its place in
+it, never on the other rows, so the oracle replays a batched step with zeros in the other rows.
+
 The code targets the transformers 5.24 layer API (``cache=`` keyword, no
 ``cache_position``); the version is pinned because that API changes often.
 """
@@ -125,6 +130,84 @@ class ModelSpec:
         return DynamicCache(config=self.config)
 
 
+class RowsKV:
+    """Keys, values and masks of a batched decode step, one entry per row (None: a padding row).
+
+    :class:`_RowsCache` hands this to the attention module in place of the keys and values; the rows-aware
+    attention (:func:`_rows_aware`) then attends each row against its own session's cache, with the mask
+    that row would have had alone.
+    """
+
+    __slots__ = ("rows",)
+
+    def __init__(self, rows: list[tuple[torch.Tensor, torch.Tensor, object] | None]):
+        self.rows = rows
+
+
+class _RowsCache:
+    """Stands in for a DynamicCache during :meth:`LayerSlice.forward_rows`: row j's new keys and values go to
+    row j's own session cache, and what comes back is every row's whole keys and values (:class:`RowsKV`)."""
+
+    def __init__(self, spec: "ModelSpec", caches: list["SessionCache | None"], masks: list[dict | None]):
+        self.spec, self.caches, self.masks = spec, caches, masks
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, layer_idx: int, *args, **kwargs):
+        rows: list[tuple[torch.Tensor, torch.Tensor, object] | None] = []
+        for j, cache in enumerate(self.caches):
+            if cache is None:
+                rows.append(None)
+                continue
+            keys, values = cache.cache.update(key_states[j:j + 1], value_states[j:j + 1], layer_idx, *args, **kwargs)
+            rows.append((keys, values, self.masks[j][self.spec.layer_type(layer_idx)]))
+        packed = RowsKV(rows)
+        return packed, packed
+
+
+def _rows_aware(attend):
+    """``attend`` (an attention implementation) that also takes :class:`RowsKV`: each real row attends alone,
+    exactly as ``attend`` would for that session unbatched; padding rows give zeros."""
+
+    def attend_rows(module, query, key, value, attention_mask, **kwargs):
+        if not isinstance(key, RowsKV):
+            return attend(module, query, key, value, attention_mask, **kwargs)
+        outs: list[torch.Tensor | None] = []
+        for j, row in enumerate(key.rows):
+            if row is None:
+                outs.append(None)
+                continue
+            keys, values, mask = row
+            outs.append(attend(module, query[j:j + 1], keys, values, mask, **kwargs)[0])
+        real = next(out for out in outs if out is not None)
+        return torch.cat([real.new_zeros(real.shape) if out is None else out for out in outs]), None
+
+    attend_rows.jarvis_rows_aware = True
+    return attend_rows
+
+
+def install_rows_attention(config, attention: nn.Module) -> None:
+    """Make the attention implementation ``config`` names rows-aware (idempotent; ordinary calls unchanged).
+
+    The attention modules look their implementation up by name at every forward (``eager`` is their own
+    module's ``eager_attention_forward``, looked up there at every call), so wrapping that one entry is where a
+    batched step reaches per-row attention without copying the layer code.
+    """
+    import sys
+
+    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+    name = getattr(config, "_attn_implementation", None)
+    if name in ALL_ATTENTION_FUNCTIONS:
+        current = ALL_ATTENTION_FUNCTIONS[name]
+        if not getattr(current, "jarvis_rows_aware", False):
+            ALL_ATTENTION_FUNCTIONS[name] = _rows_aware(current)
+        return
+    family = sys.modules[type(attention).__module__]
+    if name != "eager" or not callable(getattr(family, "eager_attention_forward", None)):
+        raise ValueError(f"batched decode cannot reach the {name!r} attention of {type(attention).__name__}")
+    if not getattr(family.eager_attention_forward, "jarvis_rows_aware", False):
+        family.eager_attention_forward = _rows_aware(family.eager_attention_forward)
+
+
 def make_mask(spec: ModelSpec, layer_type: str, hidden: torch.Tensor, cache, position_ids, layer_idx: int):
     """Causal (or sliding-window) mask sized from cache slot ``layer_idx``, which this slice owns."""
     from transformers.masking_utils import create_causal_mask, create_sliding_window_causal_mask
@@ -228,6 +311,38 @@ class LayerSlice:
         cache.length += hidden.shape[1]
         return hidden
 
+    @torch.inference_mode()
+    def forward_rows(self, rows: list[tuple[torch.Tensor, int, SessionCache] | None]) -> list[torch.Tensor | None]:
+        """Apply the slice to one position of several sessions at once: row j is ``(hidden [1, 1, H], position,
+        cache)`` or None (padding: zeros, nothing cached).  Returns each row's output [1, 1, H] (None for
+        padding); each real row's cache gains its position, as :meth:`forward` would add it.  One row is
+        :meth:`forward` itself."""
+        real = [row for row in rows if row is not None]
+        if not real:
+            raise ValueError("a batch needs at least one real row")
+        if len(rows) == 1:  # a batch of one is the unbatched step itself
+            hidden, position, cache = rows[0]
+            return [self.forward(hidden, torch.tensor([[position]]), cache)]
+        install_rows_attention(self.spec.config, self.layers[self.first].self_attn)
+        zero = real[0][0].new_zeros((1, 1, self.spec.hidden_size), dtype=self.compute_dtype)
+        hidden = torch.cat([zero if row is None else row[0].to(self.compute_dtype) for row in rows])
+        position_ids = torch.tensor([[0 if row is None else row[1]] for row in rows])
+        first_of_type: dict[str, int] = {}
+        for index in self.indices:
+            first_of_type.setdefault(self.spec.layer_type(index), index)
+        masks = [None if row is None else {
+            t: make_mask(self.spec, t, hidden[j:j + 1], row[2].cache, position_ids[j:j + 1], i)
+            for t, i in first_of_type.items()} for j, row in enumerate(rows)]
+        rotary = {t: self.spec.position_embeddings(hidden, position_ids, t) for t in first_of_type}
+        view = _RowsCache(self.spec, [None if row is None else row[2] for row in rows], masks)
+        for index in self.indices:
+            layer_type = self.spec.layer_type(index)
+            hidden = self.layers[index](hidden, attention_mask=None, position_embeddings=rotary[layer_type],
+                                        position_ids=position_ids, cache=view, use_cache=True)
+        for row in real:
+            row[2].length += 1
+        return [None if row is None else hidden[j:j + 1] for j, row in enumerate(rows)]
+
 
 class Head:
     """The end-user node's share of the model: embeddings, final norm, output head."""
@@ -258,3 +373,14 @@ class Head:
         if self.softcap:
             logits = torch.tanh(logits / self.softcap) * self.softcap
         return logits
+
+    def logits_rows(self, rows: list[torch.Tensor | None]) -> list[torch.Tensor | None]:
+        """Logits of several sessions' last hidden states [1, 1, H] in one product (None: a padding row of
+        zeros, as the oracle replays a batched step); each row's result depends on its own values, the number
+        of rows and its place among them only.  One row is :meth:`logits` itself."""
+        real = next(row for row in rows if row is not None)
+        if len(rows) == 1:
+            return [self.logits(real)]
+        zero = real.new_zeros((1, 1, self.spec.hidden_size))
+        logits = self.logits(torch.cat([zero if row is None else row.to(real.dtype) for row in rows]))
+        return [None if row is None else logits[j:j + 1] for j, row in enumerate(rows)]

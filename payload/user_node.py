@@ -15,10 +15,12 @@ import asyncio
 import json
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import torch
 
+from payload.batching import RowBatcher
 from payload.clock import wall_ns
 from payload.bridges import BridgeError, BridgeSet, bridge_wire, span_label
 from payload.config import UserConfig
@@ -81,6 +83,12 @@ def resume_hop(failed: RoutePlan | None, plan: RoutePlan, reporter: int | None) 
     return None
 
 
+# How long a head batch waits for sessions whose step is still in the chain (batch_decode): about one pass of
+# an 18-node chain here, so that groups of sessions half a pass apart merge; it is only ever waited while
+# another session is in flight, never by a lone session.
+HEAD_GATHER_S = 0.2
+
+
 class UserNode:
     """The end-user node's sessions over one deployment: serve, wait for the layer nodes, generate."""
 
@@ -92,6 +100,15 @@ class UserNode:
         self.log = EventLog(self.node.log_path, USER_NODE)
         self.spec = ModelSpec(self.node.model_dir)
         self.head = Head(self.spec, dtype_of(self.node.compute_dtype))
+        # batch_decode: the heads of sessions whose steps come back together computed as one product, off the
+        # event loop (a large vocabulary's head takes tens of milliseconds).
+        # A head batch waits a little for sessions whose step is still in the chain (HEAD_GATHER_S): sessions
+        # that drifted apart then come back together instead of circling the chain as smaller batches.
+        self.in_chain: set[uuid.UUID] = set()
+        self.heads = RowBatcher(self.head.logits_rows, self.node.batch_decode,
+                                executor=ThreadPoolExecutor(1, thread_name_prefix="head"),
+                                expected=lambda: len(self.in_chain), expect_s=HEAD_GATHER_S
+                                ) if self.node.batch_decode > 1 else None
         self.tokenizer = AutoTokenizer.from_pretrained(self.node.model_dir)
         self.wire_dtype = WireDtype.from_name(self.node.wire_dtype)
         self.bridges = BridgeSet.load(self.node.bridges_file, self.spec.hidden_size)
@@ -222,12 +239,15 @@ class UserNode:
         return hidden
 
     async def _attempt(self, sid: uuid.UUID, step: int, epoch: int, plan: RoutePlan, ids: list[int],
-                       positions: int, resume_hop: int | None = None) -> tuple[Frame, list[int]]:
+                       positions: int, resume_hop: int | None = None, rows_follow: bool = False
+                       ) -> tuple[Frame, list[int]]:
         """Send one attempt of a step along ``plan`` and wait for the final hidden state; return it and the
         chunk sizes its input went in (``[]``: one frame).
 
         With ``resume_hop`` the step is not recomputed from the start: the node at
-        that hop re-forwards the output it already computed, under the new epoch.
+        that hop re-forwards the output it already computed, under the new epoch.  ``rows_follow``: the steps
+        of other sessions whose heads were computed with this one's go to the same first node right after it
+        (``FrameFlag.BATCH``: it may hold its batch open for them).
         """
         chunks: list[int] = []
         if resume_hop is not None:
@@ -249,7 +269,8 @@ class UserNode:
                 frames.append(Frame(FrameType.DATA, sid, step=step, epoch=epoch, pos_start=pos_start + at,
                                     n_pos=size, replay_len=replay_len, hidden=self.spec.hidden_size,
                                     dtype=self.wire_dtype, hop=0, route=plan.hops, src=USER_NODE, dst=first.node,
-                                    flags=FrameFlag.MORE if at + size < len(new_ids) else FrameFlag.NONE,
+                                    flags=FrameFlag.MORE if at + size < len(new_ids) else (
+                                        FrameFlag.BATCH if rows_follow and size == 1 else FrameFlag.NONE),
                                     payload=to_bytes(hidden, self.wire_dtype)))
                 at += size
         # A hop that rebuilds a cache receives the whole history; other hops get this step's positions (a chunk).
@@ -312,6 +333,7 @@ class UserNode:
         generator = torch.Generator().manual_seed(sampling.seed + repeat)
         warm: set[tuple[int, int]] = set()
         positions, epoch, emitted = 0, 0, []
+        rows_follow = False  # the next step's frame has rows of its head batch following it to the first node
         result = SessionResult(str(sid), prompt, "")
         self.log.log("session_start", session=str(sid), prompt_index=prompt_index, repeat=repeat,
                      prompt_tokens=len(ids), prompt_ids=ids)
@@ -342,8 +364,10 @@ class UserNode:
                     hop = resume_hop(failed_plan, plan, resume_at)
                     if hop is not None and len(self.chunk_sizes(plan, len(ids) - positions)) > 1:
                         hop = None  # a chunked step restarts whole: re-forwarding it as one frame is another sum
+                    self.in_chain.add(sid)
                     try:
-                        final, chunks = await self._attempt(sid, step, epoch, plan, ids, positions, resume_hop=hop)
+                        final, chunks = await self._attempt(sid, step, epoch, plan, ids, positions, resume_hop=hop,
+                                                            rows_follow=rows_follow and attempts == 1)
                         break
                     except PeerFailed as exc:
                         refused_resume = (hop is not None and exc.kind == FailureKind.REJECTED
@@ -357,10 +381,18 @@ class UserNode:
                         self.log.log("retry", session=str(sid), step=step, epoch=epoch, peer=-1,
                                      kind=FailureKind.TIMEOUT.value,
                                      reason=f"no result within {self.node.timing.step_timeout_s}s")
+                    finally:
+                        self.in_chain.discard(sid)
                 else:
                     raise SessionError(f"step {step} failed after {self._max_attempts()} attempts")
                 hidden = from_bytes(final.payload, final.dtype, 1, final.hidden)
-                logits = await asyncio.get_running_loop().run_in_executor(None, self.head.logits, hidden)
+                head_batch = ""
+                if self.heads is None:
+                    logits = await asyncio.get_running_loop().run_in_executor(None, self.head.logits, hidden)
+                else:
+                    done = await self.heads.submit(hidden, tag=plan.hops[0].node)
+                    logits, head_batch = done.out, f"{done.rows} {done.row}" if done.rows > 1 else ""
+                    rows_follow = plan.hops[0].node in done.later
                 token = sample(logits[0, -1], sampling, generator)
                 warm = {(h.node, h.first) for h in plan.hops}
                 positions = len(ids)
@@ -376,6 +408,7 @@ class UserNode:
                     attempts=attempts, nodes_out=" ".join(map(str, out)),
                     rebuilt=" ".join(str(i) for h in plan.hops if h.flags & HopFlag.REPLAY for i in h.layers),
                     bridges=" ".join(span_label(a, b) for a, b in plan.bridges), chunks=" ".join(map(str, chunks)),
+                    head_batch=head_batch,
                 )
                 self.log.log("token", **record)  # the schema's token fields: one row of tokens.csv
                 self.emit(record)

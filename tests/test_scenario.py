@@ -148,6 +148,8 @@ BROKEN = {
     "prefill-chunk-negative": (BASE + "prefill_chunk: -8\n", r"prefill_chunk \(line 5\): prefill_chunk is auto or a "
                                                              r"number of positions >= 0 \(0: one frame\), not -8"),
     "prefill-chunk-words": (BASE + "prefill_chunk: big\n", r"prefill_chunk \(line 5\): .* not 'big'"),
+    "batch-decode-zero": (BASE + "batch_decode: 0\n", r"batch_decode \(line 5\): Input should be greater than or equal to 1"),
+    "batch-decode-float": (BASE + "batch_decode: 2.5\n", r"batch_decode \(line 5\): Input should be a valid integer"),
 }
 
 
@@ -174,6 +176,9 @@ def test_what_users_naturally_write_is_accepted(tmp_path):
     assert scenario.prefill_chunk == "auto" and scenario.wire_dtype == "bfloat16"
     path.write_text(path.read_text() + "prefill_chunk: 64\nwire_dtype: auto\n")
     assert load_scenario(path).prefill_chunk == 64 and load_scenario(path).wire_dtype == "auto"
+    assert scenario.batch_decode == 1, "batched decode is off unless asked for"
+    path.write_text(path.read_text() + "batch_decode: 8\n")
+    assert load_scenario(path).batch_decode == 8
 
 
 def test_failure_probabilities_default_to_one_in_ten_and_follow_link_style_keys(tmp_path):

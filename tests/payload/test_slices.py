@@ -61,3 +61,65 @@ def test_layer_node_loads_only_its_layers(tiny_prepared):
     params = sum(p.numel() for layer in sl.layers.values() for p in layer.parameters())
     full = sum(p.numel() for p in spec._skeleton.model.layers.parameters())
     assert params * 9 == full  # 2 of 18 identical layers
+
+
+def _sessions(sl: LayerSlice, lengths: list[int]) -> list:
+    """One cache per session, each holding a prefill of its own length (the same inputs on every call)."""
+    caches = []
+    for n in lengths:
+        cache = sl.new_cache()
+        hidden = torch.randn(1, n, sl.spec.hidden_size, generator=torch.Generator().manual_seed(n))
+        sl.forward(hidden, torch.arange(n).unsqueeze(0), cache)
+        cache.commit()
+        caches.append(cache)
+    return caches
+
+
+@pytest.mark.parametrize("kind", ["llama", "gemma3", "gemma2", "mistral", "qwen2"])
+def test_a_batched_decode_step_is_each_sessions_step_and_replays_row_by_row(tiny_prepared, kind):
+    """Sessions of different lengths (some past the sliding window) batched: each row is its session's step
+    (to float tolerance: a batch sums in another order), exactly what a batch of zeros around it gives (what
+    the oracle replays), and each cache gains the position, so the next unbatched step still matches."""
+    spec = ModelSpec(tiny_prepared(kind))
+    sl = LayerSlice.load(spec, 0, spec.num_layers)
+    lengths = [3, 40, 7, 19, 1]
+    steps = [torch.randn(1, 1, spec.hidden_size, generator=torch.Generator().manual_seed(100 + j))
+             for j in range(len(lengths))]
+    batched_caches = _sessions(sl, lengths)
+    outs = sl.forward_rows([(h, n, c) for h, n, c in zip(steps, lengths, batched_caches)])
+    alone_caches = _sessions(sl, lengths)
+    alone = [sl.forward(h, torch.tensor([[n]]), c) for h, n, c in zip(steps, lengths, alone_caches)]
+    for j, n in enumerate(lengths):
+        torch.testing.assert_close(outs[j], alone[j], rtol=1e-4, atol=1e-5)
+        assert batched_caches[j].length == n + 1
+        replay = [None] * len(lengths)
+        replay[j] = (steps[j], n, _sessions(sl, [n])[0])
+        assert torch.equal(sl.forward_rows(replay)[j], outs[j]), f"row {j} replayed with padding differs"
+    nxt = torch.randn(1, 1, spec.hidden_size, generator=torch.Generator().manual_seed(7))
+    for j, n in enumerate(lengths):
+        batched_caches[j].commit(), alone_caches[j].commit()
+        torch.testing.assert_close(sl.forward(nxt, torch.tensor([[n + 1]]), batched_caches[j]),
+                                   sl.forward(nxt, torch.tensor([[n + 1]]), alone_caches[j]), rtol=1e-4, atol=1e-5)
+
+
+def test_a_batch_of_one_is_the_unbatched_step_and_a_batch_needs_a_real_row(tiny_prepared):
+    spec = ModelSpec(tiny_prepared("llama"))
+    sl = LayerSlice.load(spec, 0, spec.num_layers)
+    step = torch.randn(1, 1, spec.hidden_size)
+    [one] = sl.forward_rows([(step, 5, _sessions(sl, [5])[0])])
+    assert torch.equal(one, sl.forward(step, torch.tensor([[5]]), _sessions(sl, [5])[0]))
+    with pytest.raises(ValueError, match="at least one real row"):
+        sl.forward_rows([None, None])
+
+
+def test_batched_logits_are_each_rows_and_replay_with_padding(tiny_prepared):
+    spec = ModelSpec(tiny_prepared("gemma2"))  # final logit soft-capping on
+    head = Head(spec)
+    rows = [torch.randn(1, 1, spec.hidden_size, generator=torch.Generator().manual_seed(j)) for j in range(4)]
+    batched = head.logits_rows(rows)
+    for j, row in enumerate(rows):
+        torch.testing.assert_close(batched[j], head.logits(row), rtol=1e-4, atol=1e-5)
+        padded = [None] * 4
+        padded[j] = row
+        assert torch.equal(head.logits_rows(padded)[j], batched[j])
+    assert torch.equal(head.logits_rows([rows[0]])[0], head.logits(rows[0]))
