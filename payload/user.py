@@ -104,12 +104,16 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(compute_threads())
     if args.job:
         data = json.loads(Path(args.job).read_text())
+        chunk = data.get("prefill_chunk")
+        if chunk is not None and (isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 0):
+            parser.error(f"{args.job}: prefill_chunk must be a number of positions >= 0 (0: one frame), "
+                         f"got {chunk!r}")
         job = Job(prompts=list(data["prompts"]), max_new_tokens=int(data.get("max_new_tokens", 32)),
                   sampling=Sampling(**data.get("sampling", {})), repeats=int(data.get("repeats", 1)),
                   concurrency=int(data.get("concurrency", 1)), chat=bool(data.get("chat", False)),
                   ignore_eos=bool(data.get("ignore_eos", False)),
                   wait_nodes_s=float(data.get("wait_nodes_s", 300)),
-                  prefill_chunk=None if data.get("prefill_chunk") is None else max(0, int(data["prefill_chunk"])))
+                  prefill_chunk=chunk)
     elif args.prompt:
         job = Job(prompts=args.prompt, max_new_tokens=args.max_new_tokens)
     else:
