@@ -101,9 +101,8 @@ class UserNode:
         self.spec = ModelSpec(self.node.model_dir)
         self.head = Head(self.spec, dtype_of(self.node.compute_dtype))
         # batch_decode: the heads of sessions whose steps come back together computed as one product, off the
-        # event loop (a large vocabulary's head takes tens of milliseconds).
-        # A head batch waits a little for sessions whose step is still in the chain (HEAD_GATHER_S): sessions
-        # that drifted apart then come back together instead of circling the chain as smaller batches.
+        # event loop (a large vocabulary's head takes tens of milliseconds), after waiting a little for sessions
+        # still in the chain (HEAD_GATHER_S), so that groups which drifted apart come back together.
         self.in_chain: set[uuid.UUID] = set()
         self.heads = RowBatcher(self.head.logits_rows, self.node.batch_decode,
                                 executor=ThreadPoolExecutor(1, thread_name_prefix="head"),
