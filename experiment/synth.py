@@ -236,7 +236,7 @@ def _step(sim: _Sim, session: str, prompt: int, repeat: int, step: int, epoch: i
     record = dict(session=session, prompt_index=prompt, repeat=repeat, step=step, token_id=tid, text=text,
                   t_emit_ns=sim.wall(0, emit), t_emit_mono_ns=sim.mono(0, emit), latency_ns=emit - first_send,
                   layers=" ".join(map(str, layers)), route=" ".join(map(str, route)), epoch=epoch, attempts=attempts,
-                  nodes_out=" ".join(map(str, sorted(sim.out))), rebuilt="", bridges="", chunks="")
+                  nodes_out=" ".join(map(str, sorted(sim.out))), rebuilt="", bridges="", chunks="", head_batch="")
     sim.tokens.append(record)
     sim.log(0, "token", emit, **record)
     return emit + 200_000, epoch, text

@@ -154,17 +154,18 @@ class TestCollection:
 
 
 def test_a_run_written_before_a_column_was_added_still_loads_with_its_documented_value(synthetic, tmp_path):
-    """tokens.csv gained ``bridges`` and ``chunks`` after runs were first written: an older run reads as
-    bridging nothing and sending every step in one frame; a column that was always there stays required."""
+    """tokens.csv gained ``bridges``, ``chunks`` and ``head_batch`` after runs were first written: an older run
+    reads as bridging nothing, sending every step in one frame and computing every head alone; a column that was
+    always there stays required."""
     from analysis.load import load
     from experiment.replay import read_table
 
-    assert TABLES["tokens"].absent == {"bridges": "", "chunks": ""}
+    assert TABLES["tokens"].absent == {"bridges": "", "chunks": "", "head_batch": ""}
     run = tmp_path / "older"
     shutil.copytree(synthetic, run)
     tokens = pd.read_csv(run / "tokens.csv", keep_default_na=False)
-    tokens.drop(columns=["bridges", "chunks"]).to_csv(run / "tokens.csv", index=False)
-    for column in ("bridges", "chunks"):
+    tokens.drop(columns=["bridges", "chunks", "head_batch"]).to_csv(run / "tokens.csv", index=False)
+    for column in ("bridges", "chunks", "head_batch"):
         assert (load([run]).tokens[column] == "").all()
         assert (read_table(run, "tokens")[column] == "").all()
     tokens.drop(columns=["bridges", "rebuilt"]).to_csv(run / "tokens.csv", index=False)
