@@ -19,6 +19,7 @@ from functools import partial
 from pathlib import Path
 
 from payload import eventloop
+from payload.batching import check_batch_decode
 from payload.stragglers import OnSlow
 from payload.config import NodeConfig, Timing, UserConfig
 from payload.bridges import FILE as BRIDGES_FILE
@@ -201,10 +202,9 @@ def deploy(testbed: Testbed, prepared: Path, placement: Placement, *, model: str
         raise TestbedError(f"on_failure: {policy.value} needs the placement's bridges (fab prepare-bridges)")
     try:
         eventloop.check(event_loop)
+        check_batch_decode(batch_decode)
     except ValueError as exc:
         raise TestbedError(str(exc)) from None
-    if isinstance(batch_decode, bool) or not isinstance(batch_decode, int) or batch_decode < 1:
-        raise TestbedError(f"batch_decode must be a whole number >= 1 (1: no batching), got {batch_decode!r}")
     manifest = load_manifest(prepared)
     key_hex = secrets.token_hex(32)
     dtypes = wire_dtypes(hosts, wire_dtype)

@@ -101,15 +101,15 @@ def _owners(route: object, layers: list[int], ranges: dict[int, list[tuple[int, 
     return owners
 
 
-# (step, first position, layer) -> (rows, place) of the batch a node computed that layer in, for one session.
-Batches = dict[tuple[int, int, int], tuple[int, int]]
+# (step, first position) -> layer -> (rows, place) of the batch a node computed that layer in, for one session.
+Batches = dict[tuple[int, int], dict[int, tuple[int, int]]]
 
 
 def node_batches(run_dir: Path, nodes_csv: pd.DataFrame, tokens: pd.DataFrame) -> dict[str, Batches]:
     """Per session, the batches its decode steps were computed in (``compute`` events with ``batch``), from
     the attempt its token came from: the latest epoch at or before the token's."""
     final = {(r.session, int(r.step)): int(r.epoch) for r in tokens.itertuples()}
-    found: dict[str, dict[tuple[int, int, int], tuple[int, int, int]]] = {}
+    found: dict[str, dict[tuple[int, int], dict[int, tuple[int, int, int]]]] = {}
     for row in nodes_csv.itertuples():
         log = run_dir / "nodes" / str(row.name) / "events.jsonl"
         if not row.index or not log.is_file():
@@ -121,12 +121,13 @@ def node_batches(run_dir: Path, nodes_csv: pd.DataFrame, tokens: pd.DataFrame) -
             if ceiling is None or epoch > ceiling:
                 continue
             rows, place = (int(x) for x in event["batch"])
-            per = found.setdefault(event["session"], {})
+            per = found.setdefault(event["session"], {}).setdefault(
+                (int(event["step"]), int(event.get("pos_start", 0))), {})
             for layer in event["layers"]:
-                key = (int(event["step"]), int(event.get("pos_start", 0)), int(layer))
-                if key not in per or per[key][0] <= epoch:
-                    per[key] = (epoch, rows, place)
-    return {sid: {key: (rows, place) for key, (_, rows, place) in per.items()} for sid, per in found.items()}
+                if int(layer) not in per or per[int(layer)][0] <= epoch:
+                    per[int(layer)] = (epoch, rows, place)
+    return {sid: {frame: {layer: (rows, place) for layer, (_, rows, place) in layers.items()}
+                  for frame, layers in per.items()} for sid, per in found.items()}
 
 
 def _batch_of(cell: object) -> tuple[int, int] | None:
@@ -169,8 +170,7 @@ def replay_session(model: Monolith, prompt_ids: list[int], steps: pd.DataFrame, 
                              "new positions: the run's tokens.csv is inconsistent")
         start = positions
         for size in chunks:  # a chunked prefill: each chunk through every layer, as each node computed them
-            batched = {layer: batch for (step, first, layer), batch in (batches or {}).items()
-                       if step == int(row.step) and first == start}
+            batched = (batches or {}).get((int(row.step), start), {})
             hidden, sender = _frame(model, ids, start, start + size, layers, wire_of, wires[0], runs, spans, bridges,
                                     caches, outputs, boundaries, batched)
             start += size

@@ -27,6 +27,12 @@ Out = TypeVar("Out")
 GATHER_S = 0.005
 
 
+def check_batch_decode(value: object) -> None:
+    """Refuse a ``batch_decode`` that is not a number of rows (a ValueError saying what it takes)."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"batch_decode must be a whole number >= 1 (1: no batching), got {value!r}")
+
+
 @dataclass(frozen=True)
 class Batched(Generic[Out]):
     """One row's result, with the batch it was computed in."""

@@ -12,6 +12,7 @@ import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from payload.batching import check_batch_decode
 from payload.eventloop import CHOICES as EVENT_LOOPS
 from payload.stragglers import OnSlow
 from payload.routing import Placement, Policy
@@ -133,10 +134,10 @@ class NodeConfig:
         if config.event_loop not in EVENT_LOOPS:
             raise ValueError(f"invalid node config: event_loop {config.event_loop!r} is none of "
                              f"{', '.join(EVENT_LOOPS)}")
-        if isinstance(config.batch_decode, bool) or not isinstance(config.batch_decode, int) \
-                or config.batch_decode < 1:
-            raise ValueError(f"invalid node config: batch_decode must be a whole number >= 1 (1: no batching), "
-                             f"got {config.batch_decode!r}")
+        try:
+            check_batch_decode(config.batch_decode)
+        except ValueError as exc:
+            raise ValueError(f"invalid node config: {exc}") from None
         if not config.key_file and len(config.key_hex) < 64:
             raise ValueError("invalid node config: key_hex must hold at least 32 bytes (64 hex digits), "
                              "or key_file name a file that does")

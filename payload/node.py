@@ -376,7 +376,6 @@ class LayerNode:
                              positions=decision.rollback)
             else:
                 rs.cache.commit()
-            positions = torch.arange(frame.pos_start, frame.pos_start + frame.n_pos).unsqueeze(0)
             batched: dict = {}
             rows_follow = False  # rows of this step's batch go on to the same next hop after it
             if batch:
@@ -387,6 +386,7 @@ class LayerNode:
                 batched = dict(batch=[done.rows, done.row]) if done.rows > 1 else {}
                 rows_follow = nxt in done.later
             else:
+                positions = torch.arange(frame.pos_start, frame.pos_start + frame.n_pos).unsqueeze(0)
                 start = time.monotonic_ns()
                 if frame.n_pos <= INLINE_POSITIONS:
                     out = sl.forward(hidden, positions, rs.cache)

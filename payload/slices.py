@@ -25,6 +25,7 @@ from __future__ import annotations
 import inspect
 import os
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 
 import torch
@@ -286,6 +287,14 @@ class LayerSlice:
     def indices(self) -> tuple[int, ...]:
         return tuple(range(self.first, self.end))
 
+    @cached_property
+    def first_of_type(self) -> dict[str, int]:
+        """The first layer of each attention type on this slice: the cache slot its masks are sized from."""
+        first: dict[str, int] = {}
+        for index in self.indices:
+            first.setdefault(self.spec.layer_type(index), index)
+        return first
+
     def new_cache(self) -> SessionCache:
         return SessionCache.new(self.spec, self.indices)
 
@@ -293,9 +302,7 @@ class LayerSlice:
     def forward(self, hidden: torch.Tensor, position_ids: torch.Tensor, cache: SessionCache) -> torch.Tensor:
         """Apply the slice to ``hidden`` [1, T, H] at ``position_ids`` [1, T], appending T positions to ``cache``."""
         hidden = hidden.to(self.compute_dtype)
-        first_of_type: dict[str, int] = {}
-        for index in self.indices:
-            first_of_type.setdefault(self.spec.layer_type(index), index)
+        first_of_type = self.first_of_type
         masks = {t: make_mask(self.spec, t, hidden, cache.cache, position_ids, i) for t, i in first_of_type.items()}
         rotary = {t: self.spec.position_embeddings(hidden, position_ids, t) for t in first_of_type}
         for index in self.indices:
@@ -327,9 +334,7 @@ class LayerSlice:
         zero = real[0][0].new_zeros((1, 1, self.spec.hidden_size), dtype=self.compute_dtype)
         hidden = torch.cat([zero if row is None else row[0].to(self.compute_dtype) for row in rows])
         position_ids = torch.tensor([[0 if row is None else row[1]] for row in rows])
-        first_of_type: dict[str, int] = {}
-        for index in self.indices:
-            first_of_type.setdefault(self.spec.layer_type(index), index)
+        first_of_type = self.first_of_type
         masks = [None if row is None else {
             t: make_mask(self.spec, t, hidden[j:j + 1], row[2].cache, position_ids[j:j + 1], i)
             for t, i in first_of_type.items()} for j, row in enumerate(rows)]

@@ -17,14 +17,20 @@ def _recording(calls: list[list[int]]):
     return compute
 
 
-def test_steps_that_arrive_together_form_one_batch_in_order():
+def _all_at_once(limit: int, count: int):
+    """Submit ``count`` rows in one turn of the loop to a batcher of ``limit``: the batches computed, each
+    row's result."""
     calls: list[list[int]] = []
 
     async def main():
-        batcher = RowBatcher(_recording(calls), limit=8)
-        return await asyncio.gather(*(batcher.submit(i) for i in range(5)))
+        batcher = RowBatcher(_recording(calls), limit=limit)
+        return await asyncio.gather(*(batcher.submit(i) for i in range(count)))
 
-    done = asyncio.run(main())
+    return calls, asyncio.run(main())
+
+
+def test_steps_that_arrive_together_form_one_batch_in_order():
+    calls, done = _all_at_once(8, 5)
     assert calls == [[0, 1, 2, 3, 4]]
     assert [(d.out, d.rows, d.row) for d in done] == [(i * 10, 5, i) for i in range(5)]
     assert len({(d.start_ns, d.end_ns) for d in done}) == 1 and done[0].end_ns >= done[0].start_ns
@@ -44,13 +50,7 @@ def test_a_lone_step_runs_alone_and_at_once():
 
 
 def test_the_limit_splits_a_crowd_into_batches():
-    calls: list[list[int]] = []
-
-    async def main():
-        batcher = RowBatcher(_recording(calls), limit=3)
-        return await asyncio.gather(*(batcher.submit(i) for i in range(7)))
-
-    done = asyncio.run(main())
+    calls, done = _all_at_once(3, 7)
     assert calls == [[0, 1, 2], [3, 4, 5], [6]]
     assert [(d.rows, d.row) for d in done] == [(3, 0), (3, 1), (3, 2), (3, 0), (3, 1), (3, 2), (1, 0)]
 
