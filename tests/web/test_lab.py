@@ -39,9 +39,26 @@ def test_make_lab_serves_the_notebooks_and_one_opens_in_the_browser(browser, tmp
         wait_for(browser, "return document.querySelectorAll('.jp-Notebook .jp-Cell').length >= 3 &&"
                           " document.querySelector('.jp-Notebook').innerText.includes('latest_run')",
                  timeout_s=90, what="the notebook's cells, its run directory cell among them")
+        _wait_for_idle_kernels(f"{base}/api/kernels?token={token}")
     finally:
         browser.get("about:blank")  # an open notebook's websockets would hold the server's shutdown up
         _shut_down(lab, f"{base}/api/shutdown?token={token}", log)
+
+
+def _wait_for_idle_kernels(kernels_url: str, timeout_s: float = 90) -> None:
+    """Wait until the kernel the notebook page starts (and any other) has finished starting.
+
+    A kernel asked to shut down while it is still importing dies of the interrupt with its sockets open, and
+    the server's exit then blocks in zmq's context teardown (seen on a loaded CI machine: neither the API's
+    shutdown nor SIGTERM was served). A user closes the lab after the notebook has opened, not mid-start.
+    """
+    deadline = time.monotonic() + timeout_s
+    while True:
+        kernels = json.load(urllib.request.urlopen(kernels_url, timeout=5))
+        if kernels and all(kernel.get("execution_state") == "idle" for kernel in kernels):
+            return
+        assert time.monotonic() < deadline, f"the notebook's kernel never became idle: {kernels}"
+        time.sleep(0.5)
 
 
 def _shut_down(lab: subprocess.Popen, shutdown_url: str, log: Path) -> None:
