@@ -42,10 +42,13 @@ from payload.tensors import from_bytes, to_bytes, to_wire
 from payload.transport import (NO_SESSION, ConnectionGate, FailureKind, PeerFailed, PeerLink, PendingAck, Wire,
                                frame_cap, serve_connection)
 
-# Steps this short (decode: one position) are computed on the event loop itself: a few
-# milliseconds of blocking is cheaper than two thread hand-offs per hop, which add up over
-# an 18-hop chain.  Longer steps (prefill, replay) go to the compute thread so that acks
-# and heartbeats keep flowing while they run.
+# Steps this short (decode: one position) of a node's only session are computed on the event loop
+# itself: a few milliseconds of blocking is cheaper than two thread hand-offs per hop, which add up
+# over an 18-hop chain.  Longer steps (prefill, replay), and every step while the node holds other
+# sessions, go to the compute thread so that acks and heartbeats keep flowing while they run: the
+# frames of other sessions share the connection, and one computed on the loop would leave theirs
+# unread, so their acks would wait out its compute (under a flood on shared cores that took past the
+# ack deadline, and a healthy node was declared silent).
 INLINE_POSITIONS = 4
 
 
@@ -253,7 +256,7 @@ class LayerNode:
                         positions=frame.n_pos, pos_start=frame.pos_start, replay_len=frame.replay_len,
                         bytes=len(frame.payload), t2_wall_ns=t2, t3_wall_ns=t3)
         batch = self._batchable(frame)
-        if frame.n_pos <= INLINE_POSITIONS and not state.lock.locked() and not state.queued and not batch:
+        if self._inline(frame) and not state.lock.locked() and not state.queued and not batch:
             # Nothing here waits on the network: this returns once the output is written downstream, and the
             # step's receipt is logged only then (its times are in the event), off the decode critical path.
             try:
@@ -264,6 +267,11 @@ class LayerNode:
             self.log.log("recv", **received)
             state.queued += 1  # until its task holds the lock: a short frame behind it must not overtake it
             self._spawn(self.process(frame, state, recv_mono, queued=True, batch=batch))
+
+    def _inline(self, frame: Frame) -> bool:
+        """Whether a step is computed on the event loop (see ``INLINE_POSITIONS``): short, and of the only session
+        here.  A session whose END never came counts until its TTL: its cost is a thread hand-off per step."""
+        return frame.n_pos <= INLINE_POSITIONS and len(self.sessions.live) <= 1
 
     def _batchable(self, frame: Frame) -> bool:
         """A decode step that goes to its slice's batcher (batch_decode on).  It never holds up the connection
@@ -388,7 +396,7 @@ class LayerNode:
             else:
                 positions = torch.arange(frame.pos_start, frame.pos_start + frame.n_pos).unsqueeze(0)
                 start = time.monotonic_ns()
-                if frame.n_pos <= INLINE_POSITIONS:
+                if self._inline(frame):
                     out = sl.forward(hidden, positions, rs.cache)
                 else:
                     out = await asyncio.get_running_loop().run_in_executor(
