@@ -40,6 +40,8 @@ def main() -> int:
     parser.add_argument("--prompt-tokens", type=int, default=910)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--wire", nargs="+", default=["bfloat16", "auto"])
+    parser.add_argument("--timeline", action="store_true",
+                        help="print, per hop of each run, when its first and last frame arrived and its rate")
     args = parser.parse_args()
     prepared = prepare(args.model)
     tokenizer = load_tokenizer(prepared)
@@ -68,6 +70,8 @@ def main() -> int:
                     ttft.setdefault((wire, chunk), []).append(seconds)
                     print(f"[bench] {wire} chunk {chunk or 'off'} round {round_ + 1}: TTFT {seconds:.2f} s, "
                           f"{len(first)} frames, layer compute {first['compute_ns'].sum() / 1e9:.2f} s", flush=True)
+                    if args.timeline:
+                        print(_timeline(first, int(tokens["t_emit_ns"].iloc[0] - tokens["latency_ns"].iloc[0])))
     finally:
         testbed.down()
     base = statistics.median(ttft[(args.wire[0], 0)])
@@ -78,6 +82,22 @@ def main() -> int:
                                   f"faster than {args.wire[0]} in one frame"], tablefmt="github"))
     print(f"targets (issue 16): <= 12 s with bfloat16 chunked, <= 7 s compressed and chunked; runs in {out}")
     return 0
+
+
+def _timeline(first: pd.DataFrame, t0_wall_ns: int) -> str:
+    """Where a prefill's time went, hop by hop: when the hop's first and last frame arrived (seconds after the
+    user node's first send; the emulated nodes share this machine's clock), the bytes it carried, its rate from
+    the first frame's send to the last arrival, and the receiver's layer compute and queueing."""
+    rows = []
+    for (src, dst), hop in first.groupby(["src", "dst"], sort=False):
+        t1, t2 = hop["t1_wall_ns"].dropna(), hop["t2_wall_ns"].dropna()
+        span = (t2.max() - t1.min()) / 1e9 if len(t1) and len(t2) else float("nan")
+        rows.append([f"{src}->{dst}", len(hop), (t1.min() - t0_wall_ns) / 1e9, (t2.min() - t0_wall_ns) / 1e9,
+                     (t2.max() - t0_wall_ns) / 1e9, hop["bytes"].sum() / 1e3, hop["bytes"].sum() * 8 / 1e6 / span,
+                     hop["compute_ns"].sum() / 1e6, hop["queue_ns"].sum() / 1e6])
+    rows.sort(key=lambda r: r[2])
+    return tabulate(rows, headers=["hop", "frames", "first sent s", "first in s", "last in s", "kB",
+                                   "Mbit/s", "dst compute ms", "dst queue ms"], floatfmt=".2f", tablefmt="github")
 
 
 if __name__ == "__main__":

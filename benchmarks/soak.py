@@ -98,12 +98,15 @@ class Flood:
         self.sent["replay"] += 100
 
 
-def one_round(testbed, deployment, job: dict, keep: Path | None = None) -> tuple[float, int, int]:
-    """Median decode ms per token, sessions failed, nodes declared dead; a round with a failure or a node
-    declared dead is kept in ``keep`` (its run directory, for a look at every node's events)."""
+def one_round(testbed, deployment, job: dict, keep: Path | None = None) -> tuple[float, int, int, pd.Series]:
+    """Median decode ms per token, sessions failed, nodes declared dead, and every acked hop's round trip (ms:
+    the margin against the ack deadline); a round with a failure or a node declared dead is kept in ``keep`` (its
+    run directory, for a look at every node's events)."""
     with tempfile.TemporaryDirectory() as tmp:
         run = run_job(testbed, deployment, job, [], Path(tmp) / "run", stream=lambda line: None)
         tokens = pd.read_csv(run / "tokens.csv")
+        hops = pd.read_csv(run / "hops.csv")
+        rtt_ms = hops.loc[hops["acked"], "rtt_ns"].astype(float) / 1e6
         user = read_events(run / "nodes" / "user" / "events.jsonl")
         if keep is not None and any(e["ev"] == "node_out" or (e["ev"] == "session_end" and e.get("error"))
                                     for e in user):
@@ -115,7 +118,7 @@ def one_round(testbed, deployment, job: dict, keep: Path | None = None) -> tuple
     outs = [e for e in user if e["ev"] == "node_out"]
     for e in outs:
         print(f"  node {e['peer']} declared {e['kind']} by node {e['reporter']}: {e['reason']}", flush=True)
-    return tokens.loc[tokens["step"] > 0, "latency_ns"].median() / 1e6, failed, len(outs)
+    return tokens.loc[tokens["step"] > 0, "latency_ns"].median() / 1e6, failed, len(outs), rtt_ms
 
 
 def main() -> int:
@@ -140,23 +143,26 @@ def main() -> int:
     testbed.up(args.nodes)
     job = {"prompts": PROMPTS, "max_new_tokens": args.tokens, "repeats": max(1, args.sessions // len(PROMPTS)),
            "concurrency": args.concurrency}
-    quiet, flooded, counts = [], [], {"failed": 0, "dead": 0}
+    quiet, flooded, counts, rtts = [], [], {"failed": 0, "dead": 0}, []
     try:
         deployment = deploy(testbed, prepared, even_placement(manifest["num_layers"], args.nodes), model=args.model,
                             timing=Timing(ack_floor_ms=args.ack_floor_ms, heartbeat_floor_ms=args.heartbeat_floor_ms),
                             event_loop=args.event_loop, progress=lambda m: None)
         targets = [(h["address"], h["extra"]["port"]) for h in deployment.hosts if h["index"] > 0]
         for index in range(args.rounds):
-            ms, failed, dead = one_round(testbed, deployment, job, args.keep)
+            ms, failed, dead, quiet_rtt = one_round(testbed, deployment, job, args.keep)
             quiet.append(ms)
             with Flood(targets, bytes.fromhex(deployment.key_hex), manifest["hidden_size"], args.flooders) as flood:
                 time.sleep(0.5)  # the flood is under way before the sessions start
-                fms, ffailed, fdead = one_round(testbed, deployment, job, args.keep)
+                fms, ffailed, fdead, flood_rtt = one_round(testbed, deployment, job, args.keep)
             flooded.append(fms)
             counts["failed"] += failed + ffailed
             counts["dead"] += dead + fdead
             print(f"round {index + 1}: quiet {ms:.1f} ms/token, flooded {fms:.1f} ms/token ({fms / ms:.2f}x); "
+                  f"hop round trips quiet p99 {quiet_rtt.quantile(0.99):.0f} / max {quiet_rtt.max():.0f} ms, "
+                  f"flooded p99 {flood_rtt.quantile(0.99):.0f} / max {flood_rtt.max():.0f} ms; "
                   f"flood sent {flood.sent}", flush=True)
+            rtts.append(flood_rtt)
     finally:
         testbed.down()
     ratios = [f / q for f, q in zip(flooded, quiet)]
@@ -166,6 +172,9 @@ def main() -> int:
           f"{eventloop.resolve(args.event_loop)}")
     print(f"per-token latency, flooded / quiet: {statistics.median(ratios):.2f} "
           f"(rounds {min(ratios):.2f}-{max(ratios):.2f})")
+    flood_rtt = pd.concat(rtts)
+    print(f"hop round trips under the flood (the ack deadline's floor is {args.ack_floor_ms:.0f} ms): median "
+          f"{flood_rtt.median():.1f}, p99 {flood_rtt.quantile(0.99):.0f}, max {flood_rtt.max():.0f} ms")
     print(f"sessions failed: {counts['failed']} (must be 0); healthy nodes declared dead: {counts['dead']} "
           "(must be 0)")
     return 0 if counts["failed"] == 0 and counts["dead"] == 0 else 1
