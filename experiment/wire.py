@@ -71,10 +71,16 @@ def prefill_chunk(hosts: list[HostInfo], dtypes: dict[int, str], hidden: int, re
     """Positions per frame of a chunked prefill: ``requested``, or for ``auto`` the slowest hop's bandwidth-delay
     product (0: no chunking, where no link has a rate).
 
-    A node holds a session's next chunk until the previous one is acked, so each chunk costs its hop one round
-    trip besides its bytes; a chunk of one bandwidth-delay product spends about half of each stage sending, the
-    balance that minimises time to first token for long prompts over several slow hops (measured: a 910-token
-    prompt over 7 cellular hops is fastest at ~130 positions, which is the cellular hop's product in bf16)."""
+    The user node writes a session's next chunk once the previous one is acked (layer nodes forward each chunk
+    as soon as it is written), so each chunk costs the first hop one round trip besides its bytes; along the
+    chain, each slow hop delays the first chunk by its bytes, so smaller chunks fill the pipeline sooner and
+    cost more frames.  One bandwidth-delay product balances the two (measured: a 910-token prompt over 7
+    cellular hops was fastest at ~130 positions, the cellular hop's product in bf16).  On the study's 18-node
+    blend with int8 from WiFi and cellular senders (2026-12-07, ``benchmarks/prefill_ttft.py --timeline``), half
+    that (96 positions) measured 8.0 and 8.6 s against auto's 179 at 9.6 and 11.0 s; 48 and 32 lost a round each
+    to a healthy node declared silent (a 39 kB chunk took 1.75 s to cross a WiFi hop with 0.1 % loss while both
+    of its nodes were logging, and the chunks written after it waited behind it), so the default stays the
+    product."""
     if isinstance(requested, str) and requested != AUTO and requested.isdigit():
         requested = int(requested)  # from the command line
     if requested != AUTO:
