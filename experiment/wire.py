@@ -75,12 +75,9 @@ def prefill_chunk(hosts: list[HostInfo], dtypes: dict[int, str], hidden: int, re
     as soon as it is written), so each chunk costs the first hop one round trip besides its bytes; along the
     chain, each slow hop delays the first chunk by its bytes, so smaller chunks fill the pipeline sooner and
     cost more frames.  One bandwidth-delay product balances the two (measured: a 910-token prompt over 7
-    cellular hops was fastest at ~130 positions, the cellular hop's product in bf16).  On the study's 18-node
-    blend with int8 from WiFi and cellular senders (2026-12-07, ``benchmarks/prefill_ttft.py --timeline``), half
-    that (96 positions) measured 8.0 and 8.6 s against auto's 179 at 9.6 and 11.0 s; 48 and 32 lost a round each
-    to a healthy node declared silent (a 39 kB chunk took 1.75 s to cross a WiFi hop with 0.1 % loss while both
-    of its nodes were logging, and the chunks written after it waited behind it), so the default stays the
-    product."""
+    cellular hops was fastest at ~130 positions, the cellular hop's product in bf16).  Half of it measured
+    faster on the study's 18-node blend, and smaller chunks yet drew false "silent" alarms on lossy WiFi hops
+    (README, measured table), so the default stays the product."""
     if isinstance(requested, str) and requested != AUTO and requested.isdigit():
         requested = int(requested)  # from the command line
     if requested != AUTO:

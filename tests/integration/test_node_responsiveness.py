@@ -14,9 +14,9 @@ import uuid
 
 import torch
 
-from payload.frames import Frame, FrameType, Hop, WireDtype
+from payload.frames import Decoder, Frame, FrameType, Hop, WireDtype
 from tests.integration.conftest import deploy_even, local_testbed
-from tests.integration.test_hostile_peers import Attacker, address, events, replies
+from tests.integration.test_hostile_peers import Attacker, address, events
 
 
 def step(sender: Attacker, session: uuid.UUID, hidden: int, layers: int, *, index: int, pos_start: int,
@@ -27,11 +27,16 @@ def step(sender: Attacker, session: uuid.UUID, hidden: int, layers: int, *, inde
                               payload=values))
 
 
-def acks(sock: socket.socket, key: bytes, wanted: int, timeout_s: float = 30.0) -> list[Frame]:
-    data, got, deadline = b"", [], time.monotonic() + timeout_s
-    while len(got) < wanted and time.monotonic() < deadline:
-        data += sock.recv(1 << 16)
-        got = [f for f in replies(data, key) if f.type == FrameType.ACK]
+def acks(sock: socket.socket, key: bytes, wanted: int) -> list[Frame]:
+    """The next ``wanted`` acks the node sends back (the socket's timeout bounds each wait)."""
+    decoder, got = Decoder(key), []
+    while len(got) < wanted:
+        chunk = sock.recv(1 << 16)
+        assert chunk, f"the node closed the connection after {len(got)} of {wanted} acks"
+        decoder.feed(chunk)
+        while isinstance(frame := decoder.next_frame(), Frame):
+            if frame.type == FrameType.ACK:
+                got.append(frame)
     return got
 
 
