@@ -46,17 +46,19 @@ class Batched(Generic[Out]):
 
 
 class RowBatcher(Generic[Row, Out]):
-    """Gathers rows for ``compute`` (rows in, one output per row out), run on the event loop or in
-    ``executor`` (long computations: acks and heartbeats keep flowing meanwhile)."""
+    """Gathers rows for ``compute`` (rows in, one output per row out), run in ``executor`` so that acks and
+    heartbeats keep flowing meanwhile, or on the event loop itself when there is no executor or ``inline()``
+    says so (a short batch that nothing else waits behind: two thread hand-offs would cost more)."""
 
     def __init__(self, compute: Callable[[list[Row]], list[Out]], limit: int, *, executor: Executor | None = None,
-                 expected: Callable[[], int] | None = None, expect_s: float = 0.0):
+                 inline: Callable[[], bool] | None = None, expected: Callable[[], int] | None = None,
+                 expect_s: float = 0.0):
         """``expected`` counts rows that will come soon (the user node: sessions whose step is in the chain);
         a batch waits for them up to ``expect_s``, so that sessions that drifted apart along the chain come
         back together into one batch instead of circling it as several smaller ones."""
         if limit < 1:
             raise ValueError(f"a batch holds at least one row, not {limit}")
-        self.compute, self.limit, self.executor = compute, limit, executor
+        self.compute, self.limit, self.executor, self.inline = compute, limit, executor, inline
         self.expected, self.expect_s = expected, expect_s
         self._waiting: list[tuple[Row, asyncio.Future, Hashable, bool]] = []
         self._runner: asyncio.Task | None = None
@@ -82,7 +84,7 @@ class RowBatcher(Generic[Row, Out]):
                 rows = [row for row, *_ in batch]
                 start = time.monotonic_ns()
                 try:
-                    if self.executor is None:
+                    if self.executor is None or (self.inline is not None and self.inline()):
                         outs = self.compute(rows)
                     else:
                         outs = await asyncio.get_running_loop().run_in_executor(self.executor, self.compute, rows)

@@ -149,15 +149,16 @@ class LayerNode:
         self.spec = ModelSpec(config.model_dir)
         compute = dtype_of(config.compute_dtype)
         self.slices = {a: LayerSlice.load(self.spec, a, b, compute) for a, b in config.ranges}
-        # batch_decode: single-position steps of different sessions at one slice computed together, inline
-        # (a batch of one layer's decode steps takes milliseconds, as an unbatched step does).
-        self.batchers = {a: RowBatcher(sl.forward_rows, config.batch_decode) for a, sl in self.slices.items()
-                         } if config.batch_decode > 1 else {}
+        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="compute")
+        # batch_decode: single-position steps of different sessions at one slice computed together, on the
+        # compute thread as unbatched steps are while several sessions are here (see INLINE_POSITIONS).
+        self.batchers = {a: RowBatcher(sl.forward_rows, config.batch_decode, executor=self.executor,
+                                       inline=lambda: len(self.sessions.live) <= 1)
+                         for a, sl in self.slices.items()} if config.batch_decode > 1 else {}
         self.bridges = BridgeSet.load(config.bridges_file, self.spec.hidden_size)
         self.sessions = SessionTable(ttl_s=config.timing.session_ttl_s, limit=config.timing.max_sessions, log=self.log)
         self.steps_ns: list[int] = []  # decode steps' arrival-to-output times since the last heartbeat
         self.links: dict[int, PeerLink] = {}
-        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="compute")
         # The largest legitimate frame is a replay of every position at the wire dtype.
         self.wire = Wire(config.key, self.log, frame_cap(config.max_positions,
                                                          config.largest_position_bytes(self.spec.hidden_size)),

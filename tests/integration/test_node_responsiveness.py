@@ -12,11 +12,14 @@ import socket
 import time
 import uuid
 
+import pytest
 import torch
 
 from payload.frames import Decoder, Frame, FrameType, Hop, WireDtype
 from tests.integration.conftest import deploy_even, local_testbed
 from tests.integration.test_hostile_peers import Attacker, address, events
+
+LATER_S = 0.005  # the second session's step is sent this long after the first's (during its compute)
 
 
 def step(sender: Attacker, session: uuid.UUID, hidden: int, layers: int, *, index: int, pos_start: int,
@@ -40,9 +43,13 @@ def acks(sock: socket.socket, key: bytes, wanted: int) -> list[Frame]:
     return got
 
 
-def test_a_decode_step_of_one_session_does_not_hold_up_the_ack_of_another(smollm2):
+@pytest.mark.parametrize("batch_decode", [1, 4], ids=["unbatched", "batched"])
+def test_a_decode_step_of_one_session_does_not_hold_up_the_ack_of_another(smollm2, batch_decode):
+    """The second session's step arrives while the first's computes (a batch cannot merge them), and is acked
+    at once, whether steps go one at a time or through the batcher."""
     with local_testbed(1) as testbed:
-        deployment = deploy_even(testbed, smollm2, 1)  # one node with all 30 layers: a decode step takes tens of ms
+        # One node with all 30 layers: a decode step takes tens of milliseconds.
+        deployment = deploy_even(testbed, smollm2, 1, batch_decode=batch_decode)
         sender = Attacker(deployment)
         hidden, layers = 576, 30
         first, second = uuid.uuid4(), uuid.uuid4()
@@ -51,15 +58,17 @@ def test_a_decode_step_of_one_session_does_not_hold_up_the_ack_of_another(smollm
                          + step(sender, second, hidden, layers, index=0, pos_start=0, positions=4))
             acks(sock, sender.key, 2)
             time.sleep(1.0)  # both prefills computed: the node holds two sessions
-            sock.sendall(step(sender, first, hidden, layers, index=1, pos_start=4, positions=1)
-                         + step(sender, second, hidden, layers, index=1, pos_start=4, positions=1))
+            sock.sendall(step(sender, first, hidden, layers, index=1, pos_start=4, positions=1))
+            time.sleep(LATER_S)
+            sock.sendall(step(sender, second, hidden, layers, index=1, pos_start=4, positions=1))
             by_session = {ack.session: ack for ack in acks(sock, sender.key, 2)}
         time.sleep(0.5)
         computed = {e["session"]: e for e in events(testbed, 1) if e["ev"] == "compute" and e["step"] == 1}
     assert set(computed) == {str(first), str(second)}, "both decode steps were computed"
+    assert "batch" not in computed[str(first)], "the two steps were batched: the test tells nothing"
     compute_ms = computed[str(first)]["compute_ns"] / 1e6
     waited_ms = (by_session[second].t_b - by_session[first].t_b) / 1e6  # between the node's two acks (T3)
-    assert compute_ms > 5, f"the step computed too fast ({compute_ms:.1f} ms) to tell anything"
-    assert waited_ms < compute_ms / 2, (
-        f"the second session's frame was acked {waited_ms:.1f} ms after the first, whose step computed for "
-        f"{compute_ms:.1f} ms: its ack waited for that compute")
+    assert compute_ms > 4 * LATER_S * 1e3, f"the step computed too fast ({compute_ms:.1f} ms) to tell anything"
+    assert waited_ms < LATER_S * 1e3 + compute_ms / 2, (
+        f"the second session's frame, sent {LATER_S * 1e3:.0f} ms after the first, was acked {waited_ms:.1f} ms "
+        f"after it, whose step computed for {compute_ms:.1f} ms: its ack waited for that compute")

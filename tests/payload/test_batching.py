@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -70,6 +71,26 @@ def test_steps_arriving_while_a_batch_computes_off_the_loop_form_the_next():
     first, late = asyncio.run(main())
     assert calls[0] == [0] and calls[1:] == [[1, 2]], calls
     assert first.rows == 1 and [(d.rows, d.row) for d in late] == [(2, 0), (2, 1)]
+
+
+@pytest.mark.parametrize("inline", [True, False])
+def test_a_batch_runs_on_the_loop_only_while_inline_says_so(inline):
+    """The node's policy: on the loop while it holds one session, on the compute thread otherwise."""
+    threads: list[str] = []
+
+    def compute(rows: list[int]) -> list[int]:
+        threads.append(threading.current_thread().name)
+        return rows
+
+    async def main():
+        with ThreadPoolExecutor(1, thread_name_prefix="compute") as pool:
+            batcher = RowBatcher(compute, limit=4, executor=pool, inline=lambda: inline)
+            await asyncio.gather(*(batcher.submit(i) for i in range(3)))
+        return threading.current_thread().name
+
+    loop_thread = asyncio.run(main())
+    assert len(threads) == 1, "the three rows formed one batch"
+    assert (threads[0] == loop_thread) == inline and threads[0].startswith("compute") != inline, threads
 
 
 def test_a_failing_batch_fails_each_of_its_steps_and_the_next_batch_still_runs():
