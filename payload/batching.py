@@ -47,11 +47,12 @@ class Batched(Generic[Out]):
 
 class RowBatcher(Generic[Row, Out]):
     """Gathers rows for ``compute`` (rows in, one output per row out), run in ``executor`` so that acks and
-    heartbeats keep flowing meanwhile, or on the event loop itself when there is no executor or ``inline()``
-    says so (a short batch that nothing else waits behind: two thread hand-offs would cost more)."""
+    heartbeats keep flowing meanwhile, or on the event loop itself when there is no executor or
+    ``inline(rows)`` says a batch of that many rows may (nothing else waits behind it: two thread hand-offs
+    would cost more)."""
 
     def __init__(self, compute: Callable[[list[Row]], list[Out]], limit: int, *, executor: Executor | None = None,
-                 inline: Callable[[], bool] | None = None, expected: Callable[[], int] | None = None,
+                 inline: Callable[[int], bool] | None = None, expected: Callable[[], int] | None = None,
                  expect_s: float = 0.0):
         """``expected`` counts rows that will come soon (the user node: sessions whose step is in the chain);
         a batch waits for them up to ``expect_s``, so that sessions that drifted apart along the chain come
@@ -84,7 +85,7 @@ class RowBatcher(Generic[Row, Out]):
                 rows = [row for row, *_ in batch]
                 start = time.monotonic_ns()
                 try:
-                    if self.executor is None or (self.inline is not None and self.inline()):
+                    if self.executor is None or (self.inline is not None and self.inline(len(rows))):
                         outs = self.compute(rows)
                     else:
                         outs = await asyncio.get_running_loop().run_in_executor(self.executor, self.compute, rows)

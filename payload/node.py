@@ -150,10 +150,11 @@ class LayerNode:
         compute = dtype_of(config.compute_dtype)
         self.slices = {a: LayerSlice.load(self.spec, a, b, compute) for a, b in config.ranges}
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="compute")
-        # batch_decode: single-position steps of different sessions at one slice computed together, on the
-        # compute thread as unbatched steps are while several sessions are here (see INLINE_POSITIONS).
+        # batch_decode: single-position steps of different sessions at one slice computed together: on the
+        # loop when the batch holds a step of every session here (no other session's frame can be waiting
+        # behind it), else on the compute thread (see INLINE_POSITIONS).
         self.batchers = {a: RowBatcher(sl.forward_rows, config.batch_decode, executor=self.executor,
-                                       inline=lambda: len(self.sessions.live) <= 1)
+                                       inline=lambda rows: rows >= len(self.sessions.live))
                          for a, sl in self.slices.items()} if config.batch_decode > 1 else {}
         self.bridges = BridgeSet.load(config.bridges_file, self.spec.hidden_size)
         self.sessions = SessionTable(ttl_s=config.timing.session_ttl_s, limit=config.timing.max_sessions, log=self.log)

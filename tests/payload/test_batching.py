@@ -75,7 +75,9 @@ def test_steps_arriving_while_a_batch_computes_off_the_loop_form_the_next():
 
 @pytest.mark.parametrize("inline", [True, False])
 def test_a_batch_runs_on_the_loop_only_while_inline_says_so(inline):
-    """The node's policy: on the loop while it holds one session, on the compute thread otherwise."""
+    """The node's policy: on the loop when the batch holds every session's step, on the compute thread
+    otherwise; ``inline`` learns the batch's size."""
+    sizes: list[int] = []
     threads: list[str] = []
 
     def compute(rows: list[int]) -> list[int]:
@@ -84,12 +86,12 @@ def test_a_batch_runs_on_the_loop_only_while_inline_says_so(inline):
 
     async def main():
         with ThreadPoolExecutor(1, thread_name_prefix="compute") as pool:
-            batcher = RowBatcher(compute, limit=4, executor=pool, inline=lambda: inline)
+            batcher = RowBatcher(compute, limit=4, executor=pool, inline=lambda rows: sizes.append(rows) or inline)
             await asyncio.gather(*(batcher.submit(i) for i in range(3)))
         return threading.current_thread().name
 
     loop_thread = asyncio.run(main())
-    assert len(threads) == 1, "the three rows formed one batch"
+    assert len(threads) == 1 and sizes == [3], "the three rows formed one batch"
     assert (threads[0] == loop_thread) == inline and threads[0].startswith("compute") != inline, threads
 
 
