@@ -15,6 +15,7 @@ accelerate) are only needed when a conversion actually happens.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import importlib.util
 import json
@@ -211,22 +212,35 @@ def prepare(name: str = DEFAULT_MODEL, *, cache: Path | None = None, progress=No
     source = resolve(name)
     root = (cache or cache_root()) / "models"
     target = root / _slug(source)
-    if (target / MANIFEST).exists():
-        manifest = load_manifest(target)
-        if manifest.get("format") == FORMAT_VERSION and manifest.get("source") == source.fingerprint():
-            return target
-        shutil.rmtree(target)
+    if _current(target, source):
+        return target
     root.mkdir(parents=True, exist_ok=True)
-    started = time.monotonic()
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=root))
-    try:
-        _write_prepared(source, staging, progress)
-        os.replace(staging, target)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
+    # Two runs started together (two experiments, parallel test workers) would both convert and the second
+    # rename would fail on the first's directory: one converts while the others wait, then find it done.
+    with open(root / f".{target.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if _current(target, source):
+            return target
+        if target.exists():
+            shutil.rmtree(target)
+        started = time.monotonic()
+        staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=root))
+        try:
+            _write_prepared(source, staging, progress)
+            os.replace(staging, target)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
     progress(f"prepared {source.name} in {time.monotonic() - started:.1f}s -> {target}")
     return target
+
+
+def _current(target: Path, source: ModelSource) -> bool:
+    """Whether ``target`` holds a complete conversion of ``source`` in this format."""
+    if not (target / MANIFEST).exists():
+        return False
+    manifest = load_manifest(target)
+    return manifest.get("format") == FORMAT_VERSION and manifest.get("source") == source.fingerprint()
 
 
 def verify(prepared: Path, files: list[str] | None = None) -> list[str]:
