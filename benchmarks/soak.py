@@ -9,6 +9,7 @@ includes the CPU they take.
     PYTHONPATH=. .venv/bin/python benchmarks/soak.py [--model smollm2-135m-instruct] [--nodes 4]
         [--sessions 8] [--concurrency 4] [--tokens 24] [--rounds 2] [--flooders 6] [--keep DIR]
         [--ack-floor-ms 250] [--heartbeat-floor-ms 500] [--event-loop auto|asyncio|uvloop]
+        [--batch-decode 1]
 """
 
 from __future__ import annotations
@@ -136,6 +137,8 @@ def main() -> int:
     parser.add_argument("--heartbeat-floor-ms", type=float, default=Timing().heartbeat_floor_ms,
                         help="the deployment's heartbeat silence floor (the same trade)")
     parser.add_argument("--event-loop", default="auto", choices=eventloop.CHOICES, help="what the nodes run on")
+    parser.add_argument("--batch-decode", type=int, default=1,
+                        help="most decode steps a node computes as one batch (1: unbatched, the default)")
     args = parser.parse_args()
     prepared = prepare(args.model)
     manifest = load_manifest(prepared)
@@ -147,7 +150,7 @@ def main() -> int:
     try:
         deployment = deploy(testbed, prepared, even_placement(manifest["num_layers"], args.nodes), model=args.model,
                             timing=Timing(ack_floor_ms=args.ack_floor_ms, heartbeat_floor_ms=args.heartbeat_floor_ms),
-                            event_loop=args.event_loop, progress=lambda m: None)
+                            event_loop=args.event_loop, batch_decode=args.batch_decode, progress=lambda m: None)
         targets = [(h["address"], h["extra"]["port"]) for h in deployment.hosts if h["index"] > 0]
         for index in range(args.rounds):
             ms, failed, dead, quiet_rtt = one_round(testbed, deployment, job, args.keep)
@@ -169,7 +172,7 @@ def main() -> int:
     print(f"model {args.model}, {args.nodes} layer nodes, {job['repeats'] * len(PROMPTS)} sessions at concurrency "
           f"{args.concurrency}, {args.flooders} flooding threads on the same {os.cpu_count()} cores, ack floor "
           f"{args.ack_floor_ms:.0f} ms, heartbeat floor {args.heartbeat_floor_ms:.0f} ms, event loop "
-          f"{eventloop.resolve(args.event_loop)}")
+          f"{eventloop.resolve(args.event_loop)}, batch_decode {args.batch_decode}")
     print(f"per-token latency, flooded / quiet: {statistics.median(ratios):.2f} "
           f"(rounds {min(ratios):.2f}-{max(ratios):.2f})")
     flood_rtt = pd.concat(rtts)
