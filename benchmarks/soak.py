@@ -99,7 +99,8 @@ class Flood:
         self.sent["replay"] += 100
 
 
-def one_round(testbed, deployment, job: dict, keep: Path | None = None) -> tuple[float, int, int, pd.Series]:
+def one_round(testbed, deployment, job: dict, label: str, keep: Path | None = None
+              ) -> tuple[float, int, int, pd.Series]:
     """Median decode ms per token, sessions failed, nodes declared dead, and every acked hop's round trip (ms:
     the margin against the ack deadline); a round with a failure or a node declared dead is kept in ``keep`` (its
     run directory, for a look at every node's events)."""
@@ -111,14 +112,14 @@ def one_round(testbed, deployment, job: dict, keep: Path | None = None) -> tuple
         user = read_events(run / "nodes" / "user" / "events.jsonl")
         if keep is not None and any(e["ev"] == "node_out" or (e["ev"] == "session_end" and e.get("error"))
                                     for e in user):
-            target = keep / f"round-{time.strftime('%H%M%S')}"
+            target = keep / f"round-{time.strftime('%H%M%S')}-{label}"
             shutil.copytree(run, target)
             print(f"  kept {target}", flush=True)
     failed = sum(1 for e in user if e["ev"] == "session_end" and e.get("error"))
     failed += job["repeats"] * len(job["prompts"]) - tokens["session"].nunique()
     outs = [e for e in user if e["ev"] == "node_out"]
     for e in outs:
-        print(f"  node {e['peer']} declared {e['kind']} by node {e['reporter']}: {e['reason']}", flush=True)
+        print(f"  {label}: node {e['peer']} declared {e['kind']} by node {e['reporter']}: {e['reason']}", flush=True)
     return tokens.loc[tokens["step"] > 0, "latency_ns"].median() / 1e6, failed, len(outs), rtt_ms
 
 
@@ -153,11 +154,11 @@ def main() -> int:
                             event_loop=args.event_loop, batch_decode=args.batch_decode, progress=lambda m: None)
         targets = [(h["address"], h["extra"]["port"]) for h in deployment.hosts if h["index"] > 0]
         for index in range(args.rounds):
-            ms, failed, dead, quiet_rtt = one_round(testbed, deployment, job, args.keep)
+            ms, failed, dead, quiet_rtt = one_round(testbed, deployment, job, "quiet", args.keep)
             quiet.append(ms)
             with Flood(targets, bytes.fromhex(deployment.key_hex), manifest["hidden_size"], args.flooders) as flood:
                 time.sleep(0.5)  # the flood is under way before the sessions start
-                fms, ffailed, fdead, flood_rtt = one_round(testbed, deployment, job, args.keep)
+                fms, ffailed, fdead, flood_rtt = one_round(testbed, deployment, job, "flooded", args.keep)
             flooded.append(fms)
             counts["failed"] += failed + ffailed
             counts["dead"] += dead + fdead
