@@ -150,11 +150,10 @@ class LayerNode:
         compute = dtype_of(config.compute_dtype)
         self.slices = {a: LayerSlice.load(self.spec, a, b, compute) for a, b in config.ranges}
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="compute")
-        # batch_decode: single-position steps of different sessions at one slice computed together: on the
-        # loop when the batch holds a step of every session here (no other session's frame can be waiting
-        # behind it), else on the compute thread (see INLINE_POSITIONS).
+        # batch_decode: single-position steps of different sessions at one slice computed together, on the
+        # loop or the compute thread by the same rule as unbatched steps (``_alone``).
         self.batchers = {a: RowBatcher(sl.forward_rows, config.batch_decode, executor=self.executor,
-                                       inline=lambda rows: rows >= len(self.sessions.live))
+                                       inline=self._alone)
                          for a, sl in self.slices.items()} if config.batch_decode > 1 else {}
         self.bridges = BridgeSet.load(config.bridges_file, self.spec.hidden_size)
         self.sessions = SessionTable(ttl_s=config.timing.session_ttl_s, limit=config.timing.max_sessions, log=self.log)
@@ -272,8 +271,14 @@ class LayerNode:
 
     def _inline(self, frame: Frame) -> bool:
         """Whether a step is computed on the event loop (see ``INLINE_POSITIONS``): short, and of the only session
-        here.  A session whose END never came counts until its TTL: its cost is a thread hand-off per step."""
-        return frame.n_pos <= INLINE_POSITIONS and len(self.sessions.live) <= 1
+        here."""
+        return frame.n_pos <= INLINE_POSITIONS and self._alone(1)
+
+    def _alone(self, rows: int) -> bool:
+        """Whether ``rows`` steps computed together hold one of every session here, so that no other session's
+        frame can be waiting behind them on a connection (the only case a step or batch may hold up the event
+        loop).  A session whose END never came counts until its TTL: its cost is a thread hand-off per step."""
+        return rows >= len(self.sessions.live)
 
     def _batchable(self, frame: Frame) -> bool:
         """A decode step that goes to its slice's batcher (batch_decode on).  It never holds up the connection
