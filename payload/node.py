@@ -30,6 +30,7 @@ import torch
 from payload.batching import RowBatcher
 from payload.clock import follow_skew, wall_ns
 from payload.bridges import BridgeSet, bridge_wire
+from payload.collector import freeze_loaded
 from payload.cache_rules import Action, admit, decide
 from payload import eventloop
 from payload.config import NodeConfig, compute_threads
@@ -550,7 +551,8 @@ class LayerNode:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._stopping.set)
         self.log.log("ready", listen=list(self.config.listen), ranges=self.config.ranges,
-                     peak_rss_bytes=peak_rss_bytes(), model_dir=self.config.model_dir, event_loop=eventloop.running())
+                     peak_rss_bytes=peak_rss_bytes(), model_dir=self.config.model_dir, event_loop=eventloop.running(),
+                     gc_frozen=freeze_loaded())
         print(f"node {self.config.node} ready on {self.config.listen[0]}:{self.config.listen[1]} "
               f"layers {self.config.ranges}", flush=True)
         hb = asyncio.create_task(self.heartbeat())

@@ -133,7 +133,9 @@ EVENTS: MappingProxyType[str, EventKind] = MappingProxyType({k.name: k for k in 
     _kind("ready", "the node serves (weights loaded, listening)", (LAYER, USER), TO_EVENTS, _RSS,
           opt("listen", LIST, "host and port it listens on"), opt("ranges", LIST, "layer ranges [first, end) held"),
           opt("model_dir", STR, "prepared model directory"),
-          opt("event_loop", STR, "the event loop it runs on: uvloop or asyncio (payload/eventloop.py)")),
+          opt("event_loop", STR, "the event loop it runs on: uvloop or asyncio (payload/eventloop.py)"),
+          opt("gc_frozen", INT, "objects loaded at start that garbage collection no longer sweeps "
+                                "(payload/collector.py)")),
     _kind("stop", "the process stops cleanly (SIGTERM or end of job)", (LAYER, USER), TO_EVENTS, _RSS),
     _kind("recv", "a DATA frame was accepted and acked", (LAYER, USER), TO_HOPS, _SESSION, _STEP, _EPOCH,
           f("src", INT, "sending node"), f("positions", INT, "positions carried"),

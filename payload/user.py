@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 
 from payload import eventloop
+from payload.collector import freeze_loaded
 from payload.config import UserConfig, compute_threads
 from payload.clock import follow_skew
 from payload.node import peak_rss_bytes
@@ -51,7 +52,7 @@ async def run_job(config: UserConfig, job: Job, *, jsonl: bool = False) -> list[
         config = dataclasses.replace(config, prefill_chunk=job.prefill_chunk)
     user = UserNode(config, emit=emit)
     user.log.on_failure = lambda reason: print(f"[user] {reason}: sessions stop", file=sys.stderr, flush=True)
-    user.log.log("ready", peak_rss_bytes=peak_rss_bytes(), event_loop=eventloop.running())
+    user.log.log("ready", peak_rss_bytes=peak_rss_bytes(), event_loop=eventloop.running(), gc_frozen=freeze_loaded())
     server = await user.serve()
     results: list[SessionResult] = []
     async with server:
