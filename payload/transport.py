@@ -434,7 +434,11 @@ class ConnectionGate:
     legitimate peer connecting in the middle of it (on a shared address, or the
     node's loopback), it only shortens how long an idle intruder is held.  A
     burst faster than that may exceed a cap up to ``HARD_FACTOR`` times it;
-    beyond that, newcomers are refused.  Proven connections are capped in all.
+    beyond that the oldest silent connection goes even within its grace, and the
+    newcomer only when every other has bytes waiting (refusing newcomers at the
+    hard cap let a burst of idle connections lock out a peer with the key: the
+    soak's user node, which then declared a healthy node crashed).  Proven
+    connections are capped in all.
     """
 
     GRACE_S = 0.25
@@ -456,9 +460,16 @@ class ConnectionGate:
         while self._total() > self.timing.max_unproven_connections and \
                 self._close_oldest(max(self.unproven, key=lambda a: len(self.unproven[a]))):
             closed.append(f"{self.timing.max_unproven_connections} unproven connections")
-        if len(queue) > self.HARD_FACTOR * self.timing.max_unproven_per_address or \
-                self._total() > self.HARD_FACTOR * self.timing.max_unproven_connections:
-            self._forget(address, writer)
+        while len(queue) > self.HARD_FACTOR * self.timing.max_unproven_per_address and \
+                self._close_oldest(address, grace_s=0.0):
+            closed.append(f"a burst beyond {self.HARD_FACTOR * self.timing.max_unproven_per_address} from {address}")
+        while self._total() > self.HARD_FACTOR * self.timing.max_unproven_connections and \
+                self._close_oldest(max(self.unproven, key=lambda a: len(self.unproven[a])), grace_s=0.0):
+            closed.append(f"a burst beyond {self.HARD_FACTOR * self.timing.max_unproven_connections} in all")
+        if self.admitted(address, writer) and (
+                len(queue) > self.HARD_FACTOR * self.timing.max_unproven_per_address or
+                self._total() > self.HARD_FACTOR * self.timing.max_unproven_connections):
+            self._forget(address, writer)  # every other one has bytes waiting: the newcomer is the one to go
             writer.close()
             closed.append("a burst beyond the hard cap: refused the newcomer")
         if not closed:
@@ -471,12 +482,12 @@ class ConnectionGate:
     def _total(self) -> int:
         return sum(len(q) for q in self.unproven.values())
 
-    def _close_oldest(self, address: str) -> bool:
-        """Close the oldest unproven connection from ``address`` that is past its grace and has sent nothing
+    def _close_oldest(self, address: str, grace_s: float = GRACE_S) -> bool:
+        """Close the oldest unproven connection from ``address`` that is past ``grace_s`` and has sent nothing
         (a peer with the key has its first frame waiting to be read: it is spared); False if there is none."""
         now = time.monotonic()
         queue = self.unproven.get(address, collections.deque())
-        victim = next((item for item in queue if now - item[1] >= self.GRACE_S and _pending_bytes(item[0]) == 0),
+        victim = next((item for item in queue if now - item[1] >= grace_s and _pending_bytes(item[0]) == 0),
                       None)
         if victim is None:
             return False

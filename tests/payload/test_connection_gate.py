@@ -147,3 +147,31 @@ def test_one_cancellation_stops_a_connection_that_keeps_sending(tmp_path):
         return lost
 
     assert asyncio.run(scenario()) == 0
+
+
+def test_a_peer_connecting_in_a_burst_that_reaches_the_hard_cap_is_served(tmp_path):
+    """Found in the soak: two idle flooders opened 100 connections from the node's own address within the
+    gate's grace, the hard cap refused every newcomer, and the user node's fresh connection was among them (it
+    declared a healthy node crashed).  Over the hard cap the oldest silent connection goes, grace or not."""
+    timing = Timing(max_unproven_per_address=4, max_unproven_connections=8, first_frame_timeout_s=5.0)
+    handled = []
+
+    async def handler(frame, writer, t2) -> None:
+        handled.append(frame.type)
+
+    async def scenario() -> tuple[bool, int]:
+        server, port, _ = await serve(tmp_path, timing, handler)
+        intruders = [await asyncio.open_connection("127.0.0.1", port)
+                     for _ in range(3 * ConnectionGate.HARD_FACTOR * timing.max_unproven_per_address)]
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)  # within the grace of every intruder
+        writer.write(heartbeat(FrameSigner(KEY)))
+        await writer.drain()
+        legit_closed = await closed_within(reader, 0.5)
+        open_intruders = sum([not await closed_within(r, 0.05) for r, _ in intruders])
+        server.close()
+        return legit_closed, open_intruders
+
+    legit_closed, open_intruders = asyncio.run(scenario())
+    assert not legit_closed, "a burst of idle connections locked a peer with the key out"
+    assert handled == [FrameType.HEARTBEAT]
+    assert open_intruders <= ConnectionGate.HARD_FACTOR * timing.max_unproven_per_address  # still capped
