@@ -20,8 +20,13 @@ $(STAMP): requirements.lock requirements-nodeps.txt pyproject.toml scripts/syste
 demo: setup
 	$(BIN)/fab experiment --scenario scenarios/demo.yaml
 
+# Two phases: everything but the timing tests on TEST_WORKERS pytest-xdist workers (a file stays on one worker,
+# so its module fixtures are shared), then the tests marked serial alone.  Both phases run; either failing fails.
+TEST_WORKERS ?= 2
 test: setup
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -m "not serial" -n $(TEST_WORKERS) --dist loadfile; parallel=$$?; \
+	$(BIN)/python -m pytest -m serial; serial=$$?; \
+	test $$parallel -eq 0 && test $$serial -eq 0
 
 # JupyterLab on notebooks/ (each notebook reads the latest run under runs/ unless told otherwise).
 # LAB_ARGS passes options through, e.g. make lab LAB_ARGS="--no-browser --port=8899".

@@ -14,6 +14,8 @@ from testbed.profiles import load_profiles, profile_from_dict
 
 from tests.emu.conftest import unique_prefix
 
+pytestmark = pytest.mark.serial  # measures shaped links' rates and delays (make test runs it alone)
+
 PING_OUT = """--- 10.213.0.10 ping statistics ---
 200 packets transmitted, 181 received, 9.5% packet loss, time 4021ms
 rtt min/avg/max/mdev = 33.304/40.408/48.241/2.770 ms, pipe 4

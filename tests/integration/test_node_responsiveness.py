@@ -19,6 +19,8 @@ from payload.frames import Decoder, Frame, FrameType, Hop, WireDtype
 from tests.integration.conftest import deploy_even, local_testbed
 from tests.integration.test_hostile_peers import Attacker, address, events
 
+pytestmark = pytest.mark.serial  # compares ack waits with step times in ms (make test runs it alone)
+
 LATER_S = 0.005  # the second session's step is sent this long after the first's (during its compute)
 
 

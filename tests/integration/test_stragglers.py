@@ -21,6 +21,8 @@ from experiment.run import Fault, run_job
 from payload.stragglers import OnSlow
 from tests.integration.conftest import deploy_even, local_testbed, read_tokens, summary
 
+pytestmark = pytest.mark.serial  # tells slowed from failed by step times (make test runs it alone)
+
 JOB = {"prompts": ["Write a short story about a lighthouse keeper and a storm."], "max_new_tokens": 40,
        "ignore_eos": True}
 SLOW = Fault("slow", (2,), at_token=8, factor=5, duration=600)

@@ -7,6 +7,8 @@ import pytest
 from payload.config import Timing
 from payload.transport import AdaptiveDeadline
 
+pytestmark = pytest.mark.serial  # times a deadline's expiry (make test runs it alone)
+
 
 def deadline_after(rtts_s: list[float]) -> float:
     timing = Timing()

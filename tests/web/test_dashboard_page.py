@@ -25,6 +25,8 @@ from payload.events import read_events
 from tests.conftest import _save_tiny
 from tests.web.conftest import artifacts_dir, free_port, open_page, page_errors, wait_for
 
+pytestmark = pytest.mark.serial  # measures the dashboard's update lag (make test runs it alone)
+
 REPO = Path(__file__).resolve().parents[2]
 FAB = str(Path(sys.executable).parent / "fab")
 TOKENS = 120  # node3 resumed at token 18 must have time to rejoin (heartbeats every 100 ms) before the end
