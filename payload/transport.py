@@ -452,23 +452,9 @@ class ConnectionGate:
     def admit(self, address: str, writer: asyncio.StreamWriter) -> str | None:
         """Count a new connection as unproven, closing old silent ones over a cap; what was closed, if anything
         (the newcomer itself when even the hard cap is reached: check :meth:`admitted`)."""
-        queue = self.unproven.setdefault(address, collections.deque())
-        queue.append((writer, time.monotonic()))
-        closed = []
-        while len(queue) > self.timing.max_unproven_per_address and self._close_oldest(address):
-            closed.append(f"{self.timing.max_unproven_per_address} unproven connections from {address}")
-        while self._total() > self.timing.max_unproven_connections and \
-                self._close_oldest(max(self.unproven, key=lambda a: len(self.unproven[a]))):
-            closed.append(f"{self.timing.max_unproven_connections} unproven connections")
-        while len(queue) > self.HARD_FACTOR * self.timing.max_unproven_per_address and \
-                self._close_oldest(address, grace_s=0.0):
-            closed.append(f"a burst beyond {self.HARD_FACTOR * self.timing.max_unproven_per_address} from {address}")
-        while self._total() > self.HARD_FACTOR * self.timing.max_unproven_connections and \
-                self._close_oldest(max(self.unproven, key=lambda a: len(self.unproven[a])), grace_s=0.0):
-            closed.append(f"a burst beyond {self.HARD_FACTOR * self.timing.max_unproven_connections} in all")
-        if self.admitted(address, writer) and (
-                len(queue) > self.HARD_FACTOR * self.timing.max_unproven_per_address or
-                self._total() > self.HARD_FACTOR * self.timing.max_unproven_connections):
+        self.unproven.setdefault(address, collections.deque()).append((writer, time.monotonic()))
+        closed = self._trim(address, 1, self.GRACE_S) + self._trim(address, self.HARD_FACTOR, 0.0)
+        if self.admitted(address, writer) and self._over(address, self.HARD_FACTOR):
             self._forget(address, writer)  # every other one has bytes waiting: the newcomer is the one to go
             writer.close()
             closed.append("a burst beyond the hard cap: refused the newcomer")
@@ -482,7 +468,25 @@ class ConnectionGate:
     def _total(self) -> int:
         return sum(len(q) for q in self.unproven.values())
 
-    def _close_oldest(self, address: str, grace_s: float = GRACE_S) -> bool:
+    def _over(self, address: str, factor: int) -> bool:
+        """Whether ``address`` or the node holds more unproven connections than ``factor`` times the caps."""
+        return len(self.unproven.get(address, ())) > factor * self.timing.max_unproven_per_address or \
+            self._total() > factor * self.timing.max_unproven_connections
+
+    def _trim(self, address: str, factor: int, grace_s: float) -> list[str]:
+        """Close the oldest silent connections past ``grace_s`` until ``address``, then the node, is within
+        ``factor`` times its cap (the busiest address loses one first); why each was closed."""
+        per_address = factor * self.timing.max_unproven_per_address
+        in_all = factor * self.timing.max_unproven_connections
+        closed = []
+        while len(self.unproven.get(address, ())) > per_address and self._close_oldest(address, grace_s):
+            closed.append(f"{per_address} unproven connections from {address}")
+        while self._total() > in_all and \
+                self._close_oldest(max(self.unproven, key=lambda a: len(self.unproven[a])), grace_s):
+            closed.append(f"{in_all} unproven connections")
+        return closed
+
+    def _close_oldest(self, address: str, grace_s: float) -> bool:
         """Close the oldest unproven connection from ``address`` that is past ``grace_s`` and has sent nothing
         (a peer with the key has its first frame waiting to be read: it is spared); False if there is none."""
         now = time.monotonic()
