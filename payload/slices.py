@@ -376,7 +376,9 @@ class Head:
         hidden = self.norm(hidden.to(self.compute_dtype))
         logits = torch.nn.functional.linear(hidden, self.lm_head_weight)
         if self.softcap:
-            logits = torch.tanh(logits / self.softcap) * self.softcap
+            # In place: the same three element-wise steps as tanh(logits / cap) * cap, bit for bit, without
+            # two fresh 262k-wide buffers (their page faults cost 16 of 23 ms on an 8-row batch here).
+            logits.div_(self.softcap).tanh_().mul_(self.softcap)
         return logits
 
     def logits_rows(self, rows: list[torch.Tensor | None]) -> list[torch.Tensor | None]:

@@ -123,3 +123,17 @@ def test_batched_logits_are_each_rows_and_replay_with_padding(tiny_prepared):
         padded[j] = row
         assert torch.equal(head.logits_rows(padded)[j], batched[j])
     assert torch.equal(head.logits_rows([rows[0]])[0], head.logits(rows[0]))
+
+
+def test_soft_capped_logits_of_a_chain_equal_the_monolith_bit_for_bit(tiny_prepared):
+    """The head's soft-capping (done in place) yields the very logits the model's own forward does."""
+    prepared = tiny_prepared("gemma2")
+    model = load_hf_model(prepared)
+    assert model.config.final_logit_softcapping
+    spec = ModelSpec(prepared)
+    head, sl = Head(spec), LayerSlice.load(spec, 0, spec.num_layers)
+    ids = torch.randint(3, 20, (1, 9), generator=torch.Generator().manual_seed(2))
+    with torch.inference_mode():
+        expected = model(ids).logits
+    got = head.logits(sl.forward(head.embed_ids(ids), torch.arange(9).unsqueeze(0), sl.new_cache()))
+    assert torch.equal(got, expected)
