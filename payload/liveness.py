@@ -94,13 +94,13 @@ class Liveness:
             del self.slow[peer]
             self.stragglers.forget_run(peer)
             self.log.log("slow_retry", peer=peer)
-        if peer in self.dead or not self.stragglers.observe(peer, steps_ns):
+        run = None if peer in self.dead else self.stragglers.observe(peer, steps_ns)
+        if run is None:
             return
-        threshold = self.stragglers.threshold_ns(peer) or 0
-        slow = [s for s in steps_ns if s > threshold][-self.timing.slow_steps:]
-        self.log.log("node_slow", peer=peer, threshold_ns=int(threshold), steps_ns=slow, action=self.on_slow.value)
-        print(f"[user] node {peer} is slow (steps {', '.join(f'{s / 1e6:.0f}' for s in slow)} ms against "
-              f"{threshold / 1e6:.0f} ms): {'kept' if self.on_slow == OnSlow.WAIT else 'routed around'} "
+        self.log.log("node_slow", peer=peer, threshold_ns=run.threshold_ns, steps_ns=list(run.steps_ns),
+                     action=self.on_slow.value)
+        print(f"[user] node {peer} is slow (steps {', '.join(f'{s / 1e6:.0f}' for s in run.steps_ns)} ms against "
+              f"{run.threshold_ns / 1e6:.0f} ms): {'kept' if self.on_slow == OnSlow.WAIT else 'routed around'} "
               f"(on_slow: {self.on_slow.value})", file=sys.stderr, flush=True)
         if self.on_slow != OnSlow.WAIT:
             self.slow[peer] = now

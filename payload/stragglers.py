@@ -21,6 +21,7 @@ from __future__ import annotations
 import collections
 import enum
 import json
+from dataclasses import dataclass
 
 MIN_BASELINE = 8  # samples of a node before it can be called slow
 BASELINE_WINDOW = 64  # recent normal samples the p99 is taken over
@@ -46,6 +47,15 @@ def heartbeat_steps(payload: bytes) -> list[int]:
             if isinstance(s, int) and not isinstance(s, bool) and 0 <= s < 3_600_000_000_000]
 
 
+@dataclass(frozen=True)
+class SlowRun:
+    """The consecutive slow steps that made a node slow, and the threshold the last of them crossed (what the
+    ``node_slow`` event reports: the threshold moves with every normal step after them)."""
+
+    steps_ns: tuple[int, ...]
+    threshold_ns: int
+
+
 class SlowDetector:
     """Per-node step latencies in, "this node is slow now" out (pure: samples come from heartbeats)."""
 
@@ -53,7 +63,8 @@ class SlowDetector:
         self.factor = factor
         self.steps = steps
         self._baseline: dict[int, collections.deque[int]] = {}
-        self._over: dict[int, int] = {}
+        self._run: dict[int, list[int]] = {}  # the current run of slow steps (its first ``steps``) per node
+        self._run_length: dict[int, int] = {}
 
     def threshold_ns(self, node: int) -> float | None:
         """``factor`` x the p99 of ``node``'s baseline less its ``HICCUPS`` largest samples (None until it has
@@ -64,19 +75,24 @@ class SlowDetector:
         ordered = sorted(baseline)
         return self.factor * ordered[min(len(ordered) - 1 - HICCUPS, int(0.99 * len(ordered)))]
 
-    def observe(self, node: int, samples_ns: list[int]) -> bool:
-        """Take ``node``'s new samples in order; True when they make it slow (once per run of slow steps)."""
-        became_slow = False
+    def observe(self, node: int, samples_ns: list[int]) -> SlowRun | None:
+        """Take ``node``'s new samples in order; the run of slow steps when they make it slow (once per run)."""
+        became_slow = None
         for sample in samples_ns:
             threshold = self.threshold_ns(node)
             if threshold is not None and sample > threshold:
-                self._over[node] = self._over.get(node, 0) + 1
-                became_slow = became_slow or self._over[node] == self.steps
+                run = self._run.setdefault(node, [])
+                self._run_length[node] = self._run_length.get(node, 0) + 1
+                if len(run) < self.steps:
+                    run.append(int(sample))
+                if self._run_length[node] == self.steps and became_slow is None:
+                    became_slow = SlowRun(tuple(run), int(threshold))
                 continue
-            self._over[node] = 0
+            self.forget_run(node)
             self._baseline.setdefault(node, collections.deque(maxlen=BASELINE_WINDOW)).append(int(sample))
         return became_slow
 
     def forget_run(self, node: int) -> None:
         """Start counting consecutive slow steps afresh (the node was routed around, then tried again)."""
-        self._over[node] = 0
+        self._run.pop(node, None)
+        self._run_length.pop(node, None)

@@ -59,6 +59,16 @@ class TestDetector:
         detector.forget_run(1)
         assert not detector.observe(1, [50 * MS] * 2) and detector.observe(1, [50 * MS])
 
+    def test_it_reports_the_run_that_made_the_node_slow_and_the_threshold_it_crossed(self):
+        """Even when the run spans heartbeats and the normal steps after it move the threshold (the log once
+        read "steps  ms against 26 ms": it re-derived the run from the last heartbeat after the fact)."""
+        detector = SlowDetector(2.0, 3)
+        detector.observe(1, [10 * MS, 12 * MS] * 8)
+        assert not detector.observe(1, [30 * MS, 31 * MS])
+        run = detector.observe(1, [32 * MS] + [23 * MS] * 40)
+        assert run.steps_ns == (30 * MS, 31 * MS, 32 * MS) and run.threshold_ns == 24 * MS
+        assert detector.threshold_ns(1) > 32 * MS, "the steps after it moved the threshold past the run"
+
     @pytest.mark.parametrize("payload,expected", [
         (json.dumps({"steps_ns": [1, 2, 3]}).encode(), [1, 2, 3]),
         (json.dumps({"steps_ns": [1, -2, "x", True, 2.5, 10 ** 13]}).encode(), [1]),
