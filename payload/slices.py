@@ -31,6 +31,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from payload.packed import Product, packed_product
 from payload.prepare import HEAD_FILE, layer_file, load_manifest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -364,6 +365,8 @@ class Head:
         else:
             self.lm_head_weight = self.embed.weight  # tied embeddings
         self.softcap = getattr(spec.config, "final_logit_softcapping", None)
+        self._rows_product: Product | None = None
+        self.rows_packed = False
 
     @torch.inference_mode()
     def embed_ids(self, token_ids: torch.Tensor) -> torch.Tensor:
@@ -374,20 +377,35 @@ class Head:
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """Final hidden state [1, T, H] -> logits [1, T, V], with Gemma's final soft-capping."""
         hidden = self.norm(hidden.to(self.compute_dtype))
-        logits = torch.nn.functional.linear(hidden, self.lm_head_weight)
+        return self._capped(torch.nn.functional.linear(hidden, self.lm_head_weight))
+
+    def _capped(self, logits: torch.Tensor) -> torch.Tensor:
         if self.softcap:
             # In place: the same three element-wise steps as tanh(logits / cap) * cap, bit for bit, without
             # two fresh 262k-wide buffers (their page faults cost 16 of 23 ms on an 8-row batch here).
             logits.div_(self.softcap).tanh_().mul_(self.softcap)
         return logits
 
+    def pack_rows(self) -> bool:
+        """Ready the product that :meth:`logits_rows` computes several rows with (payload/packed.py: a packed
+        copy of the head, made once, the head's size again); True when it is packed.  Done by the user node
+        before it serves when it batches; otherwise on the first batch."""
+        if self._rows_product is None:
+            self._rows_product, self.rows_packed = packed_product(self.lm_head_weight)
+        return self.rows_packed
+
+    @torch.inference_mode()
     def logits_rows(self, rows: list[torch.Tensor | None]) -> list[torch.Tensor | None]:
         """Logits of several sessions' last hidden states [1, 1, H] in one product (None: a padding row of
         zeros, as the oracle replays a batched step); each row's result depends on its own values, the number
-        of rows and its place among them only.  One row is :meth:`logits` itself."""
+        of rows and its place among them only.  One row is :meth:`logits` itself; more go through the packed
+        product (:meth:`pack_rows`)."""
         real = next(row for row in rows if row is not None)
         if len(rows) == 1:
             return [self.logits(real)]
+        self.pack_rows()
         zero = real.new_zeros((1, 1, self.spec.hidden_size))
-        logits = self.logits(torch.cat([zero if row is None else row.to(real.dtype) for row in rows]))
+        hidden = self.norm(torch.cat([zero if row is None else row.to(real.dtype) for row in rows]
+                                     ).to(self.compute_dtype))
+        logits = self._capped(self._rows_product(hidden))
         return [None if row is None else logits[j:j + 1] for j, row in enumerate(rows)]

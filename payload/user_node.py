@@ -104,6 +104,8 @@ class UserNode:
         # event loop (a large vocabulary's head takes tens of milliseconds), after waiting a little for sessions
         # still in the chain (HEAD_GATHER_S), so that groups which drifted apart come back together.
         self.in_chain: set[uuid.UUID] = set()
+        if self.node.batch_decode > 1:
+            self.head.pack_rows()
         self.heads = RowBatcher(self.head.logits_rows, self.node.batch_decode,
                                 executor=ThreadPoolExecutor(1, thread_name_prefix="head"),
                                 expected=lambda: len(self.in_chain), expect_s=HEAD_GATHER_S
