@@ -9,6 +9,7 @@ deployed once; each round then runs the unchunked and the chunked job back to ba
 from the prefill's first send to the first token.
 
     .venv/bin/python benchmarks/prefill_ttft.py [--rounds 2] [--prompt-tokens 910] [--wire bfloat16 auto]
+        [--chunks 0 auto 96]   # a chunk sweep: 0 is one frame, auto the deployment's choice
 """
 
 from __future__ import annotations
@@ -40,6 +41,8 @@ def main() -> int:
     parser.add_argument("--prompt-tokens", type=int, default=910)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--wire", nargs="+", default=["bfloat16", "auto"])
+    parser.add_argument("--chunks", nargs="+", default=["0", "auto"],
+                        help="prefill chunks each round runs, in order: positions, 0 (one frame) or auto")
     parser.add_argument("--timeline", action="store_true",
                         help="print, per hop of each run, when its first and last frame arrived and its rate")
     args = parser.parse_args()
@@ -60,7 +63,7 @@ def main() -> int:
             print(f"[bench] {wire}: prefill chunk {dep.prefill_chunk}, dtypes {sorted(set(dep.wire_dtypes.values()))}",
                   flush=True)
             for round_ in range(args.rounds):
-                for chunk in (0, dep.prefill_chunk):
+                for chunk in [dep.prefill_chunk if c == "auto" else int(c) for c in args.chunks]:
                     run = run_job(testbed, dep, {**job, "prefill_chunk": chunk}, [],
                                   out / f"{wire}-{chunk}-{round_}", stream=lambda line: None)
                     tokens = pd.read_csv(run / "tokens.csv", keep_default_na=False)
@@ -69,15 +72,16 @@ def main() -> int:
                     seconds = tokens["latency_ns"].iloc[0] / 1e9
                     ttft.setdefault((wire, chunk), []).append(seconds)
                     print(f"[bench] {wire} chunk {chunk or 'off'} round {round_ + 1}: TTFT {seconds:.2f} s, "
-                          f"{len(first)} frames, layer compute {first['compute_ns'].sum() / 1e9:.2f} s", flush=True)
+                          f"{len(first)} frames, layer compute {first['compute_ns'].sum() / 1e9:.2f} s, attempts "
+                          f"{tokens['attempts'].iloc[0]}, nodes out {tokens['nodes_out'].iloc[0] or 'none'}", flush=True)
                     if args.timeline:
                         print(_timeline(first, int(tokens["t_emit_ns"].iloc[0] - tokens["latency_ns"].iloc[0])))
     finally:
         testbed.down()
-    base = statistics.median(ttft[(args.wire[0], 0)])
+    base = statistics.median(ttft[(args.wire[0], 0)]) if (args.wire[0], 0) in ttft else None
     for (wire, chunk), values in ttft.items():
         rows.append([wire, chunk or "off", " ".join(f"{v:.2f}" for v in values), f"{statistics.median(values):.2f}",
-                     f"{base / statistics.median(values):.2f}x"])
+                     "-" if base is None else f"{base / statistics.median(values):.2f}x"])
     print(tabulate(rows, headers=["wire", "prefill chunk", "TTFT s per round", "median s",
                                   f"faster than {args.wire[0]} in one frame"], tablefmt="github"))
     print(f"targets (issue 16): <= 12 s with bfloat16 chunked, <= 7 s compressed and chunked; runs in {out}")

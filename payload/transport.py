@@ -249,6 +249,7 @@ class PeerLink:
         self._writer: asyncio.StreamWriter | None = None
         self._reader_task: asyncio.Task | None = None
         self._pending: dict[tuple, asyncio.Future] = {}
+        self._unacked: dict[tuple, PendingAck] = {}  # frames written whose ack has not come (bytes ahead in the pipe)
         self._connect_lock = asyncio.Lock()
 
     async def _ensure(self) -> asyncio.StreamWriter:
@@ -312,8 +313,13 @@ class PeerLink:
             self._writer = None
 
     def due_in(self, frame_bytes: int) -> float:
-        """Seconds a frame of ``frame_bytes`` may take from the start of its write to its ack."""
-        return self.deadline.value() + self.timing.wire_time_s(frame_bytes)
+        """Seconds a frame of ``frame_bytes`` may take from the start of its write to its ack: a round trip's
+        deadline, plus its bytes and those still unacked ahead of it on this connection at the slowest link's
+        rate (a pipelined prefill writes its chunks faster than a cellular link drains them: the fourth one's
+        ack comes after four chunks' wire time)."""
+        writer = self._writer
+        ahead = sum(p.bytes for p in self._unacked.values() if p.writer is writer and not p.future.done())
+        return self.deadline.value() + self.timing.wire_time_s(ahead + frame_bytes)
 
     async def send(self, frame: Frame, encoded: bytes, serialize_ns: int = 0) -> "PendingAck":
         """Write a DATA (or RESUME) frame now; the returned handle waits for its ack.
@@ -347,7 +353,9 @@ class PeerLink:
         except BaseException:
             self._pending.pop(key, None)
             raise
-        return PendingAck(key, fut, writer, frame, serialize_ns, t1_wall, t1_mono, len(encoded), due)
+        sent = self._unacked[key] = PendingAck(key, fut, writer, frame, serialize_ns, t1_wall, t1_mono, len(encoded),
+                                               due)
+        return sent
 
     async def wait_ack(self, sent: "PendingAck") -> HopTiming:
         """The hop's timing once its ack arrives (logged as the hop's ``ack`` event); PeerFailed if it does
@@ -373,6 +381,7 @@ class PeerLink:
             return timing
         finally:
             self._pending.pop(sent.key, None)
+            self._unacked.pop(sent.key, None)
 
     async def _second_look(self, sent: "PendingAck") -> Frame:
         """At the deadline: fail the peer as silent, unless this process is the one that was slow.

@@ -163,3 +163,71 @@ def test_a_starved_node_still_declares_a_silent_peer(tmp_path):
         return time.monotonic() - started
 
     assert asyncio.run(scenario()) < 1.5
+
+
+def _slow_reading_peer(key: bytes, *, bytes_per_s: float):
+    """A peer behind a slow link, in its own thread and event loop: reads ``bytes_per_s`` and acks each DATA
+    frame once it has it whole."""
+    import asyncio
+    import threading
+
+    from payload.frames import Decoder, Frame, FrameSigner, FrameType
+
+    ready, box = threading.Event(), {}
+
+    async def serve() -> None:
+        signer = FrameSigner(key)
+
+        async def ack(reader, writer):
+            decoder = Decoder(key)
+            while data := await reader.read(4096):
+                decoder.feed(data)
+                await asyncio.sleep(len(data) / bytes_per_s)
+                while isinstance(frame := decoder.next_frame(), Frame):
+                    writer.write(signer.encode(frame.reply(FrameType.ACK)))
+
+        server = await asyncio.start_server(ack, "127.0.0.1", 0)
+        box["port"] = server.sockets[0].getsockname()[1]
+        ready.set()
+        await asyncio.sleep(30)
+
+    threading.Thread(target=lambda: asyncio.run(serve()), daemon=True).start()
+    ready.wait(5)
+    return box["port"]
+
+
+def test_frames_written_back_to_back_each_get_the_time_of_the_bytes_ahead_of_them(tmp_path):
+    """A pipelined prefill writes its chunks into one connection as fast as they are computed, faster than a
+    cellular link drains them: the fourth chunk's ack comes after four chunks' worth of wire time.  Its deadline
+    must count the unacked bytes ahead of it on the connection, not its own bytes only (a cold, chunked prefill
+    over the study's blend once declared six healthy nodes silent, one after another, this way)."""
+    import asyncio
+    import time
+    import uuid
+
+    from payload.events import EventLog
+    from payload.frames import Frame, FrameType, Hop, WireDtype
+    from payload.transport import PeerLink, Wire
+
+    key = b"k" * 32
+    port = _slow_reading_peer(key, bytes_per_s=125_000)  # 1 Mbit/s: 0.4 s per 50 kB chunk
+
+    async def scenario() -> list[float]:
+        timing = Timing(ack_floor_ms=100.0, retransmit_ms=0.0, slowest_link_mbps=0.8)  # allows 0.5 s per chunk
+        wire = Wire(key, EventLog(tmp_path / "events.jsonl", 1), max_frame=1 << 20, timing=timing)
+        link = PeerLink(me=1, peer=2, address=("127.0.0.1", port), wire=wire, timing=timing)
+        started = time.monotonic()
+        session, sent = uuid.uuid4(), []
+        for chunk in range(4):  # 20 positions of 640 float32 values: 51 kB each
+            frame = Frame(FrameType.DATA, session, step=0, epoch=1, pos_start=20 * chunk, n_pos=20, hidden=640,
+                          dtype=WireDtype.FLOAT32, route=(Hop(2, 0, 1),), src=1, dst=2, payload=bytes(51_200))
+            sent.append(await link.send(frame, wire.encode(frame)))
+        timings = []
+        for pending in sent:
+            await link.wait_ack(pending)
+            timings.append(time.monotonic() - started)
+        await link.close()
+        return timings
+
+    acked = asyncio.run(scenario())
+    assert acked[-1] >= 1.2, f"the peer read at 1 Mbit/s: {acked}"
