@@ -7,9 +7,11 @@ Failure detection lives here, split the way the failures show up:
 * a silent peer (stopped, link cut, packets dropped) misses the ack deadline,
   which adapts to observed round trips and leaves room for one TCP
   retransmission (see :class:`AdaptiveDeadline`).  The deadline runs from
-  *before* the write, and covers the frame's bytes at the slowest link's rate:
-  a peer that stops reading in the middle of a frame larger than the socket
-  buffers stalls the write itself, and that is its failure too.
+  *before* the write, and covers, at the slowest link's rate, the frame's bytes
+  and those of the unacked frames written before it on the same connection
+  (its ack cannot come before theirs): a peer that stops reading in the middle
+  of a frame larger than the socket buffers stalls the write itself, and that
+  is its failure too.
 
 Every process speaks frames through one :class:`Wire`: its signer (boot and
 sequence numbers), its replay window, optional payload sealing, the frame cap
