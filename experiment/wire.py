@@ -75,9 +75,10 @@ def prefill_chunk(hosts: list[HostInfo], dtypes: dict[int, str], hidden: int, re
     as soon as it is written), so each chunk costs the first hop one round trip besides its bytes; along the
     chain, each slow hop delays the first chunk by its bytes, so smaller chunks fill the pipeline sooner and
     cost more frames.  One bandwidth-delay product balances the two (measured: a 910-token prompt over 7
-    cellular hops was fastest at ~130 positions, the cellular hop's product in bf16).  Half of it measured
-    faster on the study's 18-node blend, and smaller chunks yet drew false "silent" alarms on lossy WiFi hops
-    (README, measured table), so the default stays the product."""
+    cellular hops was fastest at ~130 positions, the cellular hop's product in bf16).  On the study's 18-node
+    blend a third of it (64 positions) measured fastest, 6.4-7.0 s against 9.5-10.1 s to first token, but 2 of
+    8 such rounds declared a healthy node silent when a lossy WiFi hop stalled for 1.8 s (README, measured
+    table), so the default stays the product."""
     if isinstance(requested, str) and requested != AUTO and requested.isdigit():
         requested = int(requested)  # from the command line
     if requested != AUTO:
