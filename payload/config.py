@@ -34,7 +34,7 @@ class Timing:
     """Failure-detection and resource knobs (per deployment); every one must be a positive number."""
 
     ack_floor_ms: float = 250.0  # never declare a peer silent sooner than this
-    ack_multiplier: float = 4.0  # deadline = max(floor, multiplier x p99 observed ack RTT, 2 x p99 + retransmit)
+    ack_multiplier: float = 4.0  # deadline = max(floor, multiplier x p99 observed ack RTT, 3 x p99 + retransmit)
     slowest_link_mbps: float = 1.0  # ack deadlines and heartbeat silence allow a frame's bytes at this rate
     retransmit_ms: float = 250.0  # room for one TCP retransmission (Linux: 200 ms minimum RTO) before "silent"
     connect_timeout_ms: float = 1500.0  # room for one lost SYN: Linux resends it after 1 s (its initial RTO)

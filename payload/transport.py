@@ -87,10 +87,13 @@ class PeerFailed(Exception):
 class AdaptiveDeadline:
     """Ack deadline from recent round trips, never below the floor.
 
-    ``max(floor, multiplier x p99, 2 x p99 + retransmit)``: the last term lets
-    one lost segment be retransmitted before the peer is called silent (Linux
-    resends after about RTT + 200 ms, its minimum RTO, and the ack then needs
-    a trip back), so a single loss on a WiFi link is not taken for a failure.
+    ``max(floor, multiplier x p99, 3 x p99 + retransmit)``: the last term lets
+    one lost segment be retransmitted before the peer is called silent, so a
+    single loss on a WiFi link is not taken for a failure.  A decode frame and
+    its ack are a segment or two each; Linux resends the last segment of a
+    flight by its tail loss probe, 2 SRTT + 200 ms (its minimum RTO) after it
+    was sent, and the probe then travels: a lost ack arrives about
+    3 RTT + 200 ms after the frame was written.
     """
 
     def __init__(self, floor_s: float, multiplier: float, window: int = 64, retransmit_s: float = 0.0):
@@ -111,7 +114,7 @@ class AdaptiveDeadline:
             return max(self.floor_s, self.retransmit_s)
         ordered = sorted(self._samples)
         p99 = ordered[min(len(ordered) - 1, int(0.99 * len(ordered)))]
-        return max(self.floor_s, self.multiplier * p99, 2 * p99 + self.retransmit_s)
+        return max(self.floor_s, self.multiplier * p99, 3 * p99 + self.retransmit_s)
 
 
 class RateLimiter:

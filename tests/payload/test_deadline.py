@@ -24,15 +24,20 @@ def test_loopback_round_trips_keep_the_deadline_near_the_floor():
 
 
 def test_a_wifi_hop_waits_out_one_retransmission():
-    # Two 40 ms access links: ~85 ms round trips.  A lost segment is resent after about RTT + 200 ms
-    # (Linux's minimum RTO), then the ack needs another trip: ~370 ms, seen as 350-390 ms on the emulator.
+    # Two 40 ms access links: ~85 ms round trips.  A decode frame's ack is one lone segment; lost, it is resent
+    # by Linux's tail loss probe 2 SRTT + 200 ms (its minimum RTO, room for a delayed ack) after it was sent,
+    # and then travels: the ack arrives about 3 RTT + 200 ms after the frame was written, ~455 ms.  The old
+    # room, 2 RTT + 250 ms (~420 ms), declared healthy WiFi nodes silent ("no ack within 444 ms") about once
+    # per emulated benchmark run.
     value = deadline_after([0.080 + 0.005 * (i % 2) for i in range(64)])
-    assert value >= 0.085 + 0.200 + 0.085 + 0.030
-    assert value <= 0.5
+    assert value >= 3 * 0.085 + 0.200 + 0.030
+    assert value <= 0.6
 
 
 def test_cellular_round_trips_scale_the_deadline_by_the_multiplier():
-    assert deadline_after([0.230] * 64) == pytest.approx(4 * 0.230)
+    # The study's cellular hop: 88 + 130 ms one way.  (Below 250 ms round trips the retransmission room is larger.)
+    assert deadline_after([0.436] * 64) == pytest.approx(4 * 0.436)
+    assert deadline_after([0.230] * 64) == pytest.approx(3 * 0.230 + 0.250)
 
 
 def test_no_samples_yet_uses_the_larger_of_floor_and_retransmission_room():
