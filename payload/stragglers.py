@@ -64,7 +64,6 @@ class SlowDetector:
         self.steps = steps
         self._baseline: dict[int, collections.deque[int]] = {}
         self._run: dict[int, list[int]] = {}  # the current run of slow steps (its first ``steps``) per node
-        self._run_length: dict[int, int] = {}
 
     def threshold_ns(self, node: int) -> float | None:
         """``factor`` x the p99 of ``node``'s baseline less its ``HICCUPS`` largest samples (None until it has
@@ -82,11 +81,10 @@ class SlowDetector:
             threshold = self.threshold_ns(node)
             if threshold is not None and sample > threshold:
                 run = self._run.setdefault(node, [])
-                self._run_length[node] = self._run_length.get(node, 0) + 1
-                if len(run) < self.steps:
+                if len(run) < self.steps:  # the step that completes the run makes the node slow; later ones extend it
                     run.append(int(sample))
-                if self._run_length[node] == self.steps and became_slow is None:
-                    became_slow = SlowRun(tuple(run), int(threshold))
+                    if len(run) == self.steps and became_slow is None:
+                        became_slow = SlowRun(tuple(run), int(threshold))
                 continue
             self.forget_run(node)
             self._baseline.setdefault(node, collections.deque(maxlen=BASELINE_WINDOW)).append(int(sample))
@@ -95,4 +93,3 @@ class SlowDetector:
     def forget_run(self, node: int) -> None:
         """Start counting consecutive slow steps afresh (the node was routed around, then tried again)."""
         self._run.pop(node, None)
-        self._run_length.pop(node, None)
