@@ -82,8 +82,9 @@ def test_a_big_frame_gets_time_on_the_wire_before_its_peer_is_called_silent():
     assert 0.55 <= elapsed <= 2.0, elapsed
 
 
-def _acking_peer(key: bytes, *, delay_s: float):
-    """A peer in its own thread and event loop (a separate node): acks each DATA frame after ``delay_s``."""
+def _acking_peer(key: bytes, *, delay_s: float = 0.0, bytes_per_s: float | None = None):
+    """A peer in its own thread and event loop (a separate node): acks each DATA frame after ``delay_s``, once it
+    has it whole; with ``bytes_per_s`` it reads no faster than that (a peer behind a slow link)."""
     import asyncio
     import threading
 
@@ -96,8 +97,10 @@ def _acking_peer(key: bytes, *, delay_s: float):
 
         async def ack(reader, writer):
             decoder = Decoder(key)
-            while data := await reader.read(1 << 16):
+            while data := await reader.read(1 << 16 if bytes_per_s is None else 4096):
                 decoder.feed(data)
+                if bytes_per_s is not None:
+                    await asyncio.sleep(len(data) / bytes_per_s)
                 while isinstance(frame := decoder.next_frame(), Frame):
                     await asyncio.sleep(delay_s)
                     writer.write(signer.encode(frame.reply(FrameType.ACK)))
@@ -170,37 +173,6 @@ def test_a_starved_node_still_declares_a_silent_peer(tmp_path):
     assert asyncio.run(scenario()) < 1.5
 
 
-def _slow_reading_peer(key: bytes, *, bytes_per_s: float):
-    """A peer behind a slow link, in its own thread and event loop: reads ``bytes_per_s`` and acks each DATA
-    frame once it has it whole."""
-    import asyncio
-    import threading
-
-    from payload.frames import Decoder, Frame, FrameSigner, FrameType
-
-    ready, box = threading.Event(), {}
-
-    async def serve() -> None:
-        signer = FrameSigner(key)
-
-        async def ack(reader, writer):
-            decoder = Decoder(key)
-            while data := await reader.read(4096):
-                decoder.feed(data)
-                await asyncio.sleep(len(data) / bytes_per_s)
-                while isinstance(frame := decoder.next_frame(), Frame):
-                    writer.write(signer.encode(frame.reply(FrameType.ACK)))
-
-        server = await asyncio.start_server(ack, "127.0.0.1", 0)
-        box["port"] = server.sockets[0].getsockname()[1]
-        ready.set()
-        await asyncio.sleep(30)
-
-    threading.Thread(target=lambda: asyncio.run(serve()), daemon=True).start()
-    ready.wait(5)
-    return box["port"]
-
-
 def test_frames_written_back_to_back_each_get_the_time_of_the_bytes_ahead_of_them(tmp_path):
     """A pipelined prefill writes its chunks into one connection as fast as they are computed, faster than a
     cellular link drains them: the fourth chunk's ack comes after four chunks' worth of wire time.  Its deadline
@@ -215,7 +187,7 @@ def test_frames_written_back_to_back_each_get_the_time_of_the_bytes_ahead_of_the
     from payload.transport import PeerLink, Wire
 
     key = b"k" * 32
-    port = _slow_reading_peer(key, bytes_per_s=125_000)  # 1 Mbit/s: 0.4 s per 50 kB chunk
+    port = _acking_peer(key, bytes_per_s=125_000)  # 1 Mbit/s: 0.4 s per 50 kB chunk
 
     async def scenario() -> list[float]:
         timing = Timing(ack_floor_ms=100.0, retransmit_ms=0.0, slowest_link_mbps=0.8)  # allows 0.5 s per chunk
