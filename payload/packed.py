@@ -1,8 +1,8 @@
 """A weight packed once for products of a few rows at a time: batched decode's output head.
 
-For 2-8 rows against Gemma 3's 262k x 640 head, MKL's plain product takes 120-134 ms on this machine's CPU
-(one thread), about what eight rows' memory traffic would cost one by one; the same weight reordered once into
-oneDNN's blocked layout takes 42-59 ms (measured side by side, ``benchmarks/head_product.py``).  The packed copy
+For 2-8 rows against Gemma 3's 262k x 640 head, MKL's plain product takes 110-133 ms on the development
+machine's CPU (one thread), about what eight rows' memory traffic would cost one by one; the same weight
+reordered once into oneDNN's blocked layout takes 34-53 ms (medians, side by side, ``benchmarks/head_product.py``).  The packed copy
 costs the weight's size again (671 MB for that head in float32), so only a node that batches holds one.
 
 Its results are its own: within 1e-5 of the plain product's, not bit-equal, and the same for any rows the
